@@ -1,0 +1,167 @@
+// Package controlplane runs the control plane: the admin API over the
+// placement map in etcd, and the leader election under which user moves
+// will run. See DESIGN.md §1–2.
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/cellmail/cellmail/controlplane/client"
+	"github.com/cellmail/cellmail/controlplane/gen/controlplanev1/controlplanev1connect"
+	"github.com/cellmail/cellmail/controlplane/internal/api"
+	"github.com/cellmail/cellmail/controlplane/internal/store"
+)
+
+// Config is what a control-plane process needs.
+type Config struct {
+	// Listen is the admin API's address (host:port); ignored when Listener
+	// is set.
+	Listen   string
+	Listener net.Listener
+	// Etcd endpoints and key prefix (store.DefaultPrefix when empty).
+	Etcd   []string
+	Prefix string
+	// AdminToken is the bearer token operators (mailctl, Terraform) send.
+	AdminToken string
+	// AgentToken is the bearer token the control plane sends to cells.
+	AgentToken string
+	// Instance names this process in elections (hostname when empty).
+	Instance string
+	Logger   *slog.Logger
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Listen == "" && c.Listener == nil {
+		errs = append(errs, errors.New("listen address is required"))
+	}
+	if len(c.Etcd) == 0 {
+		errs = append(errs, errors.New("at least one etcd endpoint is required"))
+	}
+	if len(c.AdminToken) < 16 {
+		errs = append(errs, errors.New("admin token of at least 16 characters is required"))
+	}
+	if len(c.AgentToken) < 16 {
+		errs = append(errs, errors.New("agent token of at least 16 characters is required"))
+	}
+	return errors.Join(errs...)
+}
+
+// Run serves until ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("controlplane config: %w", err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Instance == "" {
+		cfg.Instance, _ = os.Hostname()
+		cfg.Instance = fmt.Sprintf("%s-%d", cfg.Instance, os.Getpid())
+	}
+	st, err := store.Open(store.Config{Endpoints: cfg.Etcd, Prefix: cfg.Prefix}, log)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	maps, err := client.New(client.Config{Endpoints: cfg.Etcd, Prefix: cfg.Prefix, Logger: log.With("part", "mapclient")})
+	if err != nil {
+		return err
+	}
+	defer maps.Close()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	go func() { defer close(done); _ = maps.Run(ctx) }()
+	defer func() { <-done }()
+	go runLeader(ctx, st, cfg.Instance, log)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "cellmail_controlplane_map_staleness_seconds",
+		Help: "Seconds since this instance's map copy was last known current.",
+	}, func() float64 { return maps.Staleness().Seconds() }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "cellmail_controlplane_map_epoch", Help: "Epoch of this instance's map copy.",
+	}, func() float64 { return float64(maps.Epoch()) }))
+
+	hc := &http.Client{Timeout: 15 * time.Second}
+	svc := api.NewService(st, maps, api.NewAgentClient(hc, cfg.AgentToken), log)
+	mux := http.NewServeMux()
+	mux.Handle(controlplanev1connect.NewControlPlaneServiceHandler(svc,
+		connect.WithInterceptors(api.NewAuthInterceptor(cfg.AdminToken, log)),
+		connect.WithReadMaxBytes(1<<20)))
+	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if maps.Map() == nil || maps.Staleness() > 30*time.Second {
+			http.Error(w, "map not current", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+
+	ln := cfg.Listener
+	if ln == nil {
+		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+			return fmt.Errorf("controlplane: listen %s: %w", cfg.Listen, err)
+		}
+	}
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Handler: mux, Protocols: protocols, ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
+	log.Info("control plane serving", "addr", ln.Addr().String(), "etcd", cfg.Etcd)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("controlplane: serve: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer scancel()
+	return srv.Shutdown(sctx)
+}
+
+// runLeader campaigns for the mover's leadership and holds it while it
+// lasts. User moves (a later issue) run under the leadership's context.
+func runLeader(ctx context.Context, st *store.Store, instance string, log *slog.Logger) {
+	for ctx.Err() == nil {
+		l, err := st.Campaign(ctx, "mover", instance, 10)
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Warn("mover election failed; trying again", "err", err)
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
+			continue
+		}
+		log.Info("leading the mover", "instance", instance)
+		<-l.Context().Done()
+		if ctx.Err() != nil {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			_ = l.Resign(rctx)
+			cancel()
+			return
+		}
+		log.Warn("mover leadership lost", "instance", instance)
+	}
+}
