@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	pb "github.com/cellmail/cellmail/controlplane/gen/controlplanev1"
 	"github.com/cellmail/cellmail/controlplane/cptest"
+	pb "github.com/cellmail/cellmail/controlplane/gen/controlplanev1"
 	"github.com/cellmail/cellmail/controlplane/internal/store"
 )
 
