@@ -151,7 +151,7 @@ func (c *Client) WaitEpoch(ctx context.Context, e uint64) error {
 // one, then list and watch, listing again after any watch failure.
 func (c *Client) Run(ctx context.Context) error {
 	if c.cfg.Snapshot != nil {
-		if err := c.loadSnapshot(ctx); err != nil {
+		if err := c.LoadSnapshot(ctx); err != nil {
 			c.log.Info("no usable map snapshot", "err", err)
 		}
 	}
@@ -376,7 +376,13 @@ func (c *Client) saveSnapshot(ctx context.Context) {
 	}
 }
 
-func (c *Client) loadSnapshot(ctx context.Context) error {
+// LoadSnapshot installs the snapshot as the current map, unless a map from
+// etcd is already there. Run calls it first; it is exported for tools and
+// tests that want a map copy held still at the snapshot.
+func (c *Client) LoadSnapshot(ctx context.Context) error {
+	if c.cfg.Snapshot == nil {
+		return errors.New("no snapshot store configured")
+	}
 	b, err := c.cfg.Snapshot.Load(ctx)
 	if err != nil {
 		return err

@@ -1,0 +1,264 @@
+// Package httpproxy is the router's Connect/gRPC/HTTP reverse proxy: it
+// finds the subject of each call (the authenticated user, or for calls
+// before login the address the request names), sends the call to the
+// owning cell with the epoch of the map it routed by, and on WRONG_CELL
+// refreshes that subject and tries the named owner — at most two hops.
+package httpproxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cellmail/cellmail/controlplane/client"
+	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/router/internal/route"
+)
+
+// Headers of the router ↔ cell contract; the cell's API package defines
+// the same names (DESIGN.md §3), and the router tests run real cells.
+const (
+	headerMapEpoch   = "Cellmail-Map-Epoch"
+	headerWrongCell  = "Cellmail-Wrong-Cell"
+	headerOwnerEpoch = "Cellmail-Owner-Epoch"
+	headerHops       = "Cellmail-Hops"
+)
+
+// MaxHops is how many cells one call may visit.
+const MaxHops = 2
+
+// Resolver finds the owning cell of an address.
+type Resolver interface {
+	Resolve(address string) (route.Target, error)
+	Refresh(ctx context.Context, address string) (route.Target, error)
+}
+
+// Config tunes the proxy.
+type Config struct {
+	// MaxBodyBytes bounds a request body (it is buffered to be replayed on
+	// WRONG_CELL). Default 32 MiB.
+	MaxBodyBytes int64
+	Logger       *slog.Logger
+	Registerer   prometheus.Registerer
+}
+
+// Proxy is the handler.
+type Proxy struct {
+	routes  Resolver
+	maxBody int64
+	log     *slog.Logger
+
+	mu    sync.Mutex
+	pools map[string]*http.Transport // per cell API host
+
+	calls     *prometheus.CounterVec
+	wrongCell prometheus.Counter
+	latency   *prometheus.HistogramVec
+}
+
+// New makes the proxy.
+func New(routes Resolver, cfg Config) *Proxy {
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = 32 << 20
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	p := &Proxy{
+		routes: routes, maxBody: cfg.MaxBodyBytes, log: cfg.Logger, pools: map[string]*http.Transport{},
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cellmail_router_http_calls_total", Help: "Proxied calls by owning cell and outcome.",
+		}, []string{"cell", "outcome"}),
+		wrongCell: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "cellmail_router_wrong_cell_total", Help: "WRONG_CELL answers that made the router refresh a subject.",
+		}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "cellmail_router_http_call_seconds", Help: "Proxied call latency.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"cell"}),
+	}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(p.calls, p.wrongCell, p.latency)
+	}
+	return p
+}
+
+// pool returns the connection pool of one cell: HTTP/2 over cleartext to
+// the cell's internal API, multiplexed, kept warm.
+func (p *Proxy) pool(host string) *http.Transport {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	t, ok := p.pools[host]
+	if !ok {
+		protocols := new(http.Protocols)
+		protocols.SetUnencryptedHTTP2(true)
+		t = &http.Transport{
+			Protocols:             protocols,
+			DialContext:           (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			MaxIdleConnsPerHost:   32,
+			IdleConnTimeout:       90 * time.Second,
+			ResponseHeaderTimeout: 60 * time.Second,
+		}
+		p.pools[host] = t
+	}
+	return t
+}
+
+// RoundTrip sends a request through the pool of its host.
+func (p *Proxy) RoundTrip(r *http.Request) (*http.Response, error) {
+	return p.pool(r.URL.Host).RoundTrip(r)
+}
+
+type wrongCellError struct{ owner, epoch string }
+
+func (e *wrongCellError) Error() string { return "WRONG_CELL: owner " + e.owner + " at epoch " + e.epoch }
+
+// ServeHTTP routes one call.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		writeError(w, r, http.StatusMethodNotAllowed, "unimplemented", "the router routes POST calls only")
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, p.maxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeError(w, r, http.StatusRequestEntityTooLarge, "resource_exhausted", fmt.Sprintf("request body over %d bytes", p.maxBody))
+			return
+		}
+		writeError(w, r, http.StatusBadRequest, "invalid_argument", "request body could not be read")
+		return
+	}
+	address, err := addressFromBody(r.URL.Path, r.Header.Get("Content-Type"), body)
+	if err != nil {
+		writeError(w, r, http.StatusBadRequest, "invalid_argument", err.Error())
+		return
+	}
+	tgt, err := p.routes.Resolve(address)
+	if err != nil {
+		p.routeError(w, r, err)
+		return
+	}
+	start := time.Now()
+	for hop := 1; ; hop++ {
+		err := p.forward(w, r, body, tgt, hop)
+		var wc *wrongCellError
+		if !errors.As(err, &wc) {
+			p.latency.WithLabelValues(tgt.Cell.Name).Observe(time.Since(start).Seconds())
+			return
+		}
+		p.wrongCell.Inc()
+		p.log.Info("WRONG_CELL: refreshing subject", "address", address, "tried", tgt.Cell.Name, "owner", wc.owner, "owner_epoch", wc.epoch)
+		if tgt, err = p.routes.Refresh(r.Context(), address); err != nil {
+			p.routeError(w, r, err)
+			return
+		}
+	}
+}
+
+// forward proxies the call to tgt. It returns a *wrongCellError, having
+// written nothing, when the cell disowns the subject and a hop is left.
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, tgt route.Target, hop int) error {
+	u, err := url.Parse(tgt.Cell.APIURL)
+	if err != nil {
+		writeError(w, r, http.StatusBadGateway, "unavailable", "owning cell has a bad endpoint")
+		return nil
+	}
+	var wrong *wrongCellError
+	rp := &httputil.ReverseProxy{
+		Transport:     p,
+		FlushInterval: -1,
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(u)
+			pr.Out.Host = u.Host
+			pr.SetXForwarded()
+			pr.Out.Header.Set(headerMapEpoch, strconv.FormatUint(tgt.Route.Epoch, 10))
+			pr.Out.Body = io.NopCloser(bytes.NewReader(body))
+			pr.Out.ContentLength = int64(len(body))
+		},
+		ModifyResponse: func(resp *http.Response) error {
+			if owner := resp.Header.Get(headerWrongCell); owner != "" && hop < MaxHops {
+				_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+				resp.Body.Close()
+				wrong = &wrongCellError{owner: owner, epoch: resp.Header.Get(headerOwnerEpoch)}
+				return wrong
+			}
+			resp.Header.Set(headerHops, strconv.Itoa(hop))
+			p.calls.WithLabelValues(tgt.Cell.Name, outcome(resp)).Inc()
+			return nil
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if wrong != nil {
+				return
+			}
+			p.calls.WithLabelValues(tgt.Cell.Name, "unreachable").Inc()
+			p.log.Warn("owning cell unreachable", "cell", tgt.Cell.Name, "err", err)
+			// Never re-route: no other cell has this subject's data.
+			writeError(w, r, http.StatusServiceUnavailable, "unavailable", "the cell that holds this account is unavailable; retry later")
+		},
+	}
+	rp.ServeHTTP(w, r)
+	if wrong != nil {
+		return wrong
+	}
+	return nil
+}
+
+func outcome(resp *http.Response) string {
+	if resp.StatusCode == http.StatusOK {
+		if s := resp.Header.Get("Grpc-Status"); s != "" && s != "0" {
+			return "error"
+		}
+		return "ok"
+	}
+	return "error"
+}
+
+// routeError answers a call that could not be routed.
+func (p *Proxy) routeError(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, placement.ErrInvalidAddress):
+		writeError(w, r, http.StatusBadRequest, "invalid_argument", err.Error())
+	case errors.Is(err, placement.ErrUnknownDomain):
+		writeError(w, r, http.StatusNotFound, "not_found", err.Error())
+	case errors.Is(err, client.ErrRateLimited):
+		writeError(w, r, http.StatusTooManyRequests, "unavailable", "routing map refresh rate limited; retry")
+	default:
+		p.log.Warn("cannot route", "err", err)
+		writeError(w, r, http.StatusServiceUnavailable, "unavailable", "no route to the owning cell; retry later")
+	}
+}
+
+var grpcCodes = map[string]string{
+	"invalid_argument": "3", "not_found": "5", "resource_exhausted": "8", "failed_precondition": "9",
+	"unimplemented": "12", "unavailable": "14",
+}
+
+// writeError answers in the protocol of the call: a Connect error body, or
+// a trailers-only gRPC status.
+func writeError(w http.ResponseWriter, r *http.Request, status int, code, msg string) {
+	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+		w.Header().Set("Content-Type", r.Header.Get("Content-Type"))
+		w.Header().Set("Grpc-Status", grpcCodes[code])
+		w.Header().Set("Grpc-Message", url.PathEscape(msg))
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]string{"code": code, "message": msg})
+}
