@@ -53,7 +53,7 @@ type Server struct {
 }
 
 var (
-	_ cellv1connect.CellServiceHandler               = (*Server)(nil)
+	_ cellv1connect.CellServiceHandler              = (*Server)(nil)
 	_ controlplanev1connect.CellAgentServiceHandler = (*Server)(nil)
 )
 

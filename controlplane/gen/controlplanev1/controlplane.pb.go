@@ -1411,8 +1411,12 @@ type LookupResponse struct {
 	Epoch  uint64 `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	Pinned bool   `protobuf:"varint,7,opt,name=pinned,proto3" json:"pinned,omitempty"`
 	// Start of the range that owns the subject (when not pinned).
-	RangeStart    uint64 `protobuf:"varint,8,opt,name=range_start,json=rangeStart,proto3" json:"range_start,omitempty"`
-	CellApiUrl    string `protobuf:"bytes,9,opt,name=cell_api_url,json=cellApiUrl,proto3" json:"cell_api_url,omitempty"`
+	RangeStart uint64 `protobuf:"varint,8,opt,name=range_start,json=rangeStart,proto3" json:"range_start,omitempty"`
+	CellApiUrl string `protobuf:"bytes,9,opt,name=cell_api_url,json=cellApiUrl,proto3" json:"cell_api_url,omitempty"`
+	// Exclusive end of the owning range (when not pinned).
+	RangeEnd uint64 `protobuf:"varint,10,opt,name=range_end,json=rangeEnd,proto3" json:"range_end,omitempty"`
+	// The subject's domain, range or pin is frozen by a change in progress.
+	Frozen        bool `protobuf:"varint,11,opt,name=frozen,proto3" json:"frozen,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1510,6 +1514,20 @@ func (x *LookupResponse) GetCellApiUrl() string {
 	return ""
 }
 
+func (x *LookupResponse) GetRangeEnd() uint64 {
+	if x != nil {
+		return x.RangeEnd
+	}
+	return 0
+}
+
+func (x *LookupResponse) GetFrozen() bool {
+	if x != nil {
+		return x.Frozen
+	}
+	return false
+}
+
 var File_cellmail_controlplane_v1_controlplane_proto protoreflect.FileDescriptor
 
 const file_cellmail_controlplane_v1_controlplane_proto_rawDesc = "" +
@@ -1588,7 +1606,7 @@ const file_cellmail_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\asubject\x18\x01 \x01(\tR\asubject\"\x12\n" +
 	"\x10ClearPinResponse\")\n" +
 	"\rLookupRequest\x12\x18\n" +
-	"\aaddress\x18\x01 \x01(\tR\aaddress\"\x99\x02\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\"\xce\x02\n" +
 	"\x0eLookupResponse\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12#\n" +
 	"\rplacement_key\x18\x02 \x01(\tR\fplacementKey\x12\x12\n" +
@@ -1601,7 +1619,10 @@ const file_cellmail_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\vrange_start\x18\b \x01(\x04R\n" +
 	"rangeStart\x12 \n" +
 	"\fcell_api_url\x18\t \x01(\tR\n" +
-	"cellApiUrl2\xb8\v\n" +
+	"cellApiUrl\x12\x1b\n" +
+	"\trange_end\x18\n" +
+	" \x01(\x04R\brangeEnd\x12\x16\n" +
+	"\x06frozen\x18\v \x01(\bR\x06frozen2\xb8\v\n" +
 	"\x13ControlPlaneService\x12m\n" +
 	"\fRegisterCell\x12-.cellmail.controlplane.v1.RegisterCellRequest\x1a..cellmail.controlplane.v1.RegisterCellResponse\x12d\n" +
 	"\tListCells\x12*.cellmail.controlplane.v1.ListCellsRequest\x1a+.cellmail.controlplane.v1.ListCellsResponse\x12^\n" +

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 
 	"connectrpc.com/connect"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -57,7 +58,9 @@ func toConnect(log *slog.Logger, procedure string, err error) error {
 	}
 	for _, c := range codes {
 		if errors.Is(err, c.err) {
-			e := connect.NewError(c.code, err)
+			// The code says what the sentinel says: keep only the detail.
+			msg := strings.TrimPrefix(err.Error(), c.err.Error()+": ")
+			e := connect.NewError(c.code, errors.New(msg))
 			if d, derr := connect.NewErrorDetail(&errdetails.ErrorInfo{Reason: c.reason, Domain: "controlplane.cellmail"}); derr == nil {
 				e.AddDetail(d)
 			}

@@ -60,6 +60,16 @@ func checkJurisdiction(name string) (string, error) {
 	return j.String(), nil
 }
 
+// checkFilter canonicalises an optional jurisdiction filter in place.
+func checkFilter(jur *string) error {
+	if *jur == "" {
+		return nil
+	}
+	j, err := checkJurisdiction(*jur)
+	*jur = j
+	return err
+}
+
 // settle waits (briefly) until this instance's map copy shows epoch e, so
 // that a list right after a change shows the change.
 func (s *Service) settle(ctx context.Context, e uint64) {
@@ -269,6 +279,9 @@ func modeName(m pb.PlacementMode) string {
 
 // ListDomains lists hosted domains.
 func (s *Service) ListDomains(ctx context.Context, req *connect.Request[pb.ListDomainsRequest]) (*connect.Response[pb.ListDomainsResponse], error) {
+	if err := checkFilter(&req.Msg.Jurisdiction); err != nil {
+		return nil, err
+	}
 	recs, err := s.records(ctx)
 	if err != nil {
 		return nil, err
@@ -376,6 +389,9 @@ func fillEnds(ranges []*pb.Range) {
 
 // ListRanges lists ranges in key order.
 func (s *Service) ListRanges(ctx context.Context, req *connect.Request[pb.ListRangesRequest]) (*connect.Response[pb.ListRangesResponse], error) {
+	if err := checkFilter(&req.Msg.Jurisdiction); err != nil {
+		return nil, err
+	}
 	recs, err := s.records(ctx)
 	if err != nil {
 		return nil, err
@@ -413,7 +429,7 @@ func (s *Service) SplitRange(ctx context.Context, req *connect.Request[pb.SplitR
 	}
 	at := req.Msg.At
 	if at == 0 || at >= placement.SpaceEnd {
-		return nil, fmt.Errorf("%w: split point %d must lie in (0, 2^56)", errPrecondition, at)
+		return nil, fmt.Errorf("%w: split point %d must lie in (0, 2^56)", errInvalid, at)
 	}
 	var lower, upper pb.Range
 	epoch, err := s.st.Update(ctx, func(tx *store.Tx) error {
@@ -732,7 +748,10 @@ func (s *Service) Lookup(ctx context.Context, req *connect.Request[pb.LookupRequ
 	out := &pb.LookupResponse{
 		Address: rt.Address.String(), PlacementKey: rt.Key, Cell: rt.Cell,
 		Jurisdiction: rt.Domain.Jurisdiction.String(), KeyspaceId: rt.KeyspaceID, Epoch: rt.Epoch,
-		Pinned: rt.Pinned, RangeStart: rt.Range.Start,
+		Pinned: rt.Pinned, Frozen: rt.Frozen,
+	}
+	if !rt.Pinned {
+		out.RangeStart, out.RangeEnd = rt.Range.Start, rt.Range.End
 	}
 	if c, ok := m.Cell(rt.Cell); ok {
 		out.CellApiUrl = c.APIURL

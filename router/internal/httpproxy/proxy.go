@@ -125,7 +125,9 @@ func (p *Proxy) RoundTrip(r *http.Request) (*http.Response, error) {
 
 type wrongCellError struct{ owner, epoch string }
 
-func (e *wrongCellError) Error() string { return "WRONG_CELL: owner " + e.owner + " at epoch " + e.epoch }
+func (e *wrongCellError) Error() string {
+	return "WRONG_CELL: owner " + e.owner + " at epoch " + e.epoch
+}
 
 // ServeHTTP routes one call.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {

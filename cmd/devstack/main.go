@@ -1,0 +1,433 @@
+// Command devstack runs the whole cellmail system on one machine (`make
+// run`): embedded etcd, PostgreSQL and Redis from the system's packages, a
+// Kafka-protocol broker per cell, and the control plane, three cells in two
+// jurisdictions and a router, each its own OS process so that any one can
+// be killed. It bootstraps demo domains, prints how to use the stack, and
+// writes every endpoint to <dir>/stack.json. Ctrl-C stops it all; a second
+// run reuses the data.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/cellmail/cellmail/controlplane/cptest"
+	pb "github.com/cellmail/cellmail/controlplane/gen/controlplanev1"
+	"github.com/cellmail/cellmail/controlplane/gen/controlplanev1/controlplanev1connect"
+	"github.com/cellmail/cellmail/controlplane/placement"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "devstack:", err)
+		os.Exit(1)
+	}
+}
+
+type cellSpec struct {
+	Name         string `json:"name"`
+	Jurisdiction string `json:"jurisdiction"`
+	API          string `json:"api"`
+	PID          int    `json:"pid"`
+	Database     string `json:"database"`
+	Redis        string `json:"redis"`
+	Kafka        string `json:"kafka"`
+	Log          string `json:"log"`
+}
+
+type domainSpec struct {
+	Name         string `json:"name"`
+	Jurisdiction string `json:"jurisdiction"`
+	Mode         string `json:"mode"`
+}
+
+type account struct {
+	Address      string `json:"address"`
+	Password     string `json:"password"`
+	Cell         string `json:"cell"`
+	Jurisdiction string `json:"jurisdiction"`
+}
+
+// Stack is what stack.json holds.
+type Stack struct {
+	Controlplane string `json:"controlplane"`
+	AdminToken   string `json:"admin_token"`
+	Etcd         string `json:"etcd"`
+	Router       struct {
+		HTTP       string `json:"http"`
+		URL        string `json:"url"`
+		SMTP       string `json:"smtp"`
+		Submission string `json:"submission"`
+		IMAP       string `json:"imap"`
+		PID        int    `json:"pid"`
+	} `json:"router"`
+	Cells    []cellSpec   `json:"cells"`
+	Domains  []domainSpec `json:"domains"`
+	Accounts []account    `json:"accounts"`
+	Postgres string       `json:"postgres"`
+	Redis    string       `json:"redis"`
+	Logs     string       `json:"logs"`
+}
+
+var demoCells = []struct{ name, jur string }{{"eu-1", "eu"}, {"eu-2", "eu"}, {"us-1", "us"}}
+
+var demoDomains = []domainSpec{
+	{"demo-eu.example", "eu", "consumer"},
+	{"acme-eu.example", "eu", "tenant"},
+	{"demo-us.example", "us", "consumer"},
+}
+
+func run(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("devstack", flag.ContinueOnError)
+	dir := fs.String("dir", ".dev", "data, logs and stack.json")
+	base := fs.Int("base-port", 7400, "first of the ports the stack uses (base … base+99)")
+	binDir := fs.String("bin", "", "directory of controlplaned, celld and routerd (default: next to devstack)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *binDir == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		*binDir = filepath.Dir(exe)
+	}
+	if *base < 1024 || *base > 65535-100 {
+		return fmt.Errorf("-base-port %d: want 1024…65435", *base)
+	}
+	abs, err := filepath.Abs(*dir)
+	if err != nil {
+		return err
+	}
+	*dir = abs
+	logDir := filepath.Join(*dir, "logs")
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+
+	ports := map[string]int{"control plane": *base, "etcd": *base + 1, "postgres": *base + 32, "redis": *base + 36, "router http": *base + 80}
+	for i, c := range demoCells {
+		ports["cell "+c.name] = *base + 10 + i
+		ports["kafka "+c.name] = *base + 90 + i
+	}
+	for what, p := range ports {
+		if err := portFree(p, what); err != nil {
+			return err
+		}
+	}
+	secrets, err := loadSecrets(filepath.Join(*dir, "secrets.json"))
+	if err != nil {
+		return err
+	}
+
+	var cleanups []func()
+	defer func() {
+		fmt.Fprintln(out, "\nstopping…")
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+		fmt.Fprintln(out, "stopped")
+	}()
+
+	step := func(what string) func() {
+		t := time.Now()
+		return func() { log.Info(what, "took", time.Since(t).Round(time.Millisecond)) }
+	}
+	done := step("etcd started (embedded)")
+	etcd, err := cptest.NewEtcd(filepath.Join(*dir, "etcd"), ports["etcd"])
+	if err != nil {
+		return err
+	}
+	cleanups = append(cleanups, etcd.Close)
+	done()
+
+	done = step("postgres started")
+	pg, err := startPostgres(ctx, filepath.Join(*dir, "postgres"), logDir, ports["postgres"])
+	if err != nil {
+		return err
+	}
+	cleanups = append(cleanups, pg.stop)
+	done()
+
+	done = step("redis started")
+	redis, err := startRedis(ctx, filepath.Join(*dir, "redis"), logDir, ports["redis"])
+	if err != nil {
+		return err
+	}
+	cleanups = append(cleanups, func() { redis.stop(syscall.SIGTERM, 10*time.Second) })
+	done()
+
+	st := &Stack{
+		Controlplane: fmt.Sprintf("http://127.0.0.1:%d", ports["control plane"]),
+		AdminToken:   secrets.Admin,
+		Etcd:         etcd.Endpoints[0],
+		Postgres:     fmt.Sprintf("127.0.0.1:%d", ports["postgres"]),
+		Redis:        fmt.Sprintf("127.0.0.1:%d", ports["redis"]),
+		Logs:         logDir,
+		Domains:      demoDomains,
+		Accounts:     []account{},
+	}
+
+	done = step("kafka-protocol brokers started (kfake, one per cell)")
+	for _, c := range demoCells {
+		kdir := filepath.Join(*dir, "kafka", c.name)
+		if err := os.MkdirAll(kdir, 0o755); err != nil {
+			return err
+		}
+		k, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(ports["kafka "+c.name]), kfake.DataDir(kdir),
+			kfake.SyncWrites(), kfake.SeedTopics(4, "inbound", "outbound", "changes", "errors"))
+		if err != nil {
+			return fmt.Errorf("kafka broker for %s: %w", c.name, err)
+		}
+		cleanups = append(cleanups, k.Close)
+		db := "cell_" + sanitize(c.name)
+		if err := pg.ensureDB(db); err != nil {
+			return err
+		}
+		st.Cells = append(st.Cells, cellSpec{
+			Name: c.name, Jurisdiction: c.jur, API: fmt.Sprintf("http://127.0.0.1:%d", ports["cell "+c.name]),
+			Database: pg.dsn(db), Redis: st.Redis, Kafka: k.ListenAddrs()[0],
+			Log: filepath.Join(logDir, c.name+".log"),
+		})
+	}
+	done()
+
+	done = step("control plane started")
+	cp, err := start("controlplaned", filepath.Join(logDir, "controlplane.log"), nil, filepath.Join(*binDir, "controlplaned"),
+		"-listen", fmt.Sprintf("127.0.0.1:%d", ports["control plane"]), "-etcd", st.Etcd,
+		"-admin-token", "@"+secrets.adminFile, "-agent-token", "@"+secrets.agentFile)
+	if err != nil {
+		return err
+	}
+	cleanups = append(cleanups, func() { cp.stop(syscall.SIGTERM, 10*time.Second) })
+	if err := waitHTTP(ctx, cp, st.Controlplane+"/readyz"); err != nil {
+		return err
+	}
+	done()
+
+	admin := controlplanev1connect.NewControlPlaneServiceClient(http.DefaultClient, st.Controlplane)
+	auth := func(r connect.AnyRequest) { r.Header().Set("Authorization", "Bearer "+secrets.Admin) }
+	for _, c := range st.Cells {
+		req := connect.NewRequest(&pb.RegisterCellRequest{Name: c.Name, Jurisdiction: c.Jurisdiction, ApiUrl: c.API})
+		auth(req)
+		if _, err := admin.RegisterCell(ctx, req); err != nil {
+			return fmt.Errorf("register cell %s: %w", c.Name, err)
+		}
+	}
+
+	done = step("cells started")
+	var cells []*proc
+	for i := range st.Cells {
+		c := &st.Cells[i]
+		p, err := start(c.Name, c.Log, nil, filepath.Join(*binDir, "celld"),
+			"-name", c.Name, "-listen", c.API[len("http://"):], "-etcd", st.Etcd,
+			"-data-dir", filepath.Join(*dir, "cells", c.Name), "-agent-token", "@"+secrets.agentFile)
+		if err != nil {
+			return err
+		}
+		c.PID = p.cmd.Process.Pid
+		cells = append(cells, p)
+		cleanups = append(cleanups, func() { p.stop(syscall.SIGTERM, 10*time.Second) })
+	}
+	for i, p := range cells {
+		if err := waitHTTP(ctx, p, st.Cells[i].API+"/readyz"); err != nil {
+			return err
+		}
+	}
+	done()
+
+	if err := bootstrap(ctx, admin, auth); err != nil {
+		return err
+	}
+
+	done = step("router started")
+	st.Router.HTTP = fmt.Sprintf("127.0.0.1:%d", ports["router http"])
+	st.Router.URL = "http://" + st.Router.HTTP
+	rt, err := start("routerd", filepath.Join(logDir, "router.log"), nil, filepath.Join(*binDir, "routerd"),
+		"-http", st.Router.HTTP, "-etcd", st.Etcd, "-data-dir", filepath.Join(*dir, "router"))
+	if err != nil {
+		return err
+	}
+	st.Router.PID = rt.cmd.Process.Pid
+	cleanups = append(cleanups, func() { rt.stop(syscall.SIGTERM, 10*time.Second) })
+	if err := waitHTTP(ctx, rt, st.Router.URL+"/readyz"); err != nil {
+		return err
+	}
+	done()
+
+	b, _ := json.MarshalIndent(st, "", "  ")
+	stackFile := filepath.Join(*dir, "stack.json")
+	if err := os.WriteFile(stackFile+".tmp", b, 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(stackFile+".tmp", stackFile); err != nil {
+		return err
+	}
+	printSummary(out, st, stackFile)
+
+	// Watch the children until Ctrl-C: a child that dies is reported and
+	// left dead (the others keep serving: that is the point of cells).
+	procs := append([]*proc{cp, rt}, cells...)
+	reported := map[*proc]bool{}
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			for _, p := range procs {
+				if p.exited() && !reported[p] {
+					reported[p] = true
+					log.Warn("process exited; the rest of the stack keeps running", "process", p.name, "err", p.err)
+				}
+			}
+		}
+	}
+}
+
+// bootstrap adds the demo domains and gives eu's upper half to eu-2, once.
+func bootstrap(ctx context.Context, admin controlplanev1connect.ControlPlaneServiceClient, auth func(connect.AnyRequest)) error {
+	for _, d := range demoDomains {
+		mode := pb.PlacementMode_PLACEMENT_MODE_CONSUMER
+		if d.Mode == "tenant" {
+			mode = pb.PlacementMode_PLACEMENT_MODE_TENANT
+		}
+		req := connect.NewRequest(&pb.AddDomainRequest{Name: d.Name, Jurisdiction: d.Jurisdiction, Mode: mode})
+		auth(req)
+		if _, err := admin.AddDomain(ctx, req); err != nil {
+			return fmt.Errorf("add domain %s: %w", d.Name, err)
+		}
+	}
+	lr := connect.NewRequest(&pb.ListRangesRequest{Jurisdiction: "eu"})
+	auth(lr)
+	ranges, err := admin.ListRanges(ctx, lr)
+	if err != nil {
+		return fmt.Errorf("list ranges: %w", err)
+	}
+	if len(ranges.Msg.Ranges) > 1 {
+		return nil // bootstrapped by an earlier run
+	}
+	sr := connect.NewRequest(&pb.SplitRangeRequest{Jurisdiction: "eu", At: placement.SpaceEnd / 2})
+	auth(sr)
+	if _, err := admin.SplitRange(ctx, sr); err != nil {
+		return fmt.Errorf("split eu: %w", err)
+	}
+	ar := connect.NewRequest(&pb.AssignRangeRequest{Jurisdiction: "eu", Start: placement.SpaceEnd / 2, Cell: "eu-2"})
+	auth(ar)
+	if _, err := admin.AssignRange(ctx, ar); err != nil {
+		return fmt.Errorf("assign eu upper half to eu-2: %w", err)
+	}
+	return nil
+}
+
+func waitHTTP(ctx context.Context, p *proc, url string) error {
+	return waitFor(ctx, p, 60*time.Second, p.name, func() error {
+		resp, err := http.Get(url)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return errors.New(resp.Status)
+		}
+		return nil
+	})
+}
+
+func sanitize(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9') {
+			b[i] = '_'
+		}
+	}
+	return string(b)
+}
+
+type secrets struct {
+	Admin     string `json:"admin_token"`
+	Agent     string `json:"agent_token"`
+	adminFile string
+	agentFile string
+}
+
+// loadSecrets reads the stack's tokens, making them on the first run.
+func loadSecrets(path string) (*secrets, error) {
+	var s secrets
+	if b, err := os.ReadFile(path); err == nil {
+		if err := json.Unmarshal(b, &s); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	if s.Admin == "" || s.Agent == "" {
+		s.Admin, s.Agent = token(), token()
+		b, _ := json.MarshalIndent(&s, "", "  ")
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			return nil, err
+		}
+	}
+	s.adminFile = filepath.Join(filepath.Dir(path), "admin.token")
+	s.agentFile = filepath.Join(filepath.Dir(path), "agent.token")
+	if err := os.WriteFile(s.adminFile, []byte(s.Admin), 0o600); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(s.agentFile, []byte(s.Agent), 0o600); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+func token() string {
+	b := make([]byte, 24)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func printSummary(w io.Writer, st *Stack, stackFile string) {
+	fmt.Fprintf(w, `
+cellmail dev stack is up.
+
+  control plane  %s          (admin token in %s)
+  router (API)   %s
+  etcd           %s (embedded)
+  postgres       %s   redis %s
+`, st.Controlplane, stackFile, st.Router.URL, st.Etcd, st.Postgres, st.Redis)
+	for _, c := range st.Cells {
+		fmt.Fprintf(w, "  cell %-9s %-4s %s  pid %-7s kafka %s\n", c.Name, c.Jurisdiction, c.API, strconv.Itoa(c.PID), c.Kafka)
+	}
+	fmt.Fprintf(w, `
+Demo domains: demo-eu.example (eu, consumer), acme-eu.example (eu, tenant), demo-us.example (us, consumer).
+
+Try it (another terminal):
+  export CELLMAIL_CONTROLPLANE=%s CELLMAIL_TOKEN=%s
+  bin/mailctl route alice@demo-eu.example
+  bin/mailctl route bob@demo-us.example
+  bin/mailctl cells list
+  curl -s -H 'Content-Type: application/json' -d '{"address":"alice@demo-eu.example"}' \
+       %s/cellmail.cell.v1.CellService/WhoAmI
+  kill -9 %d    # the cell eu-2: its users get "unavailable", everyone else is served
+
+Logs in %s. Endpoints and credentials in %s. Ctrl-C stops everything.
+`, st.Controlplane, st.AdminToken, st.Router.URL, st.Cells[1].PID, st.Logs, stackFile)
+}

@@ -1,0 +1,43 @@
+// Command routerd runs a router instance: stateless, any number of them.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/cellmail/cellmail/cmd/internal/cli"
+	"github.com/cellmail/cellmail/router"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "routerd:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("routerd", flag.ContinueOnError)
+	listen := fs.String("http", cli.Env("CELLMAIL_HTTP", "127.0.0.1:7480"), "API address (env CELLMAIL_HTTP)")
+	etcd := fs.String("etcd", cli.Env("CELLMAIL_ETCD", "http://127.0.0.1:2379"), "etcd endpoints, comma-separated (env CELLMAIL_ETCD)")
+	dataDir := fs.String("data-dir", cli.Env("CELLMAIL_DATA_DIR", ""), "map snapshot directory (env CELLMAIL_DATA_DIR)")
+	logger := cli.LogFlags(fs, os.Stderr)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log, err := logger()
+	if err != nil {
+		return err
+	}
+	cfg := router.Config{HTTPListen: *listen, Etcd: cli.List(*etcd), DataDir: *dataDir, Logger: log}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return router.Run(ctx, cfg)
+}

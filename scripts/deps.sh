@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what the stack and the tests run against, from Debian's packages:
+# PostgreSQL (stand-in for YugabyteDB), Redis, etcd (for multi-process
+# fault tests), and the mail tools the tests drive. Idempotent; quiet when
+# everything is there.
+set -euo pipefail
+need=()
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
+command -v swaks >/dev/null || need+=(swaks)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# Debian starts the services it installs where it can; the stack runs its
+# own on private ports and data directories, so the system ones are not used.
