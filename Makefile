@@ -26,7 +26,7 @@ build: ## Build every binary into bin/
 run: deps build ## Run the whole system on this machine (Ctrl-C stops it)
 	$(BIN)/devstack -dir .dev
 
-test: deps ## Run every test (starts real etcd, PostgreSQL, Redis)
+test: deps checkgenerate ## Run every test (starts real etcd, PostgreSQL, Redis)
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -24,19 +24,19 @@ import (
 )
 
 type stack struct {
-	t     *testing.T
+	t     testing.TB
 	cp    *cptest.ControlPlane
 	admin controlplanev1connect.ControlPlaneServiceClient
 	stops map[string]context.CancelFunc
 	cells map[string]string // name → API URL
 }
 
-func call[T any](t *testing.T, req *connect.Request[T]) *connect.Request[T] {
+func call[T any](t testing.TB, req *connect.Request[T]) *connect.Request[T] {
 	req.Header().Set("Authorization", "Bearer "+cptest.AdminToken)
 	return req
 }
 
-func newStack(t *testing.T) *stack {
+func newStack(t testing.TB) *stack {
 	cp := cptest.StartControlPlane(t, nil)
 	s := &stack{t: t, cp: cp, admin: controlplanev1connect.NewControlPlaneServiceClient(http.DefaultClient, cp.URL),
 		stops: map[string]context.CancelFunc{}, cells: map[string]string{}}
@@ -104,7 +104,7 @@ func (s *stack) startCell(name, jur string) {
 	waitReady(t, url)
 }
 
-func waitReady(t *testing.T, url string) {
+func waitReady(t testing.TB, url string) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -210,7 +210,7 @@ func TestEveryAddressReachesItsOwner(t *testing.T) {
 
 // eventually retries a call while the router's map may still be catching up
 // with changes made a moment ago (unavailable), for at most 10 s.
-func eventually[T any](t *testing.T, f func() (T, error)) (T, error) {
+func eventually[T any](t testing.TB, f func() (T, error)) (T, error) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		v, err := f()

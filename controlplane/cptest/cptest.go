@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 type Etcd struct {
 	Endpoints []string
 	e         *embed.Etcd
+	once      sync.Once
 }
 
 // StartEtcd starts a single-member etcd in dir (a fresh temp dir when
@@ -69,8 +71,8 @@ func NewEtcd(dir string, port int) (*Etcd, error) {
 	return &Etcd{Endpoints: []string{"http://" + e.Clients[0].Addr().String()}, e: e}, nil
 }
 
-// Close stops the member.
-func (e *Etcd) Close() { e.e.Close() }
+// Close stops the member; closing twice is harmless.
+func (e *Etcd) Close() { e.once.Do(e.e.Close) }
 
 // Compact compacts etcd's history up to its current revision, so that
 // watches from older revisions fail with a compaction.

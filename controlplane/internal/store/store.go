@@ -30,6 +30,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/cellmail/cellmail/controlplane/gen/controlplanev1"
@@ -81,7 +82,7 @@ func Open(cfg Config, log *slog.Logger) (*Store, error) {
 		DialKeepAliveTimeout: 5 * time.Second,
 		Username:             cfg.Username,
 		Password:             cfg.Password,
-		Logger:               nil,
+		Logger:               zap.NewNop(), // errors reach callers; slog logs them once
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store: connect etcd: %w", err)
