@@ -16,13 +16,13 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/cellmail/cellmail/cell/gen/cellv1/cellv1connect"
 	"github.com/cellmail/cellmail/cell/internal/api"
 	"github.com/cellmail/cellmail/cell/internal/ownership"
 	"github.com/cellmail/cellmail/controlplane/client"
 	"github.com/cellmail/cellmail/controlplane/gen/controlplanev1/controlplanev1connect"
+	"github.com/cellmail/cellmail/internal/serve"
 )
 
 // Config is what a cell process needs.
@@ -91,11 +91,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer maps.Close()
 
-	ln := cfg.Listener
-	if ln == nil {
-		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
-			return fmt.Errorf("cell: listen %s: %w", cfg.Listen, err)
-		}
+	ln, err := serve.Listen(cfg.Listener, cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("cell: %w", err)
 	}
 	apiURL := "http://" + ln.Addr().String()
 
@@ -112,42 +110,21 @@ func Run(ctx context.Context, cfg Config) error {
 	fence := ownership.New(cfg.Name, maps)
 	srv := api.NewServer(fence, maps, api.NoSubjects{}, log)
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "cellmail_cell_map_staleness_seconds", Help: "Seconds since the cell's map copy was last known current.",
-	}, func() float64 { return maps.Staleness().Seconds() }))
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "cellmail_cell_map_epoch", Help: "Epoch of the cell's map copy.",
-	}, func() float64 { return float64(maps.Epoch()) }))
+	serve.Gauge(reg, "cellmail_cell_map_staleness_seconds", "Seconds since the cell's map copy was last known current.",
+		func() float64 { return maps.Staleness().Seconds() })
+	serve.Gauge(reg, "cellmail_cell_map_epoch", "Epoch of the cell's map copy.", func() float64 { return float64(maps.Epoch()) })
 
 	mux := http.NewServeMux()
 	limits := []connect.HandlerOption{connect.WithReadMaxBytes(1 << 20)}
 	mux.Handle(cellv1connect.NewCellServiceHandler(srv, append(limits, connect.WithInterceptors(srv.FenceInterceptor()))...))
 	mux.Handle(controlplanev1connect.NewCellAgentServiceHandler(srv, append(limits,
 		connect.WithInterceptors(api.AgentAuthInterceptor(cfg.AgentToken), srv.FenceInterceptor()))...))
-	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+	serve.Probes(mux, func() error {
 		if maps.Map() == nil {
-			http.Error(w, "no placement map yet", http.StatusServiceUnavailable)
-			return
+			return errors.New("no placement map yet")
 		}
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-
-	protocols := new(http.Protocols)
-	protocols.SetHTTP1(true)
-	protocols.SetUnencryptedHTTP2(true)
-	hs := &http.Server{Handler: mux, Protocols: protocols, ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
+		return nil
+	}, reg)
 	log.Info("cell serving", "api", apiURL, "instance", cfg.Instance)
-	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("cell: serve: %w", err)
-	case <-ctx.Done():
-	}
-	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer scancel()
-	return hs.Shutdown(sctx)
+	return serve.Run(ctx, ln, mux)
 }

@@ -15,12 +15,12 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/cellmail/cellmail/controlplane/client"
 	"github.com/cellmail/cellmail/controlplane/gen/controlplanev1/controlplanev1connect"
 	"github.com/cellmail/cellmail/controlplane/internal/api"
 	"github.com/cellmail/cellmail/controlplane/internal/store"
+	"github.com/cellmail/cellmail/internal/serve"
 )
 
 // Config is what a control-plane process needs.
@@ -91,13 +91,9 @@ func Run(ctx context.Context, cfg Config) error {
 	go runLeader(ctx, st, cfg.Instance, log)
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "cellmail_controlplane_map_staleness_seconds",
-		Help: "Seconds since this instance's map copy was last known current.",
-	}, func() float64 { return maps.Staleness().Seconds() }))
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "cellmail_controlplane_map_epoch", Help: "Epoch of this instance's map copy.",
-	}, func() float64 { return float64(maps.Epoch()) }))
+	serve.Gauge(reg, "cellmail_controlplane_map_staleness_seconds", "Seconds since this instance's map copy was last known current.",
+		func() float64 { return maps.Staleness().Seconds() })
+	serve.Gauge(reg, "cellmail_controlplane_map_epoch", "Epoch of this instance's map copy.", func() float64 { return float64(maps.Epoch()) })
 
 	hc := &http.Client{Timeout: 15 * time.Second}
 	svc := api.NewService(st, maps, api.NewAgentClient(hc, cfg.AgentToken), log)
@@ -105,38 +101,18 @@ func Run(ctx context.Context, cfg Config) error {
 	mux.Handle(controlplanev1connect.NewControlPlaneServiceHandler(svc,
 		connect.WithInterceptors(api.NewAuthInterceptor(cfg.AdminToken, log)),
 		connect.WithReadMaxBytes(1<<20)))
-	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+	serve.Probes(mux, func() error {
 		if maps.Map() == nil || maps.Staleness() > 30*time.Second {
-			http.Error(w, "map not current", http.StatusServiceUnavailable)
-			return
+			return errors.New("map not current")
 		}
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-
-	ln := cfg.Listener
-	if ln == nil {
-		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
-			return fmt.Errorf("controlplane: listen %s: %w", cfg.Listen, err)
-		}
+		return nil
+	}, reg)
+	ln, err := serve.Listen(cfg.Listener, cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("controlplane: %w", err)
 	}
-	protocols := new(http.Protocols)
-	protocols.SetHTTP1(true)
-	protocols.SetUnencryptedHTTP2(true)
-	srv := &http.Server{Handler: mux, Protocols: protocols, ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
 	log.Info("control plane serving", "addr", ln.Addr().String(), "etcd", cfg.Etcd)
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("controlplane: serve: %w", err)
-	case <-ctx.Done():
-	}
-	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer scancel()
-	return srv.Shutdown(sctx)
+	return serve.Run(ctx, ln, mux)
 }
 
 // runLeader campaigns for the mover's leadership and holds it while it

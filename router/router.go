@@ -16,9 +16,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/cellmail/cellmail/controlplane/client"
+	"github.com/cellmail/cellmail/internal/serve"
 	"github.com/cellmail/cellmail/router/internal/httpproxy"
 	"github.com/cellmail/cellmail/router/internal/route"
 )
@@ -90,51 +90,26 @@ func Run(ctx context.Context, cfg Config) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "cellmail_router_map_staleness_seconds", Help: "Seconds since the router's map copy was last known current.",
-	}, func() float64 { return maps.Staleness().Seconds() }))
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "cellmail_router_map_epoch", Help: "Epoch of the router's map copy.",
-	}, func() float64 { return float64(maps.Epoch()) }))
+	serve.Gauge(reg, "cellmail_router_map_staleness_seconds", "Seconds since the router's map copy was last known current.",
+		func() float64 { return maps.Staleness().Seconds() })
+	serve.Gauge(reg, "cellmail_router_map_epoch", "Epoch of the router's map copy.", func() float64 { return float64(maps.Epoch()) })
 	proxy := httpproxy.New(route.New(maps), httpproxy.Config{Logger: log, Registerer: reg})
 
 	mux := http.NewServeMux()
 	mux.Handle("/", proxy)
-	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+	serve.Probes(mux, func() error {
 		if maps.Map() == nil {
-			http.Error(w, "no placement map yet", http.StatusServiceUnavailable)
-			return
+			return errors.New("no placement map yet")
 		}
 		if s := maps.Staleness(); s > cfg.MaxStaleness {
-			http.Error(w, fmt.Sprintf("placement map %s stale", s.Round(time.Second)), http.StatusServiceUnavailable)
-			return
+			return fmt.Errorf("placement map %s stale", s.Round(time.Second))
 		}
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-
-	ln := cfg.HTTPListener
-	if ln == nil {
-		var err error
-		if ln, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
-			return fmt.Errorf("router: listen %s: %w", cfg.HTTPListen, err)
-		}
+		return nil
+	}, reg)
+	ln, err := serve.Listen(cfg.HTTPListener, cfg.HTTPListen)
+	if err != nil {
+		return fmt.Errorf("router: %w", err)
 	}
-	protocols := new(http.Protocols)
-	protocols.SetHTTP1(true)
-	protocols.SetUnencryptedHTTP2(true)
-	hs := &http.Server{Handler: mux, Protocols: protocols, ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
 	log.Info("router serving", "http", ln.Addr().String())
-	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("router: serve: %w", err)
-	case <-ctx.Done():
-	}
-	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer scancel()
-	return hs.Shutdown(sctx)
+	return serve.Run(ctx, ln, mux)
 }
