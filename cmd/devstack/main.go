@@ -32,6 +32,7 @@ import (
 	pb "github.com/cellmail/cellmail/controlplane/gen/controlplanev1"
 	"github.com/cellmail/cellmail/controlplane/gen/controlplanev1/controlplanev1connect"
 	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/internal/pgserver"
 )
 
 func main() {
@@ -162,11 +163,12 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	done()
 
 	done = step("postgres started")
-	pg, err := startPostgres(ctx, filepath.Join(*dir, "postgres"), logDir, ports["postgres"])
+	pg, err := pgserver.Start(ctx, pgserver.Config{Dir: filepath.Join(*dir, "postgres"), Port: ports["postgres"],
+		LogFile: filepath.Join(logDir, "postgres.log")})
 	if err != nil {
 		return err
 	}
-	cleanups = append(cleanups, pg.stop)
+	cleanups = append(cleanups, pg.Stop)
 	done()
 
 	done = step("redis started")
@@ -201,12 +203,12 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		cleanups = append(cleanups, k.Close)
 		db := "cell_" + sanitize(c.name)
-		if err := pg.ensureDB(db); err != nil {
+		if err := pg.EnsureDB(db); err != nil {
 			return err
 		}
 		st.Cells = append(st.Cells, cellSpec{
 			Name: c.name, Jurisdiction: c.jur, API: fmt.Sprintf("http://127.0.0.1:%d", ports["cell "+c.name]),
-			Database: pg.dsn(db), Redis: st.Redis, Kafka: k.ListenAddrs()[0],
+			Database: pg.DSN(db), Redis: st.Redis, Kafka: k.ListenAddrs()[0],
 			Log: filepath.Join(logDir, c.name+".log"),
 		})
 	}

@@ -8,9 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -103,120 +101,6 @@ func portFree(port int, what string) error {
 	}
 	return ln.Close()
 }
-
-// postgres is a private PostgreSQL server for the stack.
-type postgres struct {
-	bin  string
-	dir  string
-	port int
-	cred *syscall.Credential
-	proc *proc
-}
-
-func findPostgres() (string, error) {
-	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
-	sort.Slice(dirs, func(a, b int) bool { return version(dirs[a]) > version(dirs[b]) })
-	for _, d := range dirs {
-		if _, err := os.Stat(filepath.Join(d, "postgres")); err == nil {
-			return d, nil
-		}
-	}
-	return "", errors.New("PostgreSQL is not installed: run `make deps` (it installs Debian's postgresql and redis-server)")
-}
-
-func version(dir string) int {
-	v, _ := strconv.Atoi(filepath.Base(filepath.Dir(dir)))
-	return v
-}
-
-// credential is the postgres user's when running as root: PostgreSQL
-// refuses to run as root.
-func pgCredential() (*syscall.Credential, int, int, error) {
-	if os.Geteuid() != 0 {
-		return nil, -1, -1, nil
-	}
-	u, err := user.Lookup("postgres")
-	if err != nil {
-		return nil, 0, 0, fmt.Errorf("running as root needs the postgres user (installed with postgresql): %w", err)
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, uid, gid, nil
-}
-
-func startPostgres(ctx context.Context, dir, logDir string, port int) (*postgres, error) {
-	bin, err := findPostgres()
-	if err != nil {
-		return nil, err
-	}
-	cred, uid, gid, err := pgCredential()
-	if err != nil {
-		return nil, err
-	}
-	pg := &postgres{bin: bin, dir: dir, port: port, cred: cred}
-	data := filepath.Join(dir, "data")
-	sock := filepath.Join(dir, "run")
-	for _, d := range []string{dir, sock} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, err
-		}
-		if uid >= 0 {
-			_ = os.Chown(d, uid, gid)
-		}
-	}
-	if _, err := os.Stat(filepath.Join(data, "PG_VERSION")); err != nil {
-		p, err := start("initdb", filepath.Join(logDir, "postgres-initdb.log"), cred, filepath.Join(bin, "initdb"),
-			"-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale", "C")
-		if err != nil {
-			return nil, err
-		}
-		<-p.done
-		if p.err != nil {
-			return nil, fmt.Errorf("initdb failed (%v): see %s", p.err, filepath.Join(logDir, "postgres-initdb.log"))
-		}
-	}
-	pg.proc, err = start("postgres", filepath.Join(logDir, "postgres.log"), cred, filepath.Join(bin, "postgres"),
-		"-D", data, "-p", strconv.Itoa(port), "-k", sock, "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200")
-	if err != nil {
-		return nil, err
-	}
-	err = waitFor(ctx, pg.proc, 30*time.Second, "postgres", func() error {
-		return exec.Command(filepath.Join(bin, "pg_isready"), "-q", "-h", "127.0.0.1", "-p", strconv.Itoa(port)).Run()
-	})
-	if err != nil {
-		pg.stop()
-		return nil, err
-	}
-	return pg, nil
-}
-
-// ensureDB creates a database unless it exists.
-func (pg *postgres) ensureDB(name string) error {
-	psql := func(sql string) (string, error) {
-		out, err := exec.Command(filepath.Join(pg.bin, "psql"), "-h", "127.0.0.1", "-p", strconv.Itoa(pg.port),
-			"-U", "postgres", "-d", "postgres", "-tAc", sql).CombinedOutput()
-		return strings.TrimSpace(string(out)), err
-	}
-	out, err := psql(fmt.Sprintf("SELECT 1 FROM pg_database WHERE datname = '%s'", name))
-	if err != nil {
-		return fmt.Errorf("psql: %v: %s", err, out)
-	}
-	if out == "1" {
-		return nil
-	}
-	if out, err := psql(fmt.Sprintf(`CREATE DATABASE "%s"`, name)); err != nil {
-		return fmt.Errorf("create database %s: %v: %s", name, err, out)
-	}
-	return nil
-}
-
-func (pg *postgres) dsn(db string) string {
-	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", pg.port, db)
-}
-
-// stop is PostgreSQL's fast shutdown (SIGINT): clean, without waiting for
-// clients.
-func (pg *postgres) stop() { pg.proc.stop(syscall.SIGINT, 20*time.Second) }
 
 func startRedis(ctx context.Context, dir, logDir string, port int) (*proc, error) {
 	bin, err := exec.LookPath("redis-server")

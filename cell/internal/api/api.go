@@ -126,6 +126,12 @@ func (s *Server) toConnect(procedure string, err error) error {
 		}
 		e.Meta().Set(HeaderRetryAfterM, strconv.FormatInt(moving.RetryAfter.Milliseconds(), 10))
 		return e
+	case errors.Is(err, mail.ErrUnauthorized):
+		return connect.NewError(connect.CodeUnauthenticated, errors.New(strings.TrimPrefix(err.Error(), mail.ErrUnauthorized.Error()+": ")))
+	case errors.Is(err, mail.ErrExists):
+		return connect.NewError(connect.CodeAlreadyExists, err)
+	case errors.Is(err, mail.ErrOverQuota), errors.Is(err, mail.ErrLimit), errors.Is(err, mail.ErrRateLimited):
+		return connect.NewError(connect.CodeResourceExhausted, err)
 	case errors.Is(err, mail.ErrInvalid):
 		return connect.NewError(connect.CodeInvalidArgument, err)
 	case errors.Is(err, mail.ErrNotFound):

@@ -131,24 +131,32 @@ func (e *wrongCellError) Error() string {
 
 // ServeHTTP routes one call.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		writeError(w, r, http.StatusMethodNotAllowed, "unimplemented", "the router routes POST calls only")
+	var body []byte
+	address, fromToken := subjectFromToken(r.Header.Get("Authorization"))
+	switch {
+	case r.Method == http.MethodGet && fromToken:
+		// Downloads: no body to replay.
+	case r.Method != http.MethodPost:
+		writeError(w, r, http.StatusMethodNotAllowed, "unimplemented", "the router routes POST calls, and GET with a session token")
 		return
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, p.maxBody))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			writeError(w, r, http.StatusRequestEntityTooLarge, "resource_exhausted", fmt.Sprintf("request body over %d bytes", p.maxBody))
+	default:
+		var err error
+		body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, p.maxBody))
+		if err != nil {
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				writeError(w, r, http.StatusRequestEntityTooLarge, "resource_exhausted", fmt.Sprintf("request body over %d bytes", p.maxBody))
+				return
+			}
+			writeError(w, r, http.StatusBadRequest, "invalid_argument", "request body could not be read")
 			return
 		}
-		writeError(w, r, http.StatusBadRequest, "invalid_argument", "request body could not be read")
-		return
-	}
-	address, err := addressFromBody(r.URL.Path, r.Header.Get("Content-Type"), body)
-	if err != nil {
-		writeError(w, r, http.StatusBadRequest, "invalid_argument", err.Error())
-		return
+		if !fromToken {
+			if address, err = addressFromBody(r.URL.Path, r.Header.Get("Content-Type"), body); err != nil {
+				writeError(w, r, http.StatusBadRequest, "invalid_argument", err.Error())
+				return
+			}
+		}
 	}
 	tgt, err := p.routes.Resolve(address)
 	if err != nil {
@@ -189,8 +197,10 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, tgt
 			pr.Out.Host = u.Host
 			pr.SetXForwarded()
 			pr.Out.Header.Set(headerMapEpoch, strconv.FormatUint(tgt.Route.Epoch, 10))
-			pr.Out.Body = io.NopCloser(bytes.NewReader(body))
-			pr.Out.ContentLength = int64(len(body))
+			if r.Method == http.MethodPost {
+				pr.Out.Body = io.NopCloser(bytes.NewReader(body))
+				pr.Out.ContentLength = int64(len(body))
+			}
 		},
 		ModifyResponse: func(resp *http.Response) error {
 			if owner := resp.Header.Get(headerWrongCell); owner != "" && hop < MaxHops {

@@ -1,0 +1,149 @@
+package mail
+
+import (
+	"errors"
+	"time"
+)
+
+// More sentinels of the mail store.
+var (
+	ErrExists       = errors.New("already exists")
+	ErrOverQuota    = errors.New("over quota")
+	ErrLimit        = errors.New("limit exceeded")
+	ErrUnauthorized = errors.New("not authenticated")
+	ErrRateLimited  = errors.New("rate limited")
+)
+
+// SpecialUse is RFC 6154's mailbox attribute.
+type SpecialUse int16
+
+// Special-use values, stored in the database: never renumber.
+const (
+	UseNone SpecialUse = iota
+	UseInbox
+	UseSent
+	UseDrafts
+	UseTrash
+	UseJunk
+	UseArchive
+)
+
+// DefaultMailboxes are made with every account.
+var DefaultMailboxes = []struct {
+	Name string
+	Use  SpecialUse
+}{
+	{"INBOX", UseInbox}, {"Sent", UseSent}, {"Drafts", UseDrafts},
+	{"Trash", UseTrash}, {"Junk", UseJunk}, {"Archive", UseArchive},
+}
+
+// Account is a mailbox owner.
+type Account struct {
+	ID           string
+	Address      string
+	Domain       string
+	PlacementKey string
+	Jurisdiction string
+	KeyHash      uint64
+	DisplayName  string
+	PasswordHash string
+	QuotaBytes   int64
+	UsedBytes    int64
+	CreatedAt    time.Time
+}
+
+// Mailbox is a folder of an account.
+type Mailbox struct {
+	ID            string
+	Name          string
+	SpecialUse    SpecialUse
+	UIDValidity   uint32
+	UIDNext       uint32
+	HighestModseq uint64
+	Total         int
+	Unread        int
+}
+
+// Address is a display name and an email address.
+type Address struct {
+	Name  string `json:"name,omitempty"`
+	Email string `json:"email"`
+}
+
+// Flags are a message's system flags.
+type Flags struct {
+	Seen, Flagged, Answered, Draft bool
+}
+
+// Message is what the store keeps of a message (the body is a blob).
+type Message struct {
+	ID             string
+	MailboxID      string
+	UID            uint32
+	Modseq         uint64
+	Flags          Flags
+	Labels         []string
+	ReceivedAt     time.Time
+	SentAt         time.Time
+	Size           int64
+	Subject        string
+	From           Address
+	To             []Address
+	MessageID      string
+	ThreadID       string
+	Snippet        string
+	HasAttachments bool
+	BlobRef        string
+}
+
+// AttachmentMeta describes one attachment of a stored message.
+type AttachmentMeta struct {
+	PartID      string
+	Filename    string
+	ContentType string
+	Size        int64
+	ContentID   string
+	BlobRef     string
+}
+
+// NewMessage is a message to store.
+type NewMessage struct {
+	Message
+	// References and In-Reply-To, to find the thread.
+	ThreadRefs  []string
+	Attachments []AttachmentMeta
+	// DeliveryKey makes the insert idempotent per mailbox: a second insert
+	// with the same key returns the first message.
+	DeliveryKey string
+}
+
+// FlagChange changes flags of messages; nil fields are left as they are.
+type FlagChange struct {
+	Seen, Flagged, Answered *bool
+	AddLabels, RemoveLabels []string
+}
+
+// Change kinds of the journal.
+const (
+	ChangeMessageAdded   = "message_added"
+	ChangeMessageRemoved = "message_removed"
+	ChangeFlags          = "flags_changed"
+	ChangeMailboxAdded   = "mailbox_added"
+	ChangeMailboxRenamed = "mailbox_renamed"
+	ChangeMailboxRemoved = "mailbox_removed"
+)
+
+// Change is one entry of an account's journal.
+type Change struct {
+	Modseq    uint64
+	Kind      string
+	MailboxID string
+	MessageID string
+	UID       uint32
+}
+
+// ListFilter narrows a message list.
+type ListFilter struct {
+	UnreadOnly, FlaggedOnly bool
+	Label                   string
+}

@@ -1,0 +1,711 @@
+package mailstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/yugabyte/pgx/v5"
+
+	"github.com/cellmail/cellmail/cell/internal/mail"
+)
+
+const mailboxCols = `id, name, special_use, uidvalidity, uidnext, highest_modseq, total, unread`
+
+func scanMailbox(row pgx.Row) (mail.Mailbox, error) {
+	var m mail.Mailbox
+	var uv, un, hm int64
+	err := row.Scan(&m.ID, &m.Name, &m.SpecialUse, &uv, &un, &hm, &m.Total, &m.Unread)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return m, fmt.Errorf("%w: mailbox", mail.ErrNotFound)
+	}
+	m.UIDValidity, m.UIDNext, m.HighestModseq = uint32(uv), uint32(un), uint64(hm)
+	return m, err
+}
+
+// ListMailboxes returns an account's mailboxes by name, and the account's
+// journal position.
+func (s *Store) ListMailboxes(ctx context.Context, accountID string) ([]mail.Mailbox, uint64, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+mailboxCols+` FROM mailboxes WHERE account_id = $1 ORDER BY name`, accountID)
+	if err != nil {
+		return nil, 0, fmt.Errorf("list mailboxes: %w", err)
+	}
+	var out []mail.Mailbox
+	for rows.Next() {
+		m, err := scanMailbox(rows)
+		if err != nil {
+			rows.Close()
+			return nil, 0, err
+		}
+		out = append(out, m)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, err
+	}
+	var modseq int64
+	if err := s.pool.QueryRow(ctx, `SELECT modseq FROM accounts WHERE id = $1`, accountID).Scan(&modseq); err != nil {
+		return nil, 0, fmt.Errorf("account modseq: %w", err)
+	}
+	return out, uint64(modseq), nil
+}
+
+// Mailbox returns one mailbox of the account.
+func (s *Store) Mailbox(ctx context.Context, accountID, id string) (mail.Mailbox, error) {
+	if !validID(id) {
+		return mail.Mailbox{}, fmt.Errorf("%w: mailbox", mail.ErrNotFound)
+	}
+	return scanMailbox(s.pool.QueryRow(ctx, `SELECT `+mailboxCols+` FROM mailboxes WHERE account_id = $1 AND id = $2`, accountID, id))
+}
+
+// MailboxByUse returns the account's special-use mailbox.
+func (s *Store) MailboxByUse(ctx context.Context, accountID string, use mail.SpecialUse) (mail.Mailbox, error) {
+	return scanMailbox(s.pool.QueryRow(ctx, `SELECT `+mailboxCols+` FROM mailboxes WHERE account_id = $1 AND special_use = $2`, accountID, int16(use)))
+}
+
+// CreateMailbox makes a user mailbox; parents are not required to exist.
+func (s *Store) CreateMailbox(ctx context.Context, accountID, name string) (mail.Mailbox, error) {
+	m := mail.Mailbox{ID: NewID(), Name: name, UIDValidity: uint32(time.Now().Unix()), UIDNext: 1}
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		modseq, err := nextModseq(ctx, tx, accountID, 1)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO mailboxes (account_id, id, name, uidvalidity, highest_modseq) VALUES ($1,$2,$3,$4,$5)`,
+			accountID, m.ID, name, int64(m.UIDValidity), int64(modseq)); err != nil {
+			return err
+		}
+		m.HighestModseq = modseq
+		return journal(ctx, tx, accountID, modseq, mail.ChangeMailboxAdded, m.ID, "", 0)
+	})
+	if isUnique(err) {
+		return mail.Mailbox{}, fmt.Errorf("%w: mailbox %q", mail.ErrExists, name)
+	}
+	if err != nil {
+		return mail.Mailbox{}, fmt.Errorf("create mailbox: %w", err)
+	}
+	return m, nil
+}
+
+// RenameMailbox renames a user mailbox and the mailboxes under it. Special
+// mailboxes keep their names.
+func (s *Store) RenameMailbox(ctx context.Context, accountID, id, name string) (mail.Mailbox, error) {
+	var m mail.Mailbox
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		var err error
+		if m, err = s.lockMailbox(ctx, tx, accountID, id); err != nil {
+			return err
+		}
+		if m.SpecialUse != mail.UseNone {
+			return fmt.Errorf("%w: %s is a special mailbox and keeps its name", mail.ErrInvalid, m.Name)
+		}
+		modseq, err := nextModseq(ctx, tx, accountID, 1)
+		if err != nil {
+			return err
+		}
+		old := m.Name
+		if _, err := tx.Exec(ctx, `UPDATE mailboxes SET name = $3, highest_modseq = $4 WHERE account_id = $1 AND id = $2`,
+			accountID, id, name, int64(modseq)); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE mailboxes SET name = $3 || substr(name, $4) WHERE account_id = $1 AND name LIKE $2`,
+			accountID, likeEscape(old)+"/%", name, len(old)+1); err != nil {
+			return err
+		}
+		m.Name, m.HighestModseq = name, modseq
+		return journal(ctx, tx, accountID, modseq, mail.ChangeMailboxRenamed, id, "", 0)
+	})
+	if isUnique(err) {
+		return mail.Mailbox{}, fmt.Errorf("%w: mailbox %q", mail.ErrExists, name)
+	}
+	return m, err
+}
+
+func likeEscape(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
+}
+
+func (s *Store) lockMailbox(ctx context.Context, tx pgx.Tx, accountID, id string) (mail.Mailbox, error) {
+	if !validID(id) {
+		return mail.Mailbox{}, fmt.Errorf("%w: mailbox", mail.ErrNotFound)
+	}
+	return scanMailbox(tx.QueryRow(ctx, `SELECT `+mailboxCols+` FROM mailboxes WHERE account_id = $1 AND id = $2 FOR UPDATE`, accountID, id))
+}
+
+// DeleteMailbox removes a user mailbox and its messages; it refuses while
+// mailboxes are nested under it.
+func (s *Store) DeleteMailbox(ctx context.Context, accountID, id string) error {
+	return s.tx(ctx, func(tx pgx.Tx) error {
+		m, err := s.lockMailbox(ctx, tx, accountID, id)
+		if err != nil {
+			return err
+		}
+		if m.SpecialUse != mail.UseNone {
+			return fmt.Errorf("%w: %s is a special mailbox", mail.ErrInvalid, m.Name)
+		}
+		var children int
+		if err := tx.QueryRow(ctx, `SELECT count(*) FROM mailboxes WHERE account_id = $1 AND name LIKE $2`,
+			accountID, likeEscape(m.Name)+"/%").Scan(&children); err != nil {
+			return err
+		}
+		if children > 0 {
+			return fmt.Errorf("%w: %s has mailboxes under it", mail.ErrInvalid, m.Name)
+		}
+		ids, err := idsIn(ctx, tx, `SELECT id FROM messages WHERE account_id = $1 AND mailbox_id = $2`, accountID, id)
+		if err != nil {
+			return err
+		}
+		if err := s.expungeTx(ctx, tx, accountID, ids); err != nil {
+			return err
+		}
+		modseq, err := nextModseq(ctx, tx, accountID, 1)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM mailboxes WHERE account_id = $1 AND id = $2`, accountID, id); err != nil {
+			return err
+		}
+		return journal(ctx, tx, accountID, modseq, mail.ChangeMailboxRemoved, id, "", 0)
+	})
+}
+
+func idsIn(ctx context.Context, tx pgx.Tx, sql string, args ...any) ([]string, error) {
+	rows, err := tx.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+const messageCols = `id, mailbox_id, uid, modseq, seen, flagged, answered, draft, labels, received_at,
+	coalesce(sent_at, received_at), size, subject, from_addr, to_addrs, message_id_header, thread_id, snippet,
+	has_attachments, blob_ref`
+
+func scanMessage(row pgx.Row) (mail.Message, error) {
+	var m mail.Message
+	var uid, modseq int64
+	var from, to []byte
+	err := row.Scan(&m.ID, &m.MailboxID, &uid, &modseq, &m.Flags.Seen, &m.Flags.Flagged, &m.Flags.Answered,
+		&m.Flags.Draft, &m.Labels, &m.ReceivedAt, &m.SentAt, &m.Size, &m.Subject, &from, &to, &m.MessageID,
+		&m.ThreadID, &m.Snippet, &m.HasAttachments, &m.BlobRef)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return m, fmt.Errorf("%w: message", mail.ErrNotFound)
+	}
+	if err != nil {
+		return m, err
+	}
+	m.UID, m.Modseq = uint32(uid), uint64(modseq)
+	_ = json.Unmarshal(from, &m.From)
+	_ = json.Unmarshal(to, &m.To)
+	return m, nil
+}
+
+// ListMessages returns up to limit messages of a mailbox, newest (highest
+// UID) first, below beforeUID when it is not 0. Paging by UID is stable
+// under concurrent inserts: new messages get higher UIDs.
+func (s *Store) ListMessages(ctx context.Context, accountID, mailboxID string, f mail.ListFilter, beforeUID uint32, limit int) ([]mail.Message, error) {
+	if !validID(mailboxID) {
+		return nil, fmt.Errorf("%w: mailbox", mail.ErrNotFound)
+	}
+	q := `SELECT ` + messageCols + ` FROM messages WHERE account_id = $1 AND mailbox_id = $2 AND uid < $3`
+	args := []any{accountID, mailboxID, int64(beforeUID)}
+	if beforeUID == 0 {
+		args[2] = int64(1) << 40
+	}
+	if f.UnreadOnly {
+		q += ` AND NOT seen`
+	}
+	if f.FlaggedOnly {
+		q += ` AND flagged`
+	}
+	if f.Label != "" {
+		args = append(args, f.Label)
+		q += fmt.Sprintf(` AND $%d = ANY(labels)`, len(args))
+	}
+	args = append(args, limit)
+	q += fmt.Sprintf(` ORDER BY uid DESC LIMIT $%d`, len(args))
+	rows, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list messages: %w", err)
+	}
+	defer rows.Close()
+	var out []mail.Message
+	for rows.Next() {
+		m, err := scanMessage(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// Message returns one message of the account with its attachments.
+func (s *Store) Message(ctx context.Context, accountID, id string) (mail.Message, []mail.AttachmentMeta, error) {
+	if !validID(id) {
+		return mail.Message{}, nil, fmt.Errorf("%w: message", mail.ErrNotFound)
+	}
+	m, err := scanMessage(s.pool.QueryRow(ctx, `SELECT `+messageCols+` FROM messages WHERE account_id = $1 AND id = $2`, accountID, id))
+	if err != nil {
+		return m, nil, err
+	}
+	rows, err := s.pool.Query(ctx, `SELECT part_id, filename, content_type, size, content_id, blob_ref FROM attachments
+		WHERE account_id = $1 AND message_id = $2 ORDER BY part_id`, accountID, id)
+	if err != nil {
+		return m, nil, err
+	}
+	defer rows.Close()
+	var atts []mail.AttachmentMeta
+	for rows.Next() {
+		var a mail.AttachmentMeta
+		if err := rows.Scan(&a.PartID, &a.Filename, &a.ContentType, &a.Size, &a.ContentID, &a.BlobRef); err != nil {
+			return m, nil, err
+		}
+		atts = append(atts, a)
+	}
+	return m, atts, rows.Err()
+}
+
+// InsertMessage stores a message in a mailbox: UID and modseq allocated,
+// counters and quota updated, thread found, journal written, in one
+// transaction. With a DeliveryKey it is idempotent: the same key in the same
+// mailbox returns the message stored the first time.
+func (s *Store) InsertMessage(ctx context.Context, accountID, mailboxID string, nm mail.NewMessage) (mail.Message, error) {
+	if !validID(mailboxID) {
+		return mail.Message{}, fmt.Errorf("%w: mailbox", mail.ErrNotFound)
+	}
+	m := nm.Message
+	m.ID, m.MailboxID = NewID(), mailboxID
+	if m.ReceivedAt.IsZero() {
+		m.ReceivedAt = time.Now()
+	}
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		if nm.DeliveryKey != "" {
+			prev, err := scanMessage(tx.QueryRow(ctx, `SELECT `+messageCols+` FROM messages
+				WHERE account_id = $1 AND mailbox_id = $2 AND delivery_key = $3`, accountID, mailboxID, nm.DeliveryKey))
+			if err == nil {
+				m = prev
+				return nil
+			}
+			if !errors.Is(err, mail.ErrNotFound) {
+				return err
+			}
+		}
+		var quota, used int64
+		if err := tx.QueryRow(ctx, `SELECT quota_bytes, used_bytes FROM accounts WHERE id = $1 FOR UPDATE`, accountID).Scan(&quota, &used); err != nil {
+			if errors.Is(err, pgx.ErrNoRows) {
+				return fmt.Errorf("%w: account", mail.ErrNotFound)
+			}
+			return err
+		}
+		if quota > 0 && used+m.Size > quota {
+			return fmt.Errorf("%w: %d of %d bytes used, message of %d", mail.ErrOverQuota, used, quota, m.Size)
+		}
+		modseq, err := nextModseq(ctx, tx, accountID, 1)
+		if err != nil {
+			return err
+		}
+		unread := 0
+		if !m.Flags.Seen {
+			unread = 1
+		}
+		var uidnext int64
+		err = tx.QueryRow(ctx, `UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = $3, total = total + 1,
+			unread = unread + $4 WHERE account_id = $1 AND id = $2 RETURNING uidnext`,
+			accountID, mailboxID, int64(modseq), unread).Scan(&uidnext)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("%w: mailbox", mail.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		m.UID, m.Modseq = uint32(uidnext-1), modseq
+		if m.ThreadID, err = threadOf(ctx, tx, accountID, nm.ThreadRefs); err != nil {
+			return err
+		}
+		from, _ := json.Marshal(m.From)
+		to, _ := json.Marshal(orEmpty(m.To))
+		var sent any
+		if !m.SentAt.IsZero() {
+			sent = m.SentAt
+		}
+		if m.Labels == nil {
+			m.Labels = []string{}
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO messages (account_id, id, mailbox_id, uid, modseq, seen, flagged, answered,
+			draft, labels, received_at, sent_at, size, subject, from_addr, to_addrs, message_id_header, thread_id, snippet,
+			has_attachments, blob_ref, delivery_key)
+			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,NULLIF($22, ''))`,
+			accountID, m.ID, mailboxID, int64(m.UID), int64(modseq), m.Flags.Seen, m.Flags.Flagged, m.Flags.Answered,
+			m.Flags.Draft, m.Labels, m.ReceivedAt, sent, m.Size, m.Subject, from, to, m.MessageID, m.ThreadID, m.Snippet,
+			m.HasAttachments, m.BlobRef, nm.DeliveryKey); err != nil {
+			return err
+		}
+		for _, a := range nm.Attachments {
+			if _, err := tx.Exec(ctx, `INSERT INTO attachments (account_id, message_id, part_id, filename, content_type, size, content_id, blob_ref)
+				VALUES ($1,$2,$3,$4,$5,$6,$7,$8)`, accountID, m.ID, a.PartID, a.Filename, a.ContentType, a.Size, a.ContentID, a.BlobRef); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.Exec(ctx, `UPDATE accounts SET used_bytes = used_bytes + $2 WHERE id = $1`, accountID, m.Size); err != nil {
+			return err
+		}
+		return journal(ctx, tx, accountID, modseq, mail.ChangeMessageAdded, mailboxID, m.ID, m.UID)
+	})
+	if err != nil {
+		return mail.Message{}, fmt.Errorf("insert message: %w", err)
+	}
+	return m, nil
+}
+
+func orEmpty(a []mail.Address) []mail.Address {
+	if a == nil {
+		return []mail.Address{}
+	}
+	return a
+}
+
+// threadOf finds the thread of the account's earlier message named by a
+// References/In-Reply-To id, or starts a new thread.
+func threadOf(ctx context.Context, tx pgx.Tx, accountID string, refs []string) (string, error) {
+	if len(refs) > 50 {
+		refs = refs[len(refs)-50:]
+	}
+	if len(refs) > 0 {
+		var thread string
+		err := tx.QueryRow(ctx, `SELECT thread_id FROM messages WHERE account_id = $1 AND message_id_header = ANY($2)
+			ORDER BY received_at LIMIT 1`, accountID, refs).Scan(&thread)
+		if err == nil {
+			return thread, nil
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return "", err
+		}
+	}
+	return NewID(), nil
+}
+
+// lockMessages locks the account's messages with the given ids; ids of
+// other accounts, or malformed, are simply not found.
+func lockMessages(ctx context.Context, tx pgx.Tx, accountID string, ids []string) ([]mail.Message, error) {
+	valid := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if validID(id) {
+			valid = append(valid, id)
+		}
+	}
+	rows, err := tx.Query(ctx, `SELECT `+messageCols+` FROM messages WHERE account_id = $1 AND id = ANY($2::uuid[])
+		ORDER BY id FOR UPDATE`, accountID, valid)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []mail.Message
+	for rows.Next() {
+		m, err := scanMessage(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// UpdateFlags changes flags and labels of the account's messages; it
+// returns how many messages changed. Unknown ids are passed over.
+func (s *Store) UpdateFlags(ctx context.Context, accountID string, ids []string, fc mail.FlagChange) (int, error) {
+	changed := 0
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		changed = 0
+		msgs, err := lockMessages(ctx, tx, accountID, ids)
+		if err != nil {
+			return err
+		}
+		type delta struct{ unread int }
+		perBox := map[string]*delta{}
+		var todo []mail.Message
+		for _, m := range msgs {
+			n := m
+			if fc.Seen != nil {
+				n.Flags.Seen = *fc.Seen
+			}
+			if fc.Flagged != nil {
+				n.Flags.Flagged = *fc.Flagged
+			}
+			if fc.Answered != nil {
+				n.Flags.Answered = *fc.Answered
+			}
+			n.Labels = applyLabels(m.Labels, fc.AddLabels, fc.RemoveLabels)
+			if n.Flags == m.Flags && equalStrings(n.Labels, m.Labels) {
+				continue
+			}
+			if n.Flags.Seen != m.Flags.Seen {
+				d := perBox[m.MailboxID]
+				if d == nil {
+					d = &delta{}
+					perBox[m.MailboxID] = d
+				}
+				if n.Flags.Seen {
+					d.unread--
+				} else {
+					d.unread++
+				}
+			}
+			todo = append(todo, n)
+		}
+		if len(todo) == 0 {
+			return nil
+		}
+		last, err := nextModseq(ctx, tx, accountID, len(todo))
+		if err != nil {
+			return err
+		}
+		first := last - uint64(len(todo)) + 1
+		batch := &pgx.Batch{}
+		for i, n := range todo {
+			modseq := first + uint64(i)
+			batch.Queue(`UPDATE messages SET seen = $3, flagged = $4, answered = $5, labels = $6, modseq = $7
+				WHERE account_id = $1 AND id = $2`, accountID, n.ID, n.Flags.Seen, n.Flags.Flagged, n.Flags.Answered, n.Labels, int64(modseq))
+			batch.Queue(`INSERT INTO changes (account_id, modseq, kind, mailbox_id, message_id, uid) VALUES ($1,$2,$3,$4,$5,$6)`,
+				accountID, int64(modseq), mail.ChangeFlags, n.MailboxID, n.ID, int64(n.UID))
+		}
+		for box, d := range perBox {
+			batch.Queue(`UPDATE mailboxes SET unread = unread + $3, highest_modseq = $4 WHERE account_id = $1 AND id = $2`,
+				accountID, box, d.unread, int64(last))
+		}
+		if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+			return err
+		}
+		changed = len(todo)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("update flags: %w", err)
+	}
+	return changed, nil
+}
+
+func applyLabels(have, add, remove []string) []string {
+	out := make([]string, 0, len(have)+len(add))
+	drop := map[string]bool{}
+	for _, r := range remove {
+		drop[r] = true
+	}
+	seen := map[string]bool{}
+	for _, l := range append(append([]string{}, have...), add...) {
+		if !drop[l] && !seen[l] {
+			seen[l] = true
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// MoveMessages moves the account's messages to another of its mailboxes
+// (new UIDs there, as IMAP MOVE does) and returns the new ids in order;
+// an unknown id answers ErrNotFound and moves nothing.
+func (s *Store) MoveMessages(ctx context.Context, accountID string, ids []string, toMailbox string) ([]string, error) {
+	var out []string
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		out = out[:0]
+		if _, err := s.lockMailbox(ctx, tx, accountID, toMailbox); err != nil {
+			return err
+		}
+		msgs, err := lockMessages(ctx, tx, accountID, ids)
+		if err != nil {
+			return err
+		}
+		byID := map[string]mail.Message{}
+		for _, m := range msgs {
+			byID[m.ID] = m
+		}
+		for _, id := range ids {
+			if _, ok := byID[id]; !ok {
+				return fmt.Errorf("%w: message %s", mail.ErrNotFound, id)
+			}
+		}
+		for _, id := range ids {
+			m := byID[id]
+			if m.MailboxID == toMailbox {
+				out = append(out, m.ID)
+				continue
+			}
+			last, err := nextModseq(ctx, tx, accountID, 2)
+			if err != nil {
+				return err
+			}
+			unread := 0
+			if !m.Flags.Seen {
+				unread = 1
+			}
+			var uidnext int64
+			if err := tx.QueryRow(ctx, `UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = $3, total = total + 1,
+				unread = unread + $4 WHERE account_id = $1 AND id = $2 RETURNING uidnext`,
+				accountID, toMailbox, int64(last), unread).Scan(&uidnext); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `UPDATE mailboxes SET total = total - 1, unread = unread - $3, highest_modseq = $4
+				WHERE account_id = $1 AND id = $2`, accountID, m.MailboxID, unread, int64(last-1)); err != nil {
+				return err
+			}
+			// The message keeps its id: clients' references stay valid.
+			if _, err := tx.Exec(ctx, `UPDATE messages SET mailbox_id = $3, uid = $4, modseq = $5, delivery_key = NULL
+				WHERE account_id = $1 AND id = $2`, accountID, m.ID, toMailbox, uidnext-1, int64(last)); err != nil {
+				return err
+			}
+			if err := journal(ctx, tx, accountID, last-1, mail.ChangeMessageRemoved, m.MailboxID, m.ID, m.UID); err != nil {
+				return err
+			}
+			if err := journal(ctx, tx, accountID, last, mail.ChangeMessageAdded, toMailbox, m.ID, uint32(uidnext-1)); err != nil {
+				return err
+			}
+			out = append(out, m.ID)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("move messages: %w", err)
+	}
+	return out, nil
+}
+
+// Expunge removes the account's messages for good; unknown ids are passed
+// over. It returns how many were removed; their blobs are left to the
+// collector.
+func (s *Store) Expunge(ctx context.Context, accountID string, ids []string) (int, error) {
+	n := 0
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		msgs, err := lockMessages(ctx, tx, accountID, ids)
+		if err != nil {
+			return err
+		}
+		n = len(msgs)
+		found := make([]string, len(msgs))
+		for i, m := range msgs {
+			found[i] = m.ID
+		}
+		return s.expungeTx(ctx, tx, accountID, found)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("expunge: %w", err)
+	}
+	return n, nil
+}
+
+func (s *Store) expungeTx(ctx context.Context, tx pgx.Tx, accountID string, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	msgs, err := lockMessages(ctx, tx, accountID, ids)
+	if err != nil {
+		return err
+	}
+	last, err := nextModseq(ctx, tx, accountID, len(msgs))
+	if err != nil {
+		return err
+	}
+	first := last - uint64(len(msgs)) + 1
+	var freed int64
+	for i, m := range msgs {
+		unread := 0
+		if !m.Flags.Seen {
+			unread = 1
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM messages WHERE account_id = $1 AND id = $2`, accountID, m.ID); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM attachments WHERE account_id = $1 AND message_id = $2`, accountID, m.ID); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE mailboxes SET total = total - 1, unread = unread - $3, highest_modseq = $4
+			WHERE account_id = $1 AND id = $2`, accountID, m.MailboxID, unread, int64(first)+int64(i)); err != nil {
+			return err
+		}
+		if err := journal(ctx, tx, accountID, first+uint64(i), mail.ChangeMessageRemoved, m.MailboxID, m.ID, m.UID); err != nil {
+			return err
+		}
+		freed += m.Size
+	}
+	_, err = tx.Exec(ctx, `UPDATE accounts SET used_bytes = greatest(used_bytes - $2, 0) WHERE id = $1`, accountID, freed)
+	return err
+}
+
+// Changes returns journal entries after since, at most max, the last modseq
+// returned (or the current one), whether more wait, and whether since is
+// too old to answer (the journal was trimmed past it).
+func (s *Store) Changes(ctx context.Context, accountID string, since uint64, max int) ([]mail.Change, uint64, bool, bool, error) {
+	var current, oldest int64
+	if err := s.pool.QueryRow(ctx, `SELECT a.modseq, coalesce((SELECT min(modseq) FROM changes c WHERE c.account_id = a.id), a.modseq + 1)
+		FROM accounts a WHERE a.id = $1`, accountID).Scan(&current, &oldest); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil, 0, false, false, fmt.Errorf("%w: account", mail.ErrNotFound)
+		}
+		return nil, 0, false, false, err
+	}
+	if since > uint64(current) {
+		return nil, 0, false, false, fmt.Errorf("%w: state from the future", mail.ErrInvalid)
+	}
+	if since+1 < uint64(oldest) && since < uint64(current) {
+		return nil, uint64(current), false, true, nil
+	}
+	rows, err := s.pool.Query(ctx, `SELECT modseq, kind, coalesce(mailbox_id::text, ''), coalesce(message_id::text, ''), coalesce(uid, 0)
+		FROM changes WHERE account_id = $1 AND modseq > $2 ORDER BY modseq LIMIT $3`, accountID, int64(since), max+1)
+	if err != nil {
+		return nil, 0, false, false, err
+	}
+	defer rows.Close()
+	var out []mail.Change
+	for rows.Next() {
+		var c mail.Change
+		var modseq, uid int64
+		if err := rows.Scan(&modseq, &c.Kind, &c.MailboxID, &c.MessageID, &uid); err != nil {
+			return nil, 0, false, false, err
+		}
+		c.Modseq, c.UID = uint64(modseq), uint32(uid)
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, false, false, err
+	}
+	more := len(out) > max
+	if more {
+		out = out[:max]
+	}
+	newState := uint64(current)
+	if more {
+		newState = out[len(out)-1].Modseq
+	}
+	return out, newState, more, false, nil
+}
+
+// Referenced reports which of the blob refs any message still uses.
+func (s *Store) Referenced(ctx context.Context, refs []string) (map[string]bool, error) {
+	rows, err := s.pool.Query(ctx, `SELECT blob_ref FROM messages WHERE blob_ref = ANY($1)
+		UNION SELECT blob_ref FROM attachments WHERE blob_ref = ANY($1)`, refs)
+	if err != nil {
+		return nil, err
+	}
+	found, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]bool, len(found))
+	for _, r := range found {
+		out[r] = true
+	}
+	return out, nil
+}
