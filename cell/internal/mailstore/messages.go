@@ -413,6 +413,20 @@ func lockMessages(ctx context.Context, tx pgx.Tx, accountID string, ids []string
 	return out, rows.Err()
 }
 
+// CountOwned counts how many of the distinct ids are the account's
+// messages.
+func (s *Store) CountOwned(ctx context.Context, accountID string, ids []string) (int, error) {
+	valid := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if validID(id) {
+			valid = append(valid, id)
+		}
+	}
+	var n int
+	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM messages WHERE account_id = $1 AND id = ANY($2::uuid[])`, accountID, valid).Scan(&n)
+	return n, err
+}
+
 // UpdateFlags changes flags and labels of the account's messages; it
 // returns how many messages changed. Unknown ids are passed over.
 func (s *Store) UpdateFlags(ctx context.Context, accountID string, ids []string, fc mail.FlagChange) (int, error) {
@@ -708,4 +722,26 @@ func (s *Store) Referenced(ctx context.Context, refs []string) (map[string]bool,
 		out[r] = true
 	}
 	return out, nil
+}
+
+// BulkInsertForBenchmark fills a mailbox with n small messages in one
+// statement (a benchmark fixture: no journal entries, no blobs).
+func (s *Store) BulkInsertForBenchmark(ctx context.Context, accountID, mailboxID string, n int) error {
+	defer s.pool.Exec(ctx, "ANALYZE messages") //nolint:errcheck // statistics, as autovacuum would gather
+	return s.tx(ctx, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO messages (account_id, id, mailbox_id, uid, modseq, received_at, size, subject,
+			thread_id, snippet, blob_ref)
+			SELECT $1, gen_random_uuid(), $2, g, g, now() - (g || ' seconds')::interval, 2048, 'Message ' || g,
+				gen_random_uuid(), 'snippet of message ' || g, 'bench'
+			FROM generate_series(1, $3) AS g`, accountID, mailboxID, n); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `UPDATE mailboxes SET uidnext = $3 + 1, total = $3, unread = $3 WHERE account_id = $1 AND id = $2`,
+			accountID, mailboxID, n)
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE accounts SET modseq = $2 WHERE id = $1`, accountID, n)
+		return err
+	})
 }
