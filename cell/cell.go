@@ -18,9 +18,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cellmail/cellmail/cell/gen/cellv1/cellv1connect"
+	"github.com/cellmail/cellmail/cell/gen/mailv1/mailv1connect"
 	"github.com/cellmail/cellmail/cell/internal/api"
+	"github.com/cellmail/cellmail/cell/internal/auth"
+	"github.com/cellmail/cellmail/cell/internal/blobstore"
+	"github.com/cellmail/cellmail/cell/internal/cache"
+	"github.com/cellmail/cellmail/cell/internal/mailstore"
+	"github.com/cellmail/cellmail/cell/internal/message"
 	"github.com/cellmail/cellmail/cell/internal/ownership"
 	"github.com/cellmail/cellmail/controlplane/client"
+	cpv1 "github.com/cellmail/cellmail/controlplane/gen/controlplanev1"
 	"github.com/cellmail/cellmail/controlplane/gen/controlplanev1/controlplanev1connect"
 	"github.com/cellmail/cellmail/internal/serve"
 )
@@ -37,8 +44,16 @@ type Config struct {
 	Prefix string
 	// DataDir keeps the cell's local state (the map snapshot).
 	DataDir string
-	// AgentToken authenticates the control plane's calls.
+	// AgentToken authenticates the control plane's and other cells' calls.
 	AgentToken string
+	// OperatorToken authorises account creation.
+	OperatorToken string
+	// DatabaseURL is the cell's YugabyteDB (or PostgreSQL) database.
+	DatabaseURL string
+	// RedisAddr is the cell's Redis (cache, rate limits, wake-ups).
+	RedisAddr string
+	// BlobDir is the filesystem blob store's root (default DataDir/blobs).
+	BlobDir string
 	// Instance names this process in liveness keys (host-pid when empty).
 	Instance string
 	Logger   *slog.Logger
@@ -61,6 +76,15 @@ func (c *Config) Validate() error {
 	}
 	if len(c.AgentToken) < 16 {
 		errs = append(errs, errors.New("agent token of at least 16 characters is required"))
+	}
+	if len(c.OperatorToken) < 16 {
+		errs = append(errs, errors.New("operator token of at least 16 characters is required"))
+	}
+	if c.DatabaseURL == "" {
+		errs = append(errs, errors.New("database URL is required"))
+	}
+	if c.RedisAddr == "" {
+		errs = append(errs, errors.New("redis address is required"))
 	}
 	return errors.Join(errs...)
 }
@@ -107,8 +131,32 @@ func Run(ctx context.Context, cfg Config) error {
 	}()
 	defer func() { <-bg; <-bg }()
 
+	store, err := mailstore.Open(ctx, cfg.DatabaseURL, log.With("part", "mailstore"))
+	if err != nil {
+		return fmt.Errorf("cell: %w", err)
+	}
+	defer store.Close()
+	if cfg.BlobDir == "" {
+		cfg.BlobDir = filepath.Join(cfg.DataDir, "blobs")
+	}
+	blobs, err := blobstore.NewFS(cfg.BlobDir)
+	if err != nil {
+		return fmt.Errorf("cell: blob store: %w", err)
+	}
+	kv, err := cache.New(ctx, cache.Config{Addr: cfg.RedisAddr, Logger: log.With("part", "cache")})
+	if err != nil {
+		return fmt.Errorf("cell: cache: %w", err)
+	}
+	defer kv.Close()
+
 	fence := ownership.New(cfg.Name, maps)
-	srv := api.NewServer(fence, maps, api.NoSubjects{}, log)
+	srv := api.NewServer(fence, maps, counter{store}, log)
+	mailSrv := api.NewMailServer(api.MailConfig{
+		Server: srv, Fence: fence, Maps: maps, Store: store, Blobs: blobs, Cache: kv,
+		Hasher: auth.NewHasher(auth.OWASP), Limits: message.DefaultLimits(), OperatorToken: cfg.OperatorToken,
+		Peers:  api.PeerClient{HTTP: &http.Client{Timeout: 2 * time.Minute}, Token: cfg.AgentToken},
+		Logger: log,
+	})
 	reg := prometheus.NewRegistry()
 	serve.Gauge(reg, "cellmail_cell_map_staleness_seconds", "Seconds since the cell's map copy was last known current.",
 		func() float64 { return maps.Staleness().Seconds() })
@@ -119,12 +167,30 @@ func Run(ctx context.Context, cfg Config) error {
 	mux.Handle(cellv1connect.NewCellServiceHandler(srv, append(limits, connect.WithInterceptors(srv.FenceInterceptor()))...))
 	mux.Handle(controlplanev1connect.NewCellAgentServiceHandler(srv, append(limits,
 		connect.WithInterceptors(api.AgentAuthInterceptor(cfg.AgentToken), srv.FenceInterceptor()))...))
+	mux.Handle(mailv1connect.NewMailServiceHandler(mailSrv, connect.WithReadMaxBytes(api.MaxRequestBytes),
+		connect.WithInterceptors(mailSrv.MailInterceptor())))
+	mux.Handle(mailv1connect.NewDeliveryServiceHandler(mailSrv, connect.WithReadMaxBytes(api.MaxRequestBytes),
+		connect.WithInterceptors(api.AgentAuthInterceptor(cfg.AgentToken), srv.FenceInterceptor())))
+	mux.HandleFunc("GET /v1/messages/{id}/raw", mailSrv.ServeDownload)
+	mux.HandleFunc("GET /v1/messages/{id}/attachments/{part}", mailSrv.ServeDownload)
 	serve.Probes(mux, func() error {
 		if maps.Map() == nil {
 			return errors.New("no placement map yet")
+		}
+		pctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := store.Ping(pctx); err != nil {
+			return fmt.Errorf("database: %w", err)
 		}
 		return nil
 	}, reg)
 	log.Info("cell serving", "api", apiURL, "instance", cfg.Instance)
 	return serve.Run(ctx, ln, mux)
+}
+
+// counter answers the control plane's counts from the account table.
+type counter struct{ store *mailstore.Store }
+
+func (c counter) CountPlaced(ctx context.Context, req *cpv1.CountPlacedRequest) (uint64, error) {
+	return c.store.CountPlaced(ctx, req.Domain, req.PlacementKey, req.Jurisdiction, req.Start, req.End)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -20,8 +21,46 @@ import (
 	pb "github.com/cellmail/cellmail/controlplane/gen/controlplanev1"
 	"github.com/cellmail/cellmail/controlplane/gen/controlplanev1/controlplanev1connect"
 	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/internal/pgserver"
+	"github.com/cellmail/cellmail/internal/redisserver"
 	"github.com/cellmail/cellmail/router"
 )
+
+// One PostgreSQL and one Redis for the whole test binary; each cell gets a
+// database of its own.
+var (
+	pg        *pgserver.Server
+	redisAddr string
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "router-test-")
+	if err == nil {
+		err = os.Chmod(dir, 0o755) // PostgreSQL runs as its own user
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	ctx := context.Background()
+	pg, err = pgserver.Start(ctx, pgserver.Config{Dir: filepath.Join(dir, "pg"), NoFsync: true})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start PostgreSQL:", err)
+		os.Exit(1)
+	}
+	rs, err := redisserver.Start(ctx, redisserver.Config{Dir: filepath.Join(dir, "redis")})
+	if err != nil {
+		pg.Stop()
+		fmt.Fprintln(os.Stderr, "start Redis:", err)
+		os.Exit(1)
+	}
+	redisAddr = rs.Addr
+	code := m.Run()
+	rs.Stop()
+	pg.Stop()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
 
 type stack struct {
 	t     testing.TB
@@ -29,6 +68,7 @@ type stack struct {
 	admin controlplanev1connect.ControlPlaneServiceClient
 	stops map[string]context.CancelFunc
 	cells map[string]string // name → API URL
+	redis string            // the cells' Redis
 }
 
 func call[T any](t testing.TB, req *connect.Request[T]) *connect.Request[T] {
@@ -36,10 +76,13 @@ func call[T any](t testing.TB, req *connect.Request[T]) *connect.Request[T] {
 	return req
 }
 
-func newStack(t testing.TB) *stack {
+func newStack(t testing.TB, redisOverride ...string) *stack {
 	cp := cptest.StartControlPlane(t, nil)
 	s := &stack{t: t, cp: cp, admin: controlplanev1connect.NewControlPlaneServiceClient(http.DefaultClient, cp.URL),
-		stops: map[string]context.CancelFunc{}, cells: map[string]string{}}
+		stops: map[string]context.CancelFunc{}, cells: map[string]string{}, redis: redisAddr}
+	if len(redisOverride) > 0 {
+		s.redis = redisOverride[0]
+	}
 	for _, c := range []struct{ name, jur string }{{"eu-1", "eu"}, {"eu-2", "eu"}, {"us-1", "us"}} {
 		s.startCell(c.name, c.jur)
 	}
@@ -83,11 +126,17 @@ func (s *stack) startCell(name, jur string) {
 	if _, err := s.admin.RegisterCell(context.Background(), call(t, connect.NewRequest(&pb.RegisterCellRequest{Name: name, Jurisdiction: jur, ApiUrl: url}))); err != nil {
 		t.Fatalf("register %s: %v", name, err)
 	}
+	dsn, err := pg.NewDB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dataDir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- cell.Run(ctx, cell.Config{Name: name, Listener: ln, Etcd: s.cp.Etcd.Endpoints, DataDir: t.TempDir(),
-			AgentToken: cptest.AgentToken, Logger: cptest.Logger(t)})
+		done <- cell.Run(ctx, cell.Config{Name: name, Listener: ln, Etcd: s.cp.Etcd.Endpoints, DataDir: dataDir,
+			AgentToken: cptest.AgentToken, OperatorToken: cptest.AdminToken, DatabaseURL: dsn, RedisAddr: s.redis,
+			Logger: cptest.Logger(t)})
 	}()
 	stopped := false
 	stop := func() {

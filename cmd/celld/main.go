@@ -27,6 +27,10 @@ func run(args []string) error {
 	etcd := fs.String("etcd", cli.Env("CELLMAIL_ETCD", "http://127.0.0.1:2379"), "etcd endpoints, comma-separated (env CELLMAIL_ETCD)")
 	dataDir := fs.String("data-dir", cli.Env("CELLMAIL_DATA_DIR", ""), "local state directory (env CELLMAIL_DATA_DIR)")
 	agent := fs.String("agent-token", cli.Env("CELLMAIL_AGENT_TOKEN", ""), "control plane's token, or @file (env CELLMAIL_AGENT_TOKEN)")
+	operator := fs.String("operator-token", cli.Env("CELLMAIL_OPERATOR_TOKEN", ""), "token that may create accounts, or @file (env CELLMAIL_OPERATOR_TOKEN)")
+	db := fs.String("database", cli.Env("CELLMAIL_DATABASE", ""), "PostgreSQL/YugabyteDB URL, or @file (env CELLMAIL_DATABASE)")
+	redis := fs.String("redis", cli.Env("CELLMAIL_REDIS", "127.0.0.1:6379"), "Redis address (env CELLMAIL_REDIS)")
+	blobs := fs.String("blob-dir", cli.Env("CELLMAIL_BLOB_DIR", ""), "blob store directory (default <data-dir>/blobs; env CELLMAIL_BLOB_DIR)")
 	logger := cli.LogFlags(fs, os.Stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -35,8 +39,15 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg := cell.Config{Name: *name, Listen: *listen, Etcd: cli.List(*etcd), DataDir: *dataDir, Logger: log}
+	cfg := cell.Config{Name: *name, Listen: *listen, Etcd: cli.List(*etcd), DataDir: *dataDir, RedisAddr: *redis,
+		BlobDir: *blobs, Logger: log}
 	if cfg.AgentToken, err = cli.Secret(*agent); err != nil {
+		return err
+	}
+	if cfg.OperatorToken, err = cli.Secret(*operator); err != nil {
+		return err
+	}
+	if cfg.DatabaseURL, err = cli.Secret(*db); err != nil {
 		return err
 	}
 	if err := cfg.Validate(); err != nil {

@@ -22,17 +22,21 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
+	"github.com/cellmail/cellmail/cell/gen/mailv1/mailv1connect"
 	"github.com/cellmail/cellmail/controlplane/cptest"
 	pb "github.com/cellmail/cellmail/controlplane/gen/controlplanev1"
 	"github.com/cellmail/cellmail/controlplane/gen/controlplanev1/controlplanev1connect"
 	"github.com/cellmail/cellmail/controlplane/placement"
 	"github.com/cellmail/cellmail/internal/pgserver"
+	"github.com/cellmail/cellmail/internal/redisserver"
 )
 
 func main() {
@@ -90,6 +94,39 @@ type Stack struct {
 }
 
 var demoCells = []struct{ name, jur string }{{"eu-1", "eu"}, {"eu-2", "eu"}, {"us-1", "us"}}
+
+var demoUsers = []struct{ address, name string }{
+	{"alice@demo-eu.example", "Alice Example"},
+	{"bob@demo-us.example", "Bob Example"},
+	{"carol@acme-eu.example", "Carol Acme"},
+}
+
+// demoAccounts creates the demo users through the router (an existing one
+// is kept) and returns them with their passwords and cells.
+func demoAccounts(ctx context.Context, routerURL string, sec *secrets) ([]account, error) {
+	c := mailv1connect.NewMailServiceClient(http.DefaultClient, routerURL)
+	var out []account
+	for _, u := range demoUsers {
+		req := connect.NewRequest(&mailv1.CreateAccountRequest{Address: u.address, Password: sec.Passwords[u.address], DisplayName: u.name})
+		req.Header().Set("Authorization", "Bearer "+sec.Admin)
+		resp, err := c.CreateAccount(ctx, req)
+		a := account{Address: u.address, Password: sec.Passwords[u.address]}
+		switch {
+		case err == nil:
+			a.Cell, a.Jurisdiction = resp.Msg.Account.Cell, resp.Msg.Account.Jurisdiction
+		case connect.CodeOf(err) == connect.CodeAlreadyExists:
+			login, lerr := c.Login(ctx, connect.NewRequest(&mailv1.LoginRequest{Address: u.address, Password: sec.Passwords[u.address]}))
+			if lerr != nil {
+				return nil, fmt.Errorf("demo account %s exists but its password does not work: %w", u.address, lerr)
+			}
+			a.Cell, a.Jurisdiction = login.Msg.Account.Cell, login.Msg.Account.Jurisdiction
+		default:
+			return nil, fmt.Errorf("create demo account %s: %w", u.address, err)
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
 
 var demoDomains = []domainSpec{
 	{"demo-eu.example", "eu", "consumer"},
@@ -172,11 +209,12 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	done()
 
 	done = step("redis started")
-	redis, err := startRedis(ctx, filepath.Join(*dir, "redis"), logDir, ports["redis"])
+	redis, err := redisserver.Start(ctx, redisserver.Config{Dir: filepath.Join(*dir, "redis"), Port: ports["redis"],
+		LogFile: filepath.Join(logDir, "redis.log"), Persist: true})
 	if err != nil {
 		return err
 	}
-	cleanups = append(cleanups, func() { redis.stop(syscall.SIGTERM, 10*time.Second) })
+	cleanups = append(cleanups, redis.Stop)
 	done()
 
 	st := &Stack{
@@ -241,9 +279,17 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	var cells []*proc
 	for i := range st.Cells {
 		c := &st.Cells[i]
+		dbFile := filepath.Join(*dir, "cells", c.Name+".database")
+		if err := os.MkdirAll(filepath.Dir(dbFile), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(dbFile, []byte(c.Database), 0o600); err != nil {
+			return err
+		}
 		p, err := start(c.Name, c.Log, nil, filepath.Join(*binDir, "celld"),
 			"-name", c.Name, "-listen", c.API[len("http://"):], "-etcd", st.Etcd,
-			"-data-dir", filepath.Join(*dir, "cells", c.Name), "-agent-token", "@"+secrets.agentFile)
+			"-data-dir", filepath.Join(*dir, "cells", c.Name), "-agent-token", "@"+secrets.agentFile,
+			"-operator-token", "@"+secrets.adminFile, "-database", "@"+dbFile, "-redis", c.Redis)
 		if err != nil {
 			return err
 		}
@@ -273,6 +319,12 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	st.Router.PID = rt.cmd.Process.Pid
 	cleanups = append(cleanups, func() { rt.stop(syscall.SIGTERM, 10*time.Second) })
 	if err := waitHTTP(ctx, rt, st.Router.URL+"/readyz"); err != nil {
+		return err
+	}
+	done()
+
+	done = step("demo accounts ready")
+	if st.Accounts, err = demoAccounts(ctx, st.Router.URL, secrets); err != nil {
 		return err
 	}
 	done()
@@ -368,8 +420,9 @@ func sanitize(s string) string {
 }
 
 type secrets struct {
-	Admin     string `json:"admin_token"`
-	Agent     string `json:"agent_token"`
+	Admin     string            `json:"admin_token"`
+	Agent     string            `json:"agent_token"`
+	Passwords map[string]string `json:"demo_passwords"`
 	adminFile string
 	agentFile string
 }
@@ -382,8 +435,20 @@ func loadSecrets(path string) (*secrets, error) {
 			return nil, fmt.Errorf("%s: %w", path, err)
 		}
 	}
-	if s.Admin == "" || s.Agent == "" {
-		s.Admin, s.Agent = token(), token()
+	if s.Passwords == nil {
+		s.Passwords = map[string]string{}
+	}
+	changed := false
+	for _, a := range demoUsers {
+		if s.Passwords[a.address] == "" {
+			s.Passwords[a.address] = token()[:16]
+			changed = true
+		}
+	}
+	if s.Admin == "" || s.Agent == "" || changed {
+		if s.Admin == "" || s.Agent == "" {
+			s.Admin, s.Agent = token(), token()
+		}
 		b, _ := json.MarshalIndent(&s, "", "  ")
 		if err := os.WriteFile(path, b, 0o600); err != nil {
 			return nil, err
@@ -404,6 +469,14 @@ func token() string {
 	b := make([]byte, 24)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+func accountLines(accts []account) string {
+	var b strings.Builder
+	for _, a := range accts {
+		fmt.Fprintf(&b, "  %-24s cell %-5s (%s)\n", a.Address, a.Cell, a.Jurisdiction)
+	}
+	return b.String()
 }
 
 func printSummary(w io.Writer, st *Stack, stackFile string) {
@@ -432,4 +505,5 @@ Try it (another terminal):
 
 Logs in %s. Endpoints and credentials in %s. Ctrl-C stops everything.
 `, st.Controlplane, st.AdminToken, st.Router.URL, st.Cells[1].PID, st.Logs, stackFile)
+	fmt.Fprintf(w, "\nDemo accounts (passwords in %s):\n%s", stackFile, accountLines(st.Accounts))
 }

@@ -1,16 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 )
@@ -100,46 +95,4 @@ func portFree(port int, what string) error {
 		return fmt.Errorf("port %d (%s) is taken: stop what holds it, or pick other ports with -base-port", port, what)
 	}
 	return ln.Close()
-}
-
-func startRedis(ctx context.Context, dir, logDir string, port int) (*proc, error) {
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		return nil, errors.New("redis-server is not installed: run `make deps`")
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	p, err := start("redis", filepath.Join(logDir, "redis.log"), nil, bin,
-		"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir, "--appendonly", "yes",
-		"--save", "", "--daemonize", "no", "--protected-mode", "yes")
-	if err != nil {
-		return nil, err
-	}
-	err = waitFor(ctx, p, 15*time.Second, "redis", func() error { return redisPing(port) })
-	if err != nil {
-		p.stop(syscall.SIGTERM, 5*time.Second)
-		return nil, err
-	}
-	return p, nil
-}
-
-func redisPing(port int) error {
-	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if !strings.HasPrefix(line, "+PONG") {
-		return fmt.Errorf("redis answered %q", line)
-	}
-	return nil
 }

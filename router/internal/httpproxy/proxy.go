@@ -153,6 +153,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		if !fromToken {
 			if address, err = addressFromBody(r.URL.Path, r.Header.Get("Content-Type"), body); err != nil {
+				if errors.Is(err, errNeedsLogin) {
+					writeError(w, r, http.StatusUnauthorized, "unauthenticated", err.Error())
+					return
+				}
 				writeError(w, r, http.StatusBadRequest, "invalid_argument", err.Error())
 				return
 			}
@@ -256,7 +260,7 @@ func (p *Proxy) routeError(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 var grpcCodes = map[string]string{
-	"invalid_argument": "3", "not_found": "5", "resource_exhausted": "8", "failed_precondition": "9",
+	"invalid_argument": "3", "not_found": "5", "unauthenticated": "16", "resource_exhausted": "8", "failed_precondition": "9",
 	"unimplemented": "12", "unavailable": "14",
 }
 

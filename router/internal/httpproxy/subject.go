@@ -18,7 +18,12 @@ import (
 	_ "github.com/cellmail/cellmail/cell/gen/mailv1"
 )
 
-var errNoSubject = errors.New("the call names no subject to route by")
+var (
+	errNoSubject = errors.New("the call names no subject to route by")
+	// errNeedsLogin: the method routes by the session's subject, and the
+	// call has no session token.
+	errNeedsLogin = errors.New("this call needs a session token: log in first")
+)
 
 // subjectFromToken reads the subject of a cellmail session token
 // ("Bearer cm1.<base64url address>.<base64url secret>"): calls made after
@@ -68,7 +73,7 @@ func addressFromBody(procedure, contentType string, body []byte) (string, error)
 	}
 	field := md.Input().Fields().ByName("address")
 	if field == nil || field.Kind() != protoreflect.StringKind {
-		return "", fmt.Errorf("%w: %s takes no address", errNoSubject, procedure)
+		return "", errNeedsLogin
 	}
 	msg := dynamicpb.NewMessage(md.Input())
 	ct := strings.ToLower(strings.TrimSpace(strings.Split(contentType, ";")[0]))

@@ -1,0 +1,296 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"mime"
+	"net/http"
+	"path"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+
+	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
+	"github.com/cellmail/cellmail/cell/gen/mailv1/mailv1connect"
+	"github.com/cellmail/cellmail/cell/internal/delivery"
+	"github.com/cellmail/cellmail/cell/internal/mail"
+	"github.com/cellmail/cellmail/cell/internal/message"
+	"github.com/cellmail/cellmail/controlplane/placement"
+)
+
+// SendMessage composes a message from the caller, files a copy in Sent,
+// and delivers it to recipients in our own domains, each in its owning cell
+// (the cell's own directly, others through their DeliveryService). Remote
+// domains wait for outbound mail (a later issue) and are reported failed.
+func (m *MailServer) SendMessage(ctx context.Context, req *connect.Request[mailv1.SendMessageRequest]) (*connect.Response[mailv1.SendMessageResponse], error) {
+	c, err := callerOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r := req.Msg
+	d := message.Draft{From: message.Address{Name: c.account.DisplayName, Email: c.account.Address},
+		Subject: r.Subject, Text: r.Text, HTML: r.Html, Date: time.Now()}
+	var rcpts []string
+	seen := map[string]bool{}
+	addrs := func(in []*mailv1.EmailAddress, out *[]message.Address) error {
+		for _, a := range in {
+			pa, err := placement.ParseAddress(a.GetEmail())
+			if err != nil {
+				return invalid("recipient %q: %v", a.GetEmail(), err)
+			}
+			if err := checkText("recipient name", a.GetName(), MaxDisplayName); err != nil {
+				return err
+			}
+			*out = append(*out, message.Address{Name: a.GetName(), Email: a.GetEmail()})
+			if !seen[pa.String()] {
+				seen[pa.String()] = true
+				rcpts = append(rcpts, pa.String())
+			}
+		}
+		return nil
+	}
+	if err := addrs(r.To, &d.To); err != nil {
+		return nil, err
+	}
+	if err := addrs(r.Cc, &d.Cc); err != nil {
+		return nil, err
+	}
+	if err := addrs(r.Bcc, &d.Bcc); err != nil {
+		return nil, err
+	}
+	if len(rcpts) == 0 {
+		return nil, invalid("no recipients")
+	}
+	if len(rcpts) > MaxRecipients {
+		return nil, fmt.Errorf("%w: more than %d recipients", mail.ErrLimit, MaxRecipients)
+	}
+	if err := checkText("subject", r.Subject, MaxSubject); err != nil {
+		return nil, err
+	}
+	var total int64
+	for _, a := range r.Attachments {
+		if err := checkText("attachment name", a.Filename, 255); err != nil {
+			return nil, err
+		}
+		if a.ContentType != "" {
+			if _, _, err := mime.ParseMediaType(a.ContentType); err != nil {
+				return nil, invalid("attachment %q: bad content type", a.Filename)
+			}
+		}
+		total += int64(len(a.Content))
+		d.Attachments = append(d.Attachments, message.DraftAttachment{Filename: a.Filename, ContentType: a.ContentType, Content: bytes.NewReader(a.Content)})
+	}
+	if total+int64(len(r.Text))+int64(len(r.Html)) > m.limits.MaxSize*3/4 {
+		return nil, fmt.Errorf("%w: message over %d bytes", mail.ErrLimit, m.limits.MaxSize*3/4)
+	}
+	if r.InReplyToId != "" {
+		orig, _, err := m.store.Message(ctx, c.account.ID, r.InReplyToId)
+		if err != nil {
+			return nil, err
+		}
+		d.InReplyTo, d.References = orig.MessageID, []string{orig.MessageID}
+	}
+	var raw bytes.Buffer
+	if err := message.Compose(&raw, d); err != nil {
+		if errors.Is(err, message.ErrMalformed) {
+			return nil, invalid("%v", err)
+		}
+		return nil, fmt.Errorf("compose: %w", err)
+	}
+	sent, err := m.store.MailboxByUse(ctx, c.account.ID, mail.UseSent)
+	if err != nil {
+		return nil, err
+	}
+	copyInSent, err := m.deliver.Deliver(ctx, c.account.ID, sent.ID, raw.Bytes(), delivery.Options{Flags: mail.Flags{Seen: true}})
+	if err != nil {
+		return nil, err
+	}
+	out := &mailv1.SendMessageResponse{MessageId: copyInSent.ID}
+	out.Recipients = m.route(ctx, c.account.Address, rcpts, raw.Bytes())
+	return connect.NewResponse(out), nil
+}
+
+// route delivers raw to each recipient's owning cell.
+func (m *MailServer) route(ctx context.Context, from string, rcpts []string, raw []byte) []*mailv1.RecipientStatus {
+	mp := m.maps.Map()
+	byCell := map[string][]string{}
+	var out []*mailv1.RecipientStatus
+	for _, rc := range rcpts {
+		rt, err := mp.Lookup(rc)
+		switch {
+		case errors.Is(err, placement.ErrUnknownDomain):
+			out = append(out, &mailv1.RecipientStatus{Address: rc, Status: "failed", Detail: "remote domains are delivered by outbound mail, not available yet"})
+		case err != nil:
+			out = append(out, &mailv1.RecipientStatus{Address: rc, Status: "failed", Detail: err.Error()})
+		default:
+			byCell[rt.Cell] = append(byCell[rt.Cell], rc)
+		}
+	}
+	for cellName, list := range byCell {
+		if cellName == m.fence.Cell() {
+			out = append(out, m.deliverLocal(ctx, from, list, raw)...)
+			continue
+		}
+		cell, ok := mp.Cell(cellName)
+		if !ok {
+			for _, rc := range list {
+				out = append(out, &mailv1.RecipientStatus{Address: rc, Status: "failed", Detail: "owning cell unknown"})
+			}
+			continue
+		}
+		st, err := m.peers.Deliver(ctx, cell, from, list, raw)
+		if err != nil {
+			m.log.Warn("delivery to peer cell failed", "cell", cellName, "err", err)
+			for _, rc := range list {
+				out = append(out, &mailv1.RecipientStatus{Address: rc, Status: "failed", Detail: "recipient's cell unavailable; retry later"})
+			}
+			continue
+		}
+		out = append(out, st...)
+	}
+	return out
+}
+
+// deliverLocal files raw into the INBOX of recipients this cell owns.
+func (m *MailServer) deliverLocal(ctx context.Context, from string, rcpts []string, raw []byte) []*mailv1.RecipientStatus {
+	var out []*mailv1.RecipientStatus
+	for _, rc := range rcpts {
+		st := &mailv1.RecipientStatus{Address: rc, Status: "delivered"}
+		out = append(out, st)
+		if _, err := m.fence.Check(ctx, rc, 0); err != nil {
+			st.Status, st.Detail = "failed", err.Error()
+			continue
+		}
+		a, err := m.store.AccountByAddress(ctx, rc)
+		if err != nil {
+			st.Status, st.Detail = "failed", "no such user"
+			continue
+		}
+		inbox, err := m.store.MailboxByUse(ctx, a.ID, mail.UseInbox)
+		if err == nil {
+			_, err = m.deliver.Deliver(ctx, a.ID, inbox.ID, raw, delivery.Options{Key: delivery.Key(from, rc, raw)})
+		}
+		if err != nil {
+			st.Status, st.Detail = "failed", err.Error()
+			if !errors.Is(err, mail.ErrOverQuota) && !errors.Is(err, mail.ErrLimit) {
+				m.log.Error("local delivery failed", "rcpt", rc, "err", err)
+				st.Detail = "temporary failure"
+			}
+		}
+	}
+	return out
+}
+
+// Deliver is the cell-to-cell delivery entry point (agent token only).
+func (m *MailServer) Deliver(ctx context.Context, req *connect.Request[mailv1.DeliverRequest]) (*connect.Response[mailv1.DeliverResponse], error) {
+	if len(req.Msg.Recipients) == 0 || len(req.Msg.Recipients) > MaxRecipients {
+		return nil, invalid("1 to %d recipients", MaxRecipients)
+	}
+	return connect.NewResponse(&mailv1.DeliverResponse{Recipients: m.deliverLocal(ctx, req.Msg.MailFrom, req.Msg.Recipients, req.Msg.Raw)}), nil
+}
+
+// ServeDownload serves GET /v1/messages/{id}/raw and
+// /v1/messages/{id}/attachments/{part} with the access token; Range
+// requests work (large files in ranges). The content is always served as
+// an attachment with nosniff and a sandboxing CSP, so a hostile attachment
+// cannot run in the API's origin.
+func (m *MailServer) ServeDownload(w http.ResponseWriter, r *http.Request) {
+	epoch := parseEpoch(r.Header.Get(HeaderMapEpoch))
+	c, err := m.session(r.Context(), bearer(r.Header), epoch, 1)
+	if err != nil {
+		m.httpError(w, r, err)
+		return
+	}
+	id := r.PathValue("id")
+	msg, atts, err := m.store.Message(r.Context(), c.account.ID, id)
+	if err != nil {
+		m.httpError(w, r, err)
+		return
+	}
+	ref, name, ctype := msg.BlobRef, "message-"+msg.ID+".eml", "message/rfc822"
+	if part := r.PathValue("part"); part != "" {
+		found := false
+		for _, a := range atts {
+			if a.PartID == part {
+				ref, name, ctype, found = a.BlobRef, a.Filename, a.ContentType, true
+			}
+		}
+		if !found || ref == "" {
+			m.httpError(w, r, fmt.Errorf("%w: attachment", mail.ErrNotFound))
+			return
+		}
+	}
+	blob, err := m.blobs.Open(r.Context(), ref)
+	if err != nil {
+		m.httpError(w, r, err)
+		return
+	}
+	defer blob.Close()
+	if name == "" {
+		name = "attachment"
+	}
+	if ctype == "" {
+		ctype = "application/octet-stream"
+	}
+	w.Header().Set("Content-Type", ctype)
+	w.Header().Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": path.Base(name)}))
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Content-Security-Policy", "sandbox; default-src 'none'")
+	w.Header().Set("Cache-Control", "private, max-age=3600")
+	w.Header().Set("ETag", `"`+ref+`"`)
+	http.ServeContent(w, r, "", blob.ModTime(), blob)
+}
+
+func parseEpoch(s string) uint64 {
+	var n uint64
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return 0
+		}
+		n = n*10 + uint64(c-'0')
+	}
+	return n
+}
+
+// httpError answers a download with the status the Connect code maps to.
+func (m *MailServer) httpError(w http.ResponseWriter, r *http.Request, err error) {
+	cerr := m.srv.toConnect(r.URL.Path, err)
+	var ce *connect.Error
+	code := connect.CodeInternal
+	if errors.As(cerr, &ce) {
+		code = ce.Code()
+		for k, v := range ce.Meta() {
+			w.Header()[k] = v
+		}
+	}
+	status := map[connect.Code]int{
+		connect.CodeNotFound: http.StatusNotFound, connect.CodeUnauthenticated: http.StatusUnauthorized,
+		connect.CodeFailedPrecondition: http.StatusPreconditionFailed, connect.CodeUnavailable: http.StatusServiceUnavailable,
+		connect.CodeInvalidArgument: http.StatusBadRequest,
+	}[code]
+	if status == 0 {
+		status = http.StatusInternalServerError
+	}
+	http.Error(w, strings.ReplaceAll(code.String(), "_", " "), status)
+}
+
+// PeerClient delivers to other cells over their DeliveryService.
+type PeerClient struct {
+	HTTP  *http.Client
+	Token string
+}
+
+// Deliver implements Peers.
+func (p PeerClient) Deliver(ctx context.Context, cell placement.Cell, from string, rcpts []string, raw []byte) ([]*mailv1.RecipientStatus, error) {
+	c := mailv1connect.NewDeliveryServiceClient(p.HTTP, cell.APIURL, connect.WithSendGzip())
+	req := connect.NewRequest(&mailv1.DeliverRequest{MailFrom: from, Recipients: rcpts, Raw: raw})
+	req.Header().Set("Authorization", "Bearer "+p.Token)
+	resp, err := c.Deliver(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Msg.Recipients, nil
+}

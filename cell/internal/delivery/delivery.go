@@ -1,0 +1,117 @@
+// Package delivery is the one path by which a message enters a mailbox:
+// the raw message is written to the blob store (durable, content-addressed),
+// parsed under limits, its attachments stored once per cell by content hash,
+// and its metadata inserted in one transaction that is idempotent on the
+// delivery key. The API's send, cell-to-cell delivery and (later) LMTP and
+// the inbound pipeline all call it.
+package delivery
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/cellmail/cellmail/cell/internal/blobstore"
+	"github.com/cellmail/cellmail/cell/internal/mail"
+	"github.com/cellmail/cellmail/cell/internal/message"
+)
+
+// Blobs is the blob store as delivery uses it.
+type Blobs interface {
+	Put(ctx context.Context, r io.Reader) (string, int64, error)
+	Open(ctx context.Context, ref string) (blobstore.Blob, error)
+}
+
+// Store is the metadata store as delivery uses it.
+type Store interface {
+	InsertMessage(ctx context.Context, accountID, mailboxID string, nm mail.NewMessage) (mail.Message, error)
+}
+
+// Deliverer stores messages into mailboxes.
+type Deliverer struct {
+	blobs  Blobs
+	store  Store
+	limits message.Limits
+}
+
+// New makes a deliverer.
+func New(blobs Blobs, store Store, limits message.Limits) *Deliverer {
+	return &Deliverer{blobs: blobs, store: store, limits: limits}
+}
+
+// Options are how one message is filed.
+type Options struct {
+	Flags  mail.Flags
+	Labels []string
+	// Key makes the delivery idempotent per mailbox; empty: the SHA-256 of
+	// the raw message, so a retried identical delivery is stored once.
+	Key        string
+	ReceivedAt time.Time
+}
+
+// Key is the idempotency key of a delivery: envelope and body hash, never
+// the Message-ID alone (DESIGN.md §4).
+func Key(mailFrom, recipient string, raw []byte) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s\x00", mailFrom, recipient)
+	h.Write(raw)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Deliver files raw into the account's mailbox and returns the stored
+// message. Durable when it returns: the blob is fsync'd and the metadata
+// committed.
+func (d *Deliverer) Deliver(ctx context.Context, accountID, mailboxID string, raw []byte, opt Options) (mail.Message, error) {
+	if int64(len(raw)) > d.limits.MaxSize {
+		return mail.Message{}, fmt.Errorf("%w: message of %d bytes over %d", mail.ErrLimit, len(raw), d.limits.MaxSize)
+	}
+	p, err := message.Parse(bytes.NewReader(raw), d.limits)
+	if err != nil {
+		if errors.Is(err, message.ErrLimit) {
+			return mail.Message{}, fmt.Errorf("%w: %v", mail.ErrLimit, err)
+		}
+		return mail.Message{}, fmt.Errorf("%w: %v", mail.ErrInvalid, err)
+	}
+	ref, size, err := d.blobs.Put(ctx, bytes.NewReader(raw))
+	if err != nil {
+		return mail.Message{}, fmt.Errorf("store message blob: %w", err)
+	}
+	nm := mail.NewMessage{
+		Message: mail.Message{
+			Flags: opt.Flags, Labels: opt.Labels, ReceivedAt: opt.ReceivedAt, SentAt: p.Date, Size: size,
+			Subject: p.Subject, MessageID: p.MessageID, Snippet: p.Snippet, HasAttachments: p.HasAttachments,
+			BlobRef: ref,
+		},
+		ThreadRefs:  append(append([]string{}, p.References...), p.InReplyTo),
+		DeliveryKey: opt.Key,
+	}
+	if nm.DeliveryKey == "" {
+		nm.DeliveryKey = ref
+	}
+	if len(p.From) > 0 {
+		nm.From = mail.Address{Name: p.From[0].Name, Email: p.From[0].Email}
+	}
+	for _, a := range p.To {
+		nm.To = append(nm.To, mail.Address{Name: a.Name, Email: a.Email})
+	}
+	for _, a := range p.Attachments {
+		_, body, err := message.OpenPart(bytes.NewReader(raw), a.PartID, d.limits)
+		if err != nil {
+			return mail.Message{}, fmt.Errorf("attachment %s: %w", a.PartID, err)
+		}
+		aref, asize, err := d.blobs.Put(ctx, body)
+		if err != nil {
+			return mail.Message{}, fmt.Errorf("store attachment blob: %w", err)
+		}
+		nm.Attachments = append(nm.Attachments, mail.AttachmentMeta{
+			PartID: a.PartID, Filename: a.Filename, ContentType: a.ContentType, Size: asize,
+			ContentID: a.ContentID, BlobRef: aref,
+		})
+	}
+	return d.store.InsertMessage(ctx, accountID, mailboxID, nm)
+}
