@@ -271,14 +271,38 @@ func TestCrossAccountIsolation(t *testing.T) {
 	atrash := a.box(t, mailv1.SpecialUse_SPECIAL_USE_TRASH)
 	yes := true
 	for name, call := range map[string]func() error{
-		"get":    func() error { _, err := a.c.GetMessage(ctx, withToken(a.access, &mailv1.GetMessageRequest{MessageId: bm.Id})); return err },
-		"list":   func() error { _, err := a.c.ListMessages(ctx, withToken(a.access, &mailv1.ListMessagesRequest{MailboxId: binbox.Id})); return err },
-		"flag":   func() error { _, err := a.c.UpdateFlags(ctx, withToken(a.access, &mailv1.UpdateFlagsRequest{MessageIds: []string{bm.Id}, Seen: &yes})); return err },
-		"move":   func() error { _, err := a.c.MoveMessages(ctx, withToken(a.access, &mailv1.MoveMessagesRequest{MessageIds: []string{bm.Id}, ToMailboxId: atrash.Id})); return err },
-		"delete": func() error { _, err := a.c.DeleteMessages(ctx, withToken(a.access, &mailv1.DeleteMessagesRequest{MessageIds: []string{bm.Id}})); return err },
-		"rename": func() error { _, err := a.c.RenameMailbox(ctx, withToken(a.access, &mailv1.RenameMailboxRequest{MailboxId: binbox.Id, Name: "x"})); return err },
-		"drop":   func() error { _, err := a.c.DeleteMailbox(ctx, withToken(a.access, &mailv1.DeleteMailboxRequest{MailboxId: binbox.Id})); return err },
-		"reply":  func() error { _, err := a.c.SendMessage(ctx, withToken(a.access, &mailv1.SendMessageRequest{To: []*mailv1.EmailAddress{{Email: "a1@eu.example"}}, InReplyToId: bm.Id})); return err },
+		"get": func() error {
+			_, err := a.c.GetMessage(ctx, withToken(a.access, &mailv1.GetMessageRequest{MessageId: bm.Id}))
+			return err
+		},
+		"list": func() error {
+			_, err := a.c.ListMessages(ctx, withToken(a.access, &mailv1.ListMessagesRequest{MailboxId: binbox.Id}))
+			return err
+		},
+		"flag": func() error {
+			_, err := a.c.UpdateFlags(ctx, withToken(a.access, &mailv1.UpdateFlagsRequest{MessageIds: []string{bm.Id}, Seen: &yes}))
+			return err
+		},
+		"move": func() error {
+			_, err := a.c.MoveMessages(ctx, withToken(a.access, &mailv1.MoveMessagesRequest{MessageIds: []string{bm.Id}, ToMailboxId: atrash.Id}))
+			return err
+		},
+		"delete": func() error {
+			_, err := a.c.DeleteMessages(ctx, withToken(a.access, &mailv1.DeleteMessagesRequest{MessageIds: []string{bm.Id}}))
+			return err
+		},
+		"rename": func() error {
+			_, err := a.c.RenameMailbox(ctx, withToken(a.access, &mailv1.RenameMailboxRequest{MailboxId: binbox.Id, Name: "x"}))
+			return err
+		},
+		"drop": func() error {
+			_, err := a.c.DeleteMailbox(ctx, withToken(a.access, &mailv1.DeleteMailboxRequest{MailboxId: binbox.Id}))
+			return err
+		},
+		"reply": func() error {
+			_, err := a.c.SendMessage(ctx, withToken(a.access, &mailv1.SendMessageRequest{To: []*mailv1.EmailAddress{{Email: "a1@eu.example"}}, InReplyToId: bm.Id}))
+			return err
+		},
 		"guess": func() error {
 			_, err := a.c.GetMessage(ctx, withToken(a.access, &mailv1.GetMessageRequest{MessageId: "00000000-0000-4000-8000-000000000000"}))
 			return err

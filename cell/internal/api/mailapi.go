@@ -44,11 +44,11 @@ const (
 	// MaxRequestBytes bounds a mail API request: a message at the size
 	// limit, base64-encoded inside JSON, fits.
 	MaxRequestBytes = 48 << 20
-	accessTTL         = time.Hour
-	refreshTTL        = 30 * 24 * time.Hour
-	loginPerAccount   = 10 // per 15 minutes
-	loginPerSource    = 60 // per 15 minutes
-	loginWindow       = 15 * time.Minute
+	accessTTL       = time.Hour
+	refreshTTL      = 30 * 24 * time.Hour
+	loginPerAccount = 10 // per 15 minutes
+	loginPerSource  = 60 // per 15 minutes
+	loginWindow     = 15 * time.Minute
 )
 
 // Cache is the hot-list cache and rate limiter (Redis); every method may
@@ -656,4 +656,3 @@ func (m *MailServer) GetChanges(ctx context.Context, req *connect.Request[mailv1
 	}
 	return connect.NewResponse(out), nil
 }
-
