@@ -32,8 +32,10 @@ test: deps checkgenerate ## Run every test (starts real etcd, PostgreSQL, Redis)
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) test $(TEST_FLAGS) ./...
 
-bench: deps ## Run the benchmarks and print their figures
+bench: deps ## Run the benchmarks and print their figures (placement, router, mail store, login)
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./controlplane/placement/ ./router/...
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 300x ./cell/internal/mailstore/
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 30x ./cell/internal/auth/
 
 lint: tools ## buf lint, go vet, gofmt
 	buf lint
@@ -44,6 +46,7 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s)
 	$(GO) test -run '^$$' -fuzz '^FuzzParseAddress$$' -fuzztime $(FUZZTIME) ./controlplane/placement/
 	$(GO) test -run '^$$' -fuzz '^FuzzLookup$$' -fuzztime $(FUZZTIME) ./controlplane/placement/
 	$(GO) test -run '^$$' -fuzz '^FuzzAddressFromBody$$' -fuzztime $(FUZZTIME) ./router/internal/httpproxy/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./cell/internal/message/
 
 tools: ## Install buf and the protoc plugins (pinned) into .dev/tools
 	@mkdir -p $(TOOLS)

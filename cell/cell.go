@@ -149,6 +149,8 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer kv.Close()
 
+	go collectBlobs(ctx, blobs, store, log)
+
 	fence := ownership.New(cfg.Name, maps)
 	srv := api.NewServer(fence, maps, counter{store}, log)
 	mailSrv := api.NewMailServer(api.MailConfig{
@@ -186,6 +188,29 @@ func Run(ctx context.Context, cfg Config) error {
 	}, reg)
 	log.Info("cell serving", "api", apiURL, "instance", cfg.Instance)
 	return serve.Run(ctx, ln, mux)
+}
+
+// blobGrace is how long an unreferenced blob is kept: far longer than any
+// delivery takes between storing a blob and committing its reference.
+const blobGrace = time.Hour
+
+// collectBlobs removes unreferenced blobs every hour until ctx ends.
+func collectBlobs(ctx context.Context, blobs *blobstore.FS, store *mailstore.Store, log *slog.Logger) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n, err := blobs.Collect(ctx, store.Referenced, blobGrace)
+			if err != nil && ctx.Err() == nil {
+				log.Warn("blob collection failed", "err", err)
+				continue
+			}
+			log.Info("unreferenced blobs collected", "deleted", n)
+		}
+	}
 }
 
 // counter answers the control plane's counts from the account table.

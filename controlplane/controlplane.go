@@ -88,15 +88,15 @@ func Run(ctx context.Context, cfg Config) error {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = maps.Run(ctx) }()
 	defer func() { <-done }()
-	go runLeader(ctx, st, cfg.Instance, log)
+	hc := &http.Client{Timeout: 15 * time.Second}
+	svc := api.NewService(st, maps, api.NewAgentClient(hc, cfg.AgentToken), log)
+	go runLeader(ctx, st, svc, cfg.Instance, log)
 
 	reg := prometheus.NewRegistry()
 	serve.Gauge(reg, "cellmail_controlplane_map_staleness_seconds", "Seconds since this instance's map copy was last known current.",
 		func() float64 { return maps.Staleness().Seconds() })
 	serve.Gauge(reg, "cellmail_controlplane_map_epoch", "Epoch of this instance's map copy.", func() float64 { return float64(maps.Epoch()) })
 
-	hc := &http.Client{Timeout: 15 * time.Second}
-	svc := api.NewService(st, maps, api.NewAgentClient(hc, cfg.AgentToken), log)
 	mux := http.NewServeMux()
 	mux.Handle(controlplanev1connect.NewControlPlaneServiceHandler(svc,
 		connect.WithInterceptors(api.NewAuthInterceptor(cfg.AdminToken, log)),
@@ -115,9 +115,14 @@ func Run(ctx context.Context, cfg Config) error {
 	return serve.Run(ctx, ln, mux)
 }
 
+// staleFreeze is when a freeze is surely abandoned: a live change holds one
+// for at most the cell count timeout (10 s) plus two transactions.
+const staleFreeze = 2 * time.Minute
+
 // runLeader campaigns for the mover's leadership and holds it while it
-// lasts. User moves (a later issue) run under the leadership's context.
-func runLeader(ctx context.Context, st *store.Store, instance string, log *slog.Logger) {
+// lasts: the leader thaws abandoned freezes; user moves (a later issue) will
+// run under the leadership's context too.
+func runLeader(ctx context.Context, st *store.Store, svc *api.Service, instance string, log *slog.Logger) {
 	for ctx.Err() == nil {
 		l, err := st.Campaign(ctx, "mover", instance, 10)
 		if err != nil {
@@ -131,7 +136,21 @@ func runLeader(ctx context.Context, st *store.Store, instance string, log *slog.
 			continue
 		}
 		log.Info("leading the mover", "instance", instance)
-		<-l.Context().Done()
+		sweep := time.NewTicker(30 * time.Second)
+	lead:
+		for {
+			select {
+			case <-l.Context().Done():
+				break lead
+			case <-sweep.C:
+				if n, err := svc.ThawStale(l.Context(), staleFreeze); err != nil {
+					log.Warn("freeze sweep failed", "err", err)
+				} else if n > 0 {
+					log.Warn("thawed freezes left by a failed change", "count", n)
+				}
+			}
+		}
+		sweep.Stop()
 		if ctx.Err() != nil {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 			_ = l.Resign(rctx)

@@ -27,9 +27,9 @@ func (c *cli) routeCmd() *cobra.Command {
 }
 
 func routeDetail(w io.Writer, r *pb.LookupResponse) {
-	rangeStart := hexKey(r.GetRangeStart())
+	rangeStart, rangeEnd := hexKey(r.GetRangeStart()), hexKey(r.GetRangeEnd())
 	if r.GetPinned() {
-		rangeStart = "- (pinned)"
+		rangeStart, rangeEnd = "- (pinned)", "-"
 	}
 	fmt.Fprintf(w, "ADDRESS\t%s\n", r.GetAddress())
 	fmt.Fprintf(w, "CELL\t%s\n", r.GetCell())
@@ -38,6 +38,8 @@ func routeDetail(w io.Writer, r *pb.LookupResponse) {
 	fmt.Fprintf(w, "KEYSPACE ID\t0x%016x\n", r.GetKeyspaceId())
 	fmt.Fprintf(w, "EPOCH\t%d\n", r.GetEpoch())
 	fmt.Fprintf(w, "PINNED\t%t\n", r.GetPinned())
+	fmt.Fprintf(w, "FROZEN\t%t\n", r.GetFrozen())
 	fmt.Fprintf(w, "RANGE START\t%s\n", rangeStart)
+	fmt.Fprintf(w, "RANGE END\t%s\n", rangeEnd)
 	fmt.Fprintf(w, "CELL API URL\t%s\n", r.GetCellApiUrl())
 }

@@ -44,7 +44,8 @@ type Config struct {
 	// Refreshes per second allowed (WRONG_CELL storms must not overload
 	// etcd). Default 20.
 	RefreshRate float64
-	// How often to ask etcd for a progress notification. Default 2s.
+	// How often to check the copy is current (a linearizable read of
+	// map/epoch compared with the copy's epoch). Default 2s.
 	ProgressEvery time.Duration
 	Logger        *slog.Logger
 }
@@ -269,9 +270,14 @@ func (c *Client) progressLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			// Every map change raises map/epoch, so a copy at etcd's
+			// epoch is current. Failures and lag show as staleness.
 			rctx, cancel := context.WithTimeout(ctx, c.cfg.ProgressEvery)
-			_ = c.st.RequestProgress(rctx) // failures show as staleness
+			e, err := c.st.Epoch(rctx)
 			cancel()
+			if err == nil && c.m.Load() != nil && e == c.Epoch() {
+				c.heard.Store(time.Now().UnixNano())
+			}
 		}
 	}
 }
@@ -341,12 +347,25 @@ func (c *Client) snapshotLoop(ctx context.Context) {
 	}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	var savedHeard int64
 	for {
 		select {
 		case <-ctx.Done():
+			c.mu.Lock()
+			c.dirty = true // record when the copy was last known current
+			c.mu.Unlock()
 			c.saveSnapshot(context.WithoutCancel(ctx))
 			return
 		case <-t.C:
+			// Save on change, and at least once a minute while current, so
+			// a restarted owner's staleness is measured from the last time
+			// the copy was known current, not from the last map change.
+			if h := c.heard.Load(); h-savedHeard > int64(time.Minute) {
+				c.mu.Lock()
+				c.dirty = true
+				c.mu.Unlock()
+				savedHeard = h
+			}
 			c.saveSnapshot(ctx)
 		}
 	}
@@ -358,7 +377,8 @@ func (c *Client) saveSnapshot(ctx context.Context) {
 		c.mu.Unlock()
 		return
 	}
-	snap := &pb.MapSnapshot{Revision: c.rev, WrittenUnix: time.Now().Unix()}
+	// WrittenUnix is when the copy was last known current.
+	snap := &pb.MapSnapshot{Revision: c.rev, WrittenUnix: time.Unix(0, c.heard.Load()).Unix()}
 	for _, kv := range c.kvs {
 		snap.Records = append(snap.Records, &pb.SnapshotRecord{Key: kv.Key, Value: kv.Value, ModRevision: kv.ModRevision})
 	}

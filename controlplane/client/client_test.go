@@ -227,3 +227,29 @@ func TestRefreshUpdatesOneSubject(t *testing.T) {
 		t.Fatalf("bad address: %v", err)
 	}
 }
+
+// An idle map (no writes at all) is still known to be current: staleness
+// stays within a few check periods.
+func TestIdleMapStaysCurrent(t *testing.T) {
+	e := newEnv(t)
+	every := 50 * time.Millisecond
+	c, err := client.New(client.Config{Endpoints: e.etcd.Endpoints, ProgressEvery: every})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	run(t, c)
+	<-c.Ready()
+	start := time.Now()
+	deadline := start.Add(10 * time.Second)
+	for {
+		idle := time.Since(start)
+		if s := c.Staleness(); idle > 10*every && s < 4*every {
+			return // current long after the last write
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("staleness %s after %s idle", c.Staleness(), idle)
+		}
+		time.Sleep(every / 2)
+	}
+}

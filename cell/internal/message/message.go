@@ -111,8 +111,9 @@ type Attachment struct {
 	// Size is the size of the content once its transfer encoding is removed;
 	// -1 when unknown (OpenPart, before the content is read).
 	Size int64
-	// Disposition is the lower-case RFC 2183 disposition type ("attachment",
-	// "inline"), or "" when the part has no Content-Disposition.
+	// Disposition is the RFC 2183 disposition type, "attachment" or
+	// "inline" ("attachment" for unrecognised types, RFC 2183 §2.8), or ""
+	// when the part has no Content-Disposition.
 	Disposition string
 	// ContentID is the Content-ID (RFC 2045 §7) without angle brackets, the
 	// target of cid: URLs in the HTML body (RFC 2392).

@@ -248,7 +248,10 @@ type Domain struct {
 	Epoch        uint64        `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// Set while the domain is being removed: cells refuse to serve or create
 	// its subjects (MOVING) until the removal commits or is rolled back.
-	Frozen        bool `protobuf:"varint,5,opt,name=frozen,proto3" json:"frozen,omitempty"`
+	Frozen bool `protobuf:"varint,5,opt,name=frozen,proto3" json:"frozen,omitempty"`
+	// When the freeze was made; the leader thaws freezes left by a crashed
+	// control plane.
+	FrozenUnix    int64 `protobuf:"varint,6,opt,name=frozen_unix,json=frozenUnix,proto3" json:"frozen_unix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -318,6 +321,13 @@ func (x *Domain) GetFrozen() bool {
 	return false
 }
 
+func (x *Domain) GetFrozenUnix() int64 {
+	if x != nil {
+		return x.FrozenUnix
+	}
+	return 0
+}
+
 // Range is ranges/<jurisdiction>/<start>: the hash range
 // [start, next range's start) of one jurisdiction's 56-bit space.
 type Range struct {
@@ -329,7 +339,8 @@ type Range struct {
 	Cell  string `protobuf:"bytes,4,opt,name=cell,proto3" json:"cell,omitempty"`
 	Epoch uint64 `protobuf:"varint,5,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// Set while the range changes owner: its cell answers MOVING for it.
-	Frozen        bool `protobuf:"varint,6,opt,name=frozen,proto3" json:"frozen,omitempty"`
+	Frozen        bool  `protobuf:"varint,6,opt,name=frozen,proto3" json:"frozen,omitempty"`
+	FrozenUnix    int64 `protobuf:"varint,7,opt,name=frozen_unix,json=frozenUnix,proto3" json:"frozen_unix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -406,6 +417,13 @@ func (x *Range) GetFrozen() bool {
 	return false
 }
 
+func (x *Range) GetFrozenUnix() int64 {
+	if x != nil {
+		return x.FrozenUnix
+	}
+	return 0
+}
+
 // Pin is pins/<placement key>: an override of the ranges for one subject.
 type Pin struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -413,7 +431,8 @@ type Pin struct {
 	Cell  string                 `protobuf:"bytes,2,opt,name=cell,proto3" json:"cell,omitempty"`
 	Epoch uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// Set while the subject changes owner: its cell answers MOVING for it.
-	Frozen        bool `protobuf:"varint,4,opt,name=frozen,proto3" json:"frozen,omitempty"`
+	Frozen        bool  `protobuf:"varint,4,opt,name=frozen,proto3" json:"frozen,omitempty"`
+	FrozenUnix    int64 `protobuf:"varint,5,opt,name=frozen_unix,json=frozenUnix,proto3" json:"frozen_unix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -474,6 +493,13 @@ func (x *Pin) GetFrozen() bool {
 		return x.Frozen
 	}
 	return false
+}
+
+func (x *Pin) GetFrozenUnix() int64 {
+	if x != nil {
+		return x.FrozenUnix
+	}
+	return 0
 }
 
 // MapEpoch is map/epoch: it rises by one with every change of the map.
@@ -718,25 +744,31 @@ const file_cellmail_controlplane_v1_map_proto_rawDesc = "" +
 	"\tlmtp_addr\x18\x05 \x01(\tR\blmtpAddr\x12\x1b\n" +
 	"\timap_addr\x18\x06 \x01(\tR\bimapAddr\x12'\n" +
 	"\x0fsubmission_addr\x18\a \x01(\tR\x0esubmissionAddr\x12\x14\n" +
-	"\x05epoch\x18\b \x01(\x04R\x05epoch\"\xab\x01\n" +
+	"\x05epoch\x18\b \x01(\x04R\x05epoch\"\xcc\x01\n" +
 	"\x06Domain\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\"\n" +
 	"\fjurisdiction\x18\x02 \x01(\tR\fjurisdiction\x12;\n" +
 	"\x04mode\x18\x03 \x01(\x0e2'.cellmail.controlplane.v1.PlacementModeR\x04mode\x12\x14\n" +
 	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12\x16\n" +
-	"\x06frozen\x18\x05 \x01(\bR\x06frozen\"\x95\x01\n" +
+	"\x06frozen\x18\x05 \x01(\bR\x06frozen\x12\x1f\n" +
+	"\vfrozen_unix\x18\x06 \x01(\x03R\n" +
+	"frozenUnix\"\xb6\x01\n" +
 	"\x05Range\x12\"\n" +
 	"\fjurisdiction\x18\x01 \x01(\tR\fjurisdiction\x12\x14\n" +
 	"\x05start\x18\x02 \x01(\x04R\x05start\x12\x10\n" +
 	"\x03end\x18\x03 \x01(\x04R\x03end\x12\x12\n" +
 	"\x04cell\x18\x04 \x01(\tR\x04cell\x12\x14\n" +
 	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\x12\x16\n" +
-	"\x06frozen\x18\x06 \x01(\bR\x06frozen\"Y\n" +
+	"\x06frozen\x18\x06 \x01(\bR\x06frozen\x12\x1f\n" +
+	"\vfrozen_unix\x18\a \x01(\x03R\n" +
+	"frozenUnix\"z\n" +
 	"\x03Pin\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
 	"\x04cell\x18\x02 \x01(\tR\x04cell\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x16\n" +
-	"\x06frozen\x18\x04 \x01(\bR\x06frozen\" \n" +
+	"\x06frozen\x18\x04 \x01(\bR\x06frozen\x12\x1f\n" +
+	"\vfrozen_unix\x18\x05 \x01(\x03R\n" +
+	"frozenUnix\" \n" +
 	"\bMapEpoch\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\"\x90\x01\n" +
 	"\vMapSnapshot\x12\x1a\n" +

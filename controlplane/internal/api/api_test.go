@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"sync"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -46,6 +47,8 @@ type fixture struct {
 	cp      controlplanev1connect.ControlPlaneServiceClient
 	url     string
 	counter *counter
+	svc     *api.Service
+	st      *store.Store
 }
 
 func setup(t *testing.T) *fixture {
@@ -65,9 +68,10 @@ func setup(t *testing.T) *fixture {
 	go func() { defer close(done); _ = maps.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done; maps.Close() })
 
-	f := &fixture{counter: &counter{}}
+	f := &fixture{counter: &counter{}, st: st}
+	f.svc = api.NewService(st, maps, f.counter, log)
 	mux := http.NewServeMux()
-	mux.Handle(controlplanev1connect.NewControlPlaneServiceHandler(api.NewService(st, maps, f.counter, log),
+	mux.Handle(controlplanev1connect.NewControlPlaneServiceHandler(f.svc,
 		connect.WithInterceptors(api.NewAuthInterceptor(cptest.AdminToken, log))))
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
@@ -316,4 +320,33 @@ func TestConcurrentConflictingAssignsOneWins(t *testing.T) {
 	if !errors.As(second.err, &ce) || len(ce.Details()) == 0 {
 		t.Fatalf("aborted error without a typed detail: %v", second.err)
 	}
+}
+
+// A freeze left by a control plane that died mid-change is thawed by the
+// leader's sweep once it is older than any live change; the subject stays
+// with the owner that holds its data. A recent freeze is left alone.
+func TestStaleFreezesAreThawed(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	must(f.cp.SplitRange(ctx, connect.NewRequest(&pb.SplitRangeRequest{Jurisdiction: "eu", At: 1 << 40})))(t)
+	freeze := func(start uint64, at time.Time) {
+		if _, err := f.st.Update(ctx, func(tx *store.Tx) error {
+			return tx.Put(f.st.RangeKey("eu", start), &pb.Range{Jurisdiction: "eu", Start: start, Cell: "eu-1", Frozen: true, FrozenUnix: at.Unix(), Epoch: tx.NewEpoch()})
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	freeze(0, time.Now().Add(-time.Hour))
+	freeze(1<<40, time.Now())
+	n, err := f.svc.ThawStale(ctx, 2*time.Minute)
+	if err != nil || n != 1 {
+		t.Fatalf("thawed %d, %v; want 1", n, err)
+	}
+	for _, r := range must(f.cp.ListRanges(ctx, connect.NewRequest(&pb.ListRangesRequest{Jurisdiction: "eu"})))(t).Msg.Ranges {
+		if r.Cell != "eu-1" || r.Frozen != (r.Start == 1<<40) {
+			t.Fatalf("range %+v after the sweep", r)
+		}
+	}
+	// The thawed range takes changes again.
+	must(f.cp.AssignRange(ctx, connect.NewRequest(&pb.AssignRangeRequest{Jurisdiction: "eu", Start: 0, Cell: "eu-2"})))(t)
 }

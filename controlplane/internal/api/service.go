@@ -317,7 +317,7 @@ func (s *Service) RemoveDomain(ctx context.Context, req *connect.Request[pb.Remo
 		if d.Frozen {
 			return fmt.Errorf("%w: domain %s is frozen by a change in progress", store.ErrConflict, name)
 		}
-		d.Frozen, d.Epoch = true, tx.NewEpoch()
+		d.Frozen, d.FrozenUnix, d.Epoch = true, time.Now().Unix(), tx.NewEpoch()
 		return tx.Put(s.st.DomainKey(name), &d)
 	})
 	if err != nil {
@@ -346,7 +346,7 @@ func (s *Service) RemoveDomain(ctx context.Context, req *connect.Request[pb.Remo
 			return gerr
 		}
 		if err != nil {
-			cur.Frozen, cur.Epoch = false, tx.NewEpoch()
+			cur.Frozen, cur.FrozenUnix, cur.Epoch = false, 0, tx.NewEpoch()
 			return tx.Put(s.st.DomainKey(name), &cur)
 		}
 		tx.Delete(s.st.DomainKey(name))
@@ -464,7 +464,7 @@ func (s *Service) SplitRange(ctx context.Context, req *connect.Request[pb.SplitR
 
 // stored is the range as kept in etcd: the end is derived, not stored.
 func stored(r *pb.Range) *pb.Range {
-	return &pb.Range{Jurisdiction: r.Jurisdiction, Start: r.Start, Cell: r.Cell, Epoch: r.Epoch, Frozen: r.Frozen}
+	return &pb.Range{Jurisdiction: r.Jurisdiction, Start: r.Start, Cell: r.Cell, Epoch: r.Epoch, Frozen: r.Frozen, FrozenUnix: r.FrozenUnix}
 }
 
 func (s *Service) targetCell(tx *store.Tx, name, jur string) (*pb.Cell, error) {
@@ -526,7 +526,7 @@ func (s *Service) AssignRange(ctx context.Context, req *connect.Request[pb.Assig
 			return err
 		}
 		owner = &oc
-		r.Frozen, r.Epoch = true, tx.NewEpoch()
+		r.Frozen, r.FrozenUnix, r.Epoch = true, time.Now().Unix(), tx.NewEpoch()
 		return tx.Put(key, r)
 	})
 	if err != nil {
@@ -546,7 +546,7 @@ func (s *Service) AssignRange(ctx context.Context, req *connect.Request[pb.Assig
 		if err != nil || !found || !cur.Frozen {
 			return err
 		}
-		cur.Frozen, cur.Epoch = false, tx.NewEpoch()
+		cur.Frozen, cur.FrozenUnix, cur.Epoch = false, 0, tx.NewEpoch()
 		if cerr == nil {
 			cur.Cell = req.Msg.Cell
 		}
@@ -695,7 +695,7 @@ func (s *Service) changePin(ctx context.Context, subject, target string) (*conne
 			return err
 		}
 		owner = &oc
-		return tx.Put(pk, &pb.Pin{Key: key, Cell: current, Frozen: true, Epoch: tx.NewEpoch()})
+		return tx.Put(pk, &pb.Pin{Key: key, Cell: current, Frozen: true, FrozenUnix: time.Now().Unix(), Epoch: tx.NewEpoch()})
 	})
 	if err != nil {
 		return nil, err
@@ -757,4 +757,74 @@ func (s *Service) Lookup(ctx context.Context, req *connect.Request[pb.LookupRequ
 		out.CellApiUrl = c.APIURL
 	}
 	return connect.NewResponse(out), nil
+}
+
+// ThawStale undoes freezes older than maxAge: they were left by a control
+// plane that died between freezing a subject and committing or rolling back
+// its change (a live change takes at most the count timeout). The subject
+// stays with the owner it had, which holds its data. A pin frozen on its
+// way in is removed only if it was new; the leader runs this periodically.
+func (s *Service) ThawStale(ctx context.Context, maxAge time.Duration) (int, error) {
+	recs, err := s.records(ctx)
+	if err != nil {
+		return 0, err
+	}
+	cutoff := time.Now().Add(-maxAge).Unix()
+	thawed := 0
+	thaw := func(key string, stale func(tx *store.Tx) (bool, error)) {
+		if _, err := s.st.Update(ctx, func(tx *store.Tx) error {
+			ok, err := stale(tx)
+			if ok {
+				thawed++
+			}
+			return err
+		}); err != nil {
+			s.log.Warn("thawing a stale freeze failed", "key", key, "err", err)
+		}
+	}
+	for _, r := range recs.Ranges {
+		if !r.Frozen || r.FrozenUnix > cutoff {
+			continue
+		}
+		key := s.st.RangeKey(r.Jurisdiction, r.Start)
+		thaw(key, func(tx *store.Tx) (bool, error) {
+			var cur pb.Range
+			if found, err := tx.Get(key, &cur); err != nil || !found || !cur.Frozen || cur.FrozenUnix > cutoff {
+				return false, err
+			}
+			cur.Frozen, cur.FrozenUnix, cur.Epoch = false, 0, tx.NewEpoch()
+			return true, tx.Put(key, &cur)
+		})
+	}
+	for _, d := range recs.Domains {
+		if !d.Frozen || d.FrozenUnix > cutoff {
+			continue
+		}
+		key := s.st.DomainKey(d.Name)
+		thaw(key, func(tx *store.Tx) (bool, error) {
+			var cur pb.Domain
+			if found, err := tx.Get(key, &cur); err != nil || !found || !cur.Frozen || cur.FrozenUnix > cutoff {
+				return false, err
+			}
+			cur.Frozen, cur.FrozenUnix, cur.Epoch = false, 0, tx.NewEpoch()
+			return true, tx.Put(key, &cur)
+		})
+	}
+	for _, p := range recs.Pins {
+		if !p.Frozen || p.FrozenUnix > cutoff {
+			continue
+		}
+		key := s.st.PinKey(p.Key)
+		thaw(key, func(tx *store.Tx) (bool, error) {
+			var cur pb.Pin
+			if found, err := tx.Get(key, &cur); err != nil || !found || !cur.Frozen || cur.FrozenUnix > cutoff {
+				return false, err
+			}
+			// The frozen pin names the owner that holds the data: keep it,
+			// thawed, so the subject stays where its data is.
+			cur.Frozen, cur.FrozenUnix, cur.Epoch = false, 0, tx.NewEpoch()
+			return true, tx.Put(key, &cur)
+		})
+	}
+	return thawed, nil
 }

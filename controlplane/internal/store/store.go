@@ -363,10 +363,20 @@ func (s *Store) Watch(ctx context.Context, rev int64) <-chan WatchBatch {
 	return out
 }
 
-// RequestProgress asks etcd to send a progress notification on the watches
-// of this client, so that an idle watcher learns it is still current.
-func (s *Store) RequestProgress(ctx context.Context) error {
-	return s.cli.RequestProgress(clientv3.WithRequireLeader(ctx))
+// Epoch is a linearizable read of map/epoch (0 when the map is empty).
+func (s *Store) Epoch(ctx context.Context) (uint64, error) {
+	resp, err := s.cli.Get(ctx, s.EpochKey())
+	if err != nil {
+		return 0, fmt.Errorf("read epoch: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, nil
+	}
+	var e pb.MapEpoch
+	if err := proto.Unmarshal(resp.Kvs[0].Value, &e); err != nil {
+		return 0, fmt.Errorf("decode epoch: %w", err)
+	}
+	return e.Epoch, nil
 }
 
 // ReadKey is a linearizable read of what decides one subject's owner: its

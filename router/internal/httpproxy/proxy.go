@@ -176,7 +176,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		p.wrongCell.Inc()
-		p.log.Info("WRONG_CELL: refreshing subject", "address", address, "tried", tgt.Cell.Name, "owner", wc.owner, "owner_epoch", wc.epoch)
+		p.log.Debug("WRONG_CELL: refreshing subject", "tried", tgt.Cell.Name, "owner", wc.owner, "owner_epoch", wc.epoch)
 		if tgt, err = p.routes.Refresh(r.Context(), address); err != nil {
 			p.routeError(w, r, err)
 			return
