@@ -23,9 +23,11 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/auth"
 	"github.com/cellmail/cellmail/cell/internal/blobstore"
 	"github.com/cellmail/cellmail/cell/internal/cache"
+	"github.com/cellmail/cellmail/cell/internal/delivery"
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
 	"github.com/cellmail/cellmail/cell/internal/message"
 	"github.com/cellmail/cellmail/cell/internal/ownership"
+	"github.com/cellmail/cellmail/cell/internal/smtpd"
 	"github.com/cellmail/cellmail/controlplane/client"
 	cpv1 "github.com/cellmail/cellmail/controlplane/gen/controlplanev1"
 	"github.com/cellmail/cellmail/controlplane/gen/controlplanev1/controlplanev1connect"
@@ -54,6 +56,10 @@ type Config struct {
 	RedisAddr string
 	// BlobDir is the filesystem blob store's root (default DataDir/blobs).
 	BlobDir string
+	// LMTPListen is the LMTP endpoint (inbound mail from the router's SMTP
+	// edge); ignored when LMTPListener is set. Empty: no LMTP.
+	LMTPListen   string
+	LMTPListener net.Listener
 	// Instance names this process in liveness keys (host-pid when empty).
 	Instance string
 	Logger   *slog.Logger
@@ -150,6 +156,8 @@ func Run(ctx context.Context, cfg Config) error {
 	defer kv.Close()
 
 	go collectBlobs(ctx, blobs, store, log)
+	worker := delivery.NewWorker(delivery.New(blobs, store, message.DefaultLimits()), store, log.With("part", "spool"))
+	go worker.Run(ctx)
 
 	fence := ownership.New(cfg.Name, maps)
 	srv := api.NewServer(fence, maps, counter{store}, log)
@@ -186,6 +194,17 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		return nil
 	}, reg)
+	if cfg.LMTPListener != nil || cfg.LMTPListen != "" {
+		lln, err := serve.Listen(cfg.LMTPListener, cfg.LMTPListen)
+		if err != nil {
+			return fmt.Errorf("cell: lmtp: %w", err)
+		}
+		lmtp := smtpd.New(smtpd.Config{Fence: fence, Store: store, Blobs: blobs, Wake: worker.Wake,
+			Domain: cfg.Name, Logger: log.With("part", "lmtp")})
+		go func() { _ = lmtp.Serve(lln) }()
+		defer lmtp.Close()
+		log.Info("cell LMTP serving", "lmtp", lln.Addr().String())
+	}
 	log.Info("cell serving", "api", apiURL, "instance", cfg.Instance)
 	return serve.Run(ctx, ln, mux)
 }

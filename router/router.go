@@ -21,6 +21,7 @@ import (
 	"github.com/cellmail/cellmail/internal/serve"
 	"github.com/cellmail/cellmail/router/internal/httpproxy"
 	"github.com/cellmail/cellmail/router/internal/route"
+	"github.com/cellmail/cellmail/router/internal/smtpedge"
 )
 
 // Config is what a router process needs.
@@ -28,6 +29,10 @@ type Config struct {
 	// HTTPListen is the API address; ignored when HTTPListener is set.
 	HTTPListen   string
 	HTTPListener net.Listener
+	// SMTPListen is the MX SMTP address; ignored when SMTPListener is set.
+	// Empty: no SMTP.
+	SMTPListen   string
+	SMTPListener net.Listener
 	// Etcd endpoints and key prefix of the placement map.
 	Etcd   []string
 	Prefix string
@@ -93,7 +98,18 @@ func Run(ctx context.Context, cfg Config) error {
 	serve.Gauge(reg, "cellmail_router_map_staleness_seconds", "Seconds since the router's map copy was last known current.",
 		func() float64 { return maps.Staleness().Seconds() })
 	serve.Gauge(reg, "cellmail_router_map_epoch", "Epoch of the router's map copy.", func() float64 { return float64(maps.Epoch()) })
-	proxy := httpproxy.New(route.New(maps), httpproxy.Config{Logger: log, Registerer: reg})
+	table := route.New(maps)
+	proxy := httpproxy.New(table, httpproxy.Config{Logger: log, Registerer: reg})
+	if cfg.SMTPListener != nil || cfg.SMTPListen != "" {
+		sln, err := serve.Listen(cfg.SMTPListener, cfg.SMTPListen)
+		if err != nil {
+			return fmt.Errorf("router: smtp: %w", err)
+		}
+		edge := smtpedge.New(table, smtpedge.Config{Logger: log.With("part", "smtp")})
+		go func() { _ = edge.Serve(sln) }()
+		defer edge.Close()
+		log.Info("router SMTP serving", "smtp", sln.Addr().String())
+	}
 
 	mux := http.NewServeMux()
 	mux.Handle("/", proxy)

@@ -69,6 +69,7 @@ type stack struct {
 	stops map[string]context.CancelFunc
 	cells map[string]string // name → API URL
 	redis string            // the cells' Redis
+	smtp  string            // the last started router's SMTP address
 }
 
 func call[T any](t testing.TB, req *connect.Request[T]) *connect.Request[T] {
@@ -123,7 +124,11 @@ func (s *stack) startCell(name, jur string) {
 		t.Fatal(err)
 	}
 	url := "http://" + ln.Addr().String()
-	if _, err := s.admin.RegisterCell(context.Background(), call(t, connect.NewRequest(&pb.RegisterCellRequest{Name: name, Jurisdiction: jur, ApiUrl: url}))); err != nil {
+	lln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.admin.RegisterCell(context.Background(), call(t, connect.NewRequest(&pb.RegisterCellRequest{Name: name, Jurisdiction: jur, ApiUrl: url, LmtpAddr: lln.Addr().String()}))); err != nil {
 		t.Fatalf("register %s: %v", name, err)
 	}
 	dsn, err := pg.NewDB()
@@ -135,7 +140,7 @@ func (s *stack) startCell(name, jur string) {
 	done := make(chan error, 1)
 	go func() {
 		done <- cell.Run(ctx, cell.Config{Name: name, Listener: ln, Etcd: s.cp.Etcd.Endpoints, DataDir: dataDir,
-			AgentToken: cptest.AgentToken, OperatorToken: cptest.AdminToken, DatabaseURL: dsn, RedisAddr: s.redis,
+			AgentToken: cptest.AgentToken, OperatorToken: cptest.AdminToken, DatabaseURL: dsn, RedisAddr: s.redis, LMTPListener: lln,
 			Logger: cptest.Logger(t)})
 	}()
 	stopped := false
@@ -178,10 +183,15 @@ func (s *stack) startRouter(maps *client.Client) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	sln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.smtp = sln.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- router.Run(ctx, router.Config{HTTPListener: ln, Etcd: s.cp.Etcd.Endpoints, DataDir: t.TempDir(),
+		done <- router.Run(ctx, router.Config{HTTPListener: ln, SMTPListener: sln, Etcd: s.cp.Etcd.Endpoints, DataDir: t.TempDir(),
 			Maps: maps, Logger: cptest.Logger(t)})
 	}()
 	t.Cleanup(func() {

@@ -30,6 +30,7 @@ func run(args []string) error {
 	operator := fs.String("operator-token", cli.Env("CELLMAIL_OPERATOR_TOKEN", ""), "token that may create accounts, or @file (env CELLMAIL_OPERATOR_TOKEN)")
 	db := fs.String("database", cli.Env("CELLMAIL_DATABASE", ""), "PostgreSQL/YugabyteDB URL, or @file (env CELLMAIL_DATABASE)")
 	redis := fs.String("redis", cli.Env("CELLMAIL_REDIS", "127.0.0.1:6379"), "Redis address (env CELLMAIL_REDIS)")
+	lmtp := fs.String("lmtp", cli.Env("CELLMAIL_LMTP", ""), "LMTP address for inbound mail from the router (env CELLMAIL_LMTP)")
 	blobs := fs.String("blob-dir", cli.Env("CELLMAIL_BLOB_DIR", ""), "blob store directory (default <data-dir>/blobs; env CELLMAIL_BLOB_DIR)")
 	logger := cli.LogFlags(fs, os.Stderr)
 	if err := fs.Parse(args); err != nil {
@@ -40,7 +41,7 @@ func run(args []string) error {
 		return err
 	}
 	cfg := cell.Config{Name: *name, Listen: *listen, Etcd: cli.List(*etcd), DataDir: *dataDir, RedisAddr: *redis,
-		BlobDir: *blobs, Logger: log}
+		BlobDir: *blobs, LMTPListen: *lmtp, Logger: log}
 	if cfg.AgentToken, err = cli.Secret(*agent); err != nil {
 		return err
 	}

@@ -57,6 +57,7 @@ type cellSpec struct {
 	Redis        string `json:"redis"`
 	Kafka        string `json:"kafka"`
 	Log          string `json:"log"`
+	LMTP         string `json:"lmtp"`
 }
 
 type domainSpec struct {
@@ -163,10 +164,12 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
-	ports := map[string]int{"control plane": *base, "etcd": *base + 1, "postgres": *base + 32, "redis": *base + 36, "router http": *base + 80}
+	ports := map[string]int{"control plane": *base, "etcd": *base + 1, "postgres": *base + 32, "redis": *base + 36,
+		"router http": *base + 80, "router smtp": *base + 25}
 	for i, c := range demoCells {
 		ports["cell "+c.name] = *base + 10 + i
 		ports["kafka "+c.name] = *base + 90 + i
+		ports["lmtp "+c.name] = *base + 20 + i
 	}
 	for what, p := range ports {
 		if err := portFree(p, what); err != nil {
@@ -247,7 +250,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		st.Cells = append(st.Cells, cellSpec{
 			Name: c.name, Jurisdiction: c.jur, API: fmt.Sprintf("http://127.0.0.1:%d", ports["cell "+c.name]),
 			Database: pg.DSN(db), Redis: st.Redis, Kafka: k.ListenAddrs()[0],
-			Log: filepath.Join(logDir, c.name+".log"),
+			Log: filepath.Join(logDir, c.name+".log"), LMTP: fmt.Sprintf("127.0.0.1:%d", ports["lmtp "+c.name]),
 		})
 	}
 	done()
@@ -268,7 +271,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	admin := controlplanev1connect.NewControlPlaneServiceClient(http.DefaultClient, st.Controlplane)
 	auth := func(r connect.AnyRequest) { r.Header().Set("Authorization", "Bearer "+secrets.Admin) }
 	for _, c := range st.Cells {
-		req := connect.NewRequest(&pb.RegisterCellRequest{Name: c.Name, Jurisdiction: c.Jurisdiction, ApiUrl: c.API})
+		req := connect.NewRequest(&pb.RegisterCellRequest{Name: c.Name, Jurisdiction: c.Jurisdiction, ApiUrl: c.API, LmtpAddr: c.LMTP})
 		auth(req)
 		if _, err := admin.RegisterCell(ctx, req); err != nil {
 			return fmt.Errorf("register cell %s: %w", c.Name, err)
@@ -289,7 +292,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		p, err := start(c.Name, c.Log, nil, filepath.Join(*binDir, "celld"),
 			"-name", c.Name, "-listen", c.API[len("http://"):], "-etcd", st.Etcd,
 			"-data-dir", filepath.Join(*dir, "cells", c.Name), "-agent-token", "@"+secrets.agentFile,
-			"-operator-token", "@"+secrets.adminFile, "-database", "@"+dbFile, "-redis", c.Redis)
+			"-operator-token", "@"+secrets.adminFile, "-database", "@"+dbFile, "-redis", c.Redis, "-lmtp", c.LMTP)
 		if err != nil {
 			return err
 		}
@@ -311,8 +314,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	done = step("router started")
 	st.Router.HTTP = fmt.Sprintf("127.0.0.1:%d", ports["router http"])
 	st.Router.URL = "http://" + st.Router.HTTP
+	st.Router.SMTP = fmt.Sprintf("127.0.0.1:%d", ports["router smtp"])
 	rt, err := start("routerd", filepath.Join(logDir, "router.log"), nil, filepath.Join(*binDir, "routerd"),
-		"-http", st.Router.HTTP, "-etcd", st.Etcd, "-data-dir", filepath.Join(*dir, "router"))
+		"-http", st.Router.HTTP, "-smtp", st.Router.SMTP, "-etcd", st.Etcd, "-data-dir", filepath.Join(*dir, "router"))
 	if err != nil {
 		return err
 	}
@@ -485,9 +489,10 @@ cellmail dev stack is up.
 
   control plane  %s          (admin token in %s)
   router (API)   %s
+  router (SMTP)  %s   (MX of the demo domains)
   etcd           %s (embedded)
   postgres       %s   redis %s
-`, st.Controlplane, stackFile, st.Router.URL, st.Etcd, st.Postgres, st.Redis)
+`, st.Controlplane, stackFile, st.Router.URL, st.Router.SMTP, st.Etcd, st.Postgres, st.Redis)
 	for _, c := range st.Cells {
 		fmt.Fprintf(w, "  cell %-9s %-4s %s  pid %-7s kafka %s\n", c.Name, c.Jurisdiction, c.API, strconv.Itoa(c.PID), c.Kafka)
 	}
@@ -501,9 +506,10 @@ Try it (another terminal):
   bin/mailctl cells list
   curl -s -H 'Content-Type: application/json' -d '{"address":"alice@demo-eu.example"}' \
        %s/cellmail.cell.v1.CellService/WhoAmI
+  swaks --to alice@demo-eu.example --server %s --body 'hello'   # inbound mail through the router
   kill -9 %d    # the cell eu-2: its users get "unavailable", everyone else is served
 
 Logs in %s. Endpoints and credentials in %s. Ctrl-C stops everything.
-`, st.Controlplane, st.AdminToken, st.Router.URL, st.Cells[1].PID, st.Logs, stackFile)
+`, st.Controlplane, st.AdminToken, st.Router.URL, st.Router.SMTP, st.Cells[1].PID, st.Logs, stackFile)
 	fmt.Fprintf(w, "\nDemo accounts (passwords in %s):\n%s", stackFile, accountLines(st.Accounts))
 }

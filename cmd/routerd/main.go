@@ -23,6 +23,7 @@ func main() {
 func run(args []string) error {
 	fs := flag.NewFlagSet("routerd", flag.ContinueOnError)
 	listen := fs.String("http", cli.Env("CELLMAIL_HTTP", "127.0.0.1:7480"), "API address (env CELLMAIL_HTTP)")
+	smtpAddr := fs.String("smtp", cli.Env("CELLMAIL_SMTP", ""), "MX SMTP address, empty for none (env CELLMAIL_SMTP)")
 	etcd := fs.String("etcd", cli.Env("CELLMAIL_ETCD", "http://127.0.0.1:2379"), "etcd endpoints, comma-separated (env CELLMAIL_ETCD)")
 	dataDir := fs.String("data-dir", cli.Env("CELLMAIL_DATA_DIR", ""), "map snapshot directory (env CELLMAIL_DATA_DIR)")
 	logger := cli.LogFlags(fs, os.Stderr)
@@ -33,7 +34,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg := router.Config{HTTPListen: *listen, Etcd: cli.List(*etcd), DataDir: *dataDir, Logger: log}
+	cfg := router.Config{HTTPListen: *listen, SMTPListen: *smtpAddr, Etcd: cli.List(*etcd), DataDir: *dataDir, Logger: log}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}

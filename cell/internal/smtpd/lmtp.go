@@ -1,0 +1,199 @@
+// Package smtpd is the cell's LMTP endpoint (RFC 2033), where the router's
+// SMTP edge hands over inbound mail. Implementation notes:
+//
+//   - RCPT (RFC 5321 §4.1.1.3) runs the fence and checks the account: a
+//     subject another cell owns answers 451 (the router will re-route the
+//     retry), an unknown user 550 5.1.1.
+//   - DATA (RFC 2033 §4.2): the message is written to the blob store
+//     (fsync'd) and one spool row per recipient committed before any
+//     per-recipient 250: nothing acknowledged is lost. The spool's delivery
+//     key (envelope and body hash) makes a retried delivery a no-op.
+//   - Line endings: go-smtp reads DATA as dot-stuffed CRLF lines; a bare
+//     LF or CR is stored as received and never ends the message.
+//   - The session's context is made in NewSession and cancelled on Logout;
+//     errors become SMTP replies in one place (reply).
+package smtpd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/cellmail/cellmail/cell/internal/delivery"
+	"github.com/cellmail/cellmail/cell/internal/mail"
+	"github.com/cellmail/cellmail/cell/internal/mailstore"
+	"github.com/cellmail/cellmail/controlplane/placement"
+)
+
+// Fence is the ownership check.
+type Fence interface {
+	Check(ctx context.Context, address string, callerEpoch uint64) (placement.Route, error)
+}
+
+// Store is what LMTP needs of the mail store.
+type Store interface {
+	AccountByAddress(ctx context.Context, address string) (mail.Account, error)
+	Spool(ctx context.Context, entries []mailstore.SpoolEntry) error
+}
+
+// Blobs stores message bodies.
+type Blobs interface {
+	Put(ctx context.Context, r io.Reader) (string, int64, error)
+}
+
+// Config wires the LMTP server.
+type Config struct {
+	Fence           Fence
+	Store           Store
+	Blobs           Blobs
+	Wake            func() // tells the spool worker there is work
+	Domain          string
+	MaxMessageBytes int64
+	MaxRecipients   int
+	Logger          *slog.Logger
+}
+
+// Server is the LMTP server of a cell.
+type Server struct {
+	cfg Config
+	srv *smtp.Server
+}
+
+// New makes the server.
+func New(cfg Config) *Server {
+	if cfg.MaxMessageBytes == 0 {
+		cfg.MaxMessageBytes = 50 << 20
+	}
+	if cfg.MaxRecipients == 0 {
+		cfg.MaxRecipients = 1000
+	}
+	s := &Server{cfg: cfg}
+	srv := smtp.NewServer(s)
+	srv.LMTP = true
+	srv.Domain = cfg.Domain
+	srv.MaxMessageBytes = cfg.MaxMessageBytes
+	srv.MaxRecipients = cfg.MaxRecipients
+	srv.MaxLineLength = 1000 // RFC 5321 §4.5.3.1.6: 998 octets + CRLF
+	srv.ReadTimeout = 5 * time.Minute
+	srv.WriteTimeout = time.Minute
+	srv.EnableSMTPUTF8 = true
+	srv.ErrorLog = slogAdapter{cfg.Logger}
+	s.srv = srv
+	return s
+}
+
+// Serve accepts connections on ln until Close.
+func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+
+// Close stops the server.
+func (s *Server) Close() error { return s.srv.Close() }
+
+type slogAdapter struct{ l *slog.Logger }
+
+func (a slogAdapter) Printf(format string, v ...any) { a.l.Warn(fmt.Sprintf(format, v...)) }
+func (a slogAdapter) Println(v ...any)               { a.l.Warn(fmt.Sprint(v...)) }
+
+// NewSession implements smtp.Backend.
+func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &session{s: s, ctx: ctx, cancel: cancel, log: s.cfg.Logger.With("remote", c.Conn().RemoteAddr().String())}, nil
+}
+
+type rcpt struct {
+	account string
+	addr    string
+}
+
+type session struct {
+	s      *Server
+	ctx    context.Context
+	cancel context.CancelFunc
+	log    *slog.Logger
+	from   string
+	rcpts  []rcpt
+}
+
+var _ smtp.LMTPSession = (*session)(nil)
+
+func (se *session) Reset()        { se.from, se.rcpts = "", nil }
+func (se *session) Logout() error { se.cancel(); return nil }
+
+func (se *session) Mail(from string, _ *smtp.MailOptions) error {
+	se.from = from
+	return nil
+}
+
+func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	ctx, cancel := context.WithTimeout(se.ctx, 10*time.Second)
+	defer cancel()
+	rt, err := se.s.cfg.Fence.Check(ctx, to, 0)
+	if err != nil {
+		return reply(err)
+	}
+	a, err := se.s.cfg.Store.AccountByAddress(ctx, rt.Address.String())
+	if err != nil {
+		return reply(err)
+	}
+	se.rcpts = append(se.rcpts, rcpt{account: a.ID, addr: rt.Address.String()})
+	return nil
+}
+
+func (se *session) Data(r io.Reader) error {
+	return errors.New("LMTP needs LMTPData")
+}
+
+// LMTPData stores the message once, spools every recipient in one
+// transaction, then answers 250 for each.
+func (se *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
+	raw, err := io.ReadAll(r)
+	if err != nil {
+		return reply(err)
+	}
+	ctx, cancel := context.WithTimeout(se.ctx, time.Minute)
+	defer cancel()
+	ref, _, err := se.s.cfg.Blobs.Put(ctx, bytes.NewReader(raw))
+	if err != nil {
+		se.log.Error("message blob not stored", "err", err)
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary storage failure, try again"}
+	}
+	entries := make([]mailstore.SpoolEntry, len(se.rcpts))
+	for i, rc := range se.rcpts {
+		entries[i] = mailstore.SpoolEntry{AccountID: rc.account, MailFrom: se.from, Rcpt: rc.addr, BlobRef: ref,
+			DeliveryKey: delivery.Key(se.from, rc.addr, raw)}
+	}
+	if err := se.s.cfg.Store.Spool(ctx, entries); err != nil {
+		se.log.Error("spool commit failed", "err", err)
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary storage failure, try again"}
+	}
+	if se.s.cfg.Wake != nil {
+		se.s.cfg.Wake()
+	}
+	return nil // 250 for every recipient: all committed together
+}
+
+// reply turns a domain error into an SMTP reply (RFC 3463 enhanced codes).
+func reply(err error) error {
+	var wrong *mail.WrongCellError
+	var smtpErr *smtp.SMTPError
+	switch {
+	case errors.As(err, &smtpErr):
+		return smtpErr
+	case errors.As(err, &wrong), errors.Is(err, mail.ErrMoving), errors.Is(err, mail.ErrStaleMap), errors.Is(err, mail.ErrUnavailable):
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "Mailbox temporarily unavailable, try again"}
+	case errors.Is(err, mail.ErrNotFound) && strings.Contains(err.Error(), "domain"):
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 2}, Message: "Domain not hosted here"}
+	case errors.Is(err, mail.ErrNotFound):
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "No such user"}
+	case errors.Is(err, mail.ErrInvalid):
+		return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad recipient address syntax"}
+	}
+	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure, try again"}
+}

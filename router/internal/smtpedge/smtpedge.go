@@ -1,0 +1,251 @@
+// Package smtpedge is the router's SMTP server, the MX of every hosted
+// domain. Implementation notes:
+//
+//   - RCPT (RFC 5321 §4.1.1.3): the address is canonicalised and its owning
+//     cell found; a domain we do not host is refused (550 5.7.1): the edge
+//     is never an open relay (source routes, percent hack, bang paths and
+//     address literals are refused by the address parser). The recipient is
+//     checked at its cell over LMTP (RFC 2033), which answers 550 5.1.1 for
+//     an unknown user; a cell answering 451 4.4.0 (not the owner any more)
+//     makes the edge refresh the subject and try the new owner once.
+//   - DATA: the message is sent to every involved cell; the sender gets 250
+//     only when every cell accepted every recipient (each cell commits to
+//     its spool before answering), else 451 4.3.0. Cells recognise the
+//     sender's retry by envelope and body hash and do not store it twice.
+//   - Limits: SIZE (552 5.3.4), 100 recipients (452 4.5.3), 998-octet lines.
+//   - The session's context is made in NewSession and cancelled on Logout.
+package smtpedge
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/router/internal/route"
+)
+
+// Resolver finds the owning cell of an address.
+type Resolver interface {
+	Resolve(address string) (route.Target, error)
+	Refresh(ctx context.Context, address string) (route.Target, error)
+}
+
+// Config tunes the edge.
+type Config struct {
+	Domain          string
+	MaxMessageBytes int64
+	MaxRecipients   int
+	Logger          *slog.Logger
+}
+
+// Edge is the SMTP server.
+type Edge struct {
+	routes Resolver
+	cfg    Config
+	srv    *smtp.Server
+}
+
+// New makes the edge.
+func New(routes Resolver, cfg Config) *Edge {
+	if cfg.MaxMessageBytes == 0 {
+		cfg.MaxMessageBytes = 50 << 20
+	}
+	if cfg.MaxRecipients == 0 {
+		cfg.MaxRecipients = 100
+	}
+	if cfg.Domain == "" {
+		cfg.Domain = "mx.cellmail.local"
+	}
+	e := &Edge{routes: routes, cfg: cfg}
+	srv := smtp.NewServer(e)
+	srv.Domain = cfg.Domain
+	srv.MaxMessageBytes = cfg.MaxMessageBytes
+	srv.MaxRecipients = cfg.MaxRecipients
+	srv.MaxLineLength = 1000
+	srv.ReadTimeout = 5 * time.Minute
+	srv.WriteTimeout = time.Minute
+	srv.EnableSMTPUTF8 = true
+	srv.ErrorLog = logAdapter{cfg.Logger}
+	e.srv = srv
+	return e
+}
+
+type logAdapter struct{ l *slog.Logger }
+
+func (a logAdapter) Printf(format string, v ...any) { a.l.Warn(fmt.Sprintf(format, v...)) }
+func (a logAdapter) Println(v ...any)               { a.l.Warn(fmt.Sprint(v...)) }
+
+// Serve accepts connections until Close.
+func (e *Edge) Serve(ln net.Listener) error { return e.srv.Serve(ln) }
+
+// Close stops the server.
+func (e *Edge) Close() error { return e.srv.Close() }
+
+// NewSession implements smtp.Backend.
+func (e *Edge) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &session{e: e, ctx: ctx, cancel: cancel, cells: map[string]*cellConn{},
+		log: e.cfg.Logger.With("remote", c.Conn().RemoteAddr().String())}, nil
+}
+
+type cellConn struct {
+	name  string
+	c     *smtp.Client
+	rcpts int
+}
+
+type session struct {
+	e      *Edge
+	ctx    context.Context
+	cancel context.CancelFunc
+	log    *slog.Logger
+	from   string
+	cells  map[string]*cellConn
+	rcpts  int
+}
+
+func (s *session) Reset() {
+	for _, cc := range s.cells {
+		_ = cc.c.Quit()
+	}
+	s.cells, s.from, s.rcpts = map[string]*cellConn{}, "", 0
+}
+
+func (s *session) Logout() error {
+	s.Reset()
+	s.cancel()
+	return nil
+}
+
+func (s *session) Mail(from string, _ *smtp.MailOptions) error {
+	if len(from) > placement.MaxPathOctets || strings.ContainsAny(from, " \t\r\n") || (from != "" && !strings.Contains(from, "@")) {
+		return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "Bad sender address syntax"}
+	}
+	s.from = from
+	return nil
+}
+
+func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	a, err := placement.ParseAddress(to)
+	if err != nil {
+		return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad recipient address syntax"}
+	}
+	tgt, err := s.e.routes.Resolve(a.String())
+	if errors.Is(err, placement.ErrUnknownDomain) {
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relaying denied"}
+	}
+	if err != nil {
+		s.log.Warn("cannot route recipient", "err", err)
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "Cannot route now, try again"}
+	}
+	err = s.rcptAt(tgt, a.String())
+	var se *smtp.SMTPError
+	if errors.As(err, &se) && se.Code == 451 && se.EnhancedCode == (smtp.EnhancedCode{4, 4, 0}) {
+		// The cell does not own the subject (any more): refresh, try once.
+		if tgt, rerr := s.e.routes.Refresh(s.ctx, a.String()); rerr == nil {
+			err = s.rcptAt(tgt, a.String())
+		}
+	}
+	if err == nil {
+		s.rcpts++
+	}
+	return err
+}
+
+// rcptAt adds the recipient at its cell's LMTP session, opening it first.
+func (s *session) rcptAt(tgt route.Target, addr string) error {
+	cc, ok := s.cells[tgt.Cell.Name]
+	if !ok {
+		if tgt.Cell.LMTPAddr == "" {
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "Mailbox cell not reachable, try again"}
+		}
+		conn, err := net.DialTimeout("tcp", tgt.Cell.LMTPAddr, 5*time.Second)
+		if err != nil {
+			s.log.Warn("cell LMTP unreachable", "cell", tgt.Cell.Name, "err", err)
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1}, Message: "Mailbox cell not reachable, try again"}
+		}
+		c := smtp.NewClientLMTP(conn)
+		c.CommandTimeout, c.SubmissionTimeout = 30*time.Second, 2*time.Minute
+		if err := c.Hello(s.e.cfg.Domain); err != nil {
+			c.Close()
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Mailbox cell failed, try again"}
+		}
+		if err := c.Mail(s.from, nil); err != nil {
+			c.Close()
+			return cellErr(err)
+		}
+		cc = &cellConn{name: tgt.Cell.Name, c: c}
+		s.cells[tgt.Cell.Name] = cc
+	}
+	if err := cc.c.Rcpt(addr, nil); err != nil {
+		return cellErr(err)
+	}
+	cc.rcpts++
+	return nil
+}
+
+// cellErr passes a cell's SMTP reply through; anything else is temporary.
+func cellErr(err error) error {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return se
+	}
+	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Mailbox cell failed, try again"}
+}
+
+// Data streams the message to every involved cell and answers 250 only when
+// all of them accepted every recipient.
+func (s *session) Data(r io.Reader) error {
+	raw, err := io.ReadAll(r)
+	if err != nil {
+		return err // go-smtp's own limit errors (552 5.3.4) pass through
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var failures []string
+	for _, cc := range s.cells {
+		if cc.rcpts == 0 {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := sendData(cc.c, raw); err != nil {
+				mu.Lock()
+				failures = append(failures, cc.name+": "+err.Error())
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(failures) > 0 {
+		s.log.Warn("a cell did not accept the message; the sender will retry", "failures", failures)
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Not all recipients could be stored, try again"}
+	}
+	if s.rcpts == 0 {
+		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "No valid recipients"}
+	}
+	return nil
+}
+
+func sendData(c *smtp.Client, raw []byte) error {
+	dc, err := c.Data()
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(dc, bytes.NewReader(raw)); err != nil {
+		return err
+	}
+	_, err = dc.CloseWithLMTPResponse()
+	return err
+}
