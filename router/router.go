@@ -117,6 +117,12 @@ func Run(ctx context.Context, cfg Config) error {
 		if maps.Map() == nil {
 			return errors.New("no placement map yet")
 		}
+		// With etcd reachable, wait for the copy to be checked against it
+		// (a snapshot may name old endpoints); with etcd down, serve the
+		// snapshot after a few seconds.
+		if !maps.Serving(5 * time.Second) {
+			return errors.New("placement map from the snapshot not yet checked against etcd")
+		}
 		if s := maps.Staleness(); s > cfg.MaxStaleness {
 			return fmt.Errorf("placement map %s stale", s.Round(time.Second))
 		}

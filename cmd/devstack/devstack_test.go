@@ -21,20 +21,7 @@ import (
 // routes addresses of both jurisdictions, a killed cell takes down only its
 // own users, Ctrl-C stops everything, and a second run reuses the data.
 func TestDevStackSmoke(t *testing.T) {
-	bin := t.TempDir()
-	build := exec.Command("go", "build", "-o", bin+"/", "github.com/cellmail/cellmail/cmd/...")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	// PostgreSQL runs as the postgres user: its directory must be reachable.
-	dir, err := os.MkdirTemp("", "devstack-smoke-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	bin, dir := buildAndDir(t)
 
 	st, stop := startStack(t, bin, dir)
 	mailctl := func(args ...string) []byte {
@@ -115,14 +102,34 @@ func TestDevStackSmoke(t *testing.T) {
 	}
 }
 
+// buildAndDir builds the binaries and makes a data directory the postgres
+// user can reach.
+func buildAndDir(t *testing.T) (bin, dir string) {
+	t.Helper()
+	bin = t.TempDir()
+	build := exec.Command("go", "build", "-o", bin+"/", "github.com/cellmail/cellmail/cmd/...")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	dir, err := os.MkdirTemp("", "devstack-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return bin, dir
+}
+
 // startStack runs devstack on free high ports and waits for stack.json.
-func startStack(t *testing.T, bin, dir string) (*Stack, func()) {
+func startStack(t *testing.T, bin, dir string, extra ...string) (*Stack, func()) {
 	t.Helper()
 	for attempt := 0; ; attempt++ {
 		base := 20000 + rand.IntN(400)*100
 		os.Remove(filepath.Join(dir, "stack.json"))
 		var out bytes.Buffer
-		cmd := exec.Command(filepath.Join(bin, "devstack"), "-dir", dir, "-base-port", fmt.Sprint(base), "-bin", bin)
+		cmd := exec.Command(filepath.Join(bin, "devstack"), append([]string{"-dir", dir, "-base-port", fmt.Sprint(base), "-bin", bin}, extra...)...)
 		cmd.Stdout, cmd.Stderr = &out, &out
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

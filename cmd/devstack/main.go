@@ -140,6 +140,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	dir := fs.String("dir", ".dev", "data, logs and stack.json")
 	base := fs.Int("base-port", 7400, "first of the ports the stack uses (base … base+99)")
 	binDir := fs.String("bin", "", "directory of controlplaned, celld and routerd (default: next to devstack)")
+	restart := fs.Bool("restart-crashed", false, "start a cell again when its process dies (a supervisor's job)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -280,6 +281,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 
 	done = step("cells started")
 	var cells []*proc
+	cellArgs := make([][]string, len(st.Cells))
 	for i := range st.Cells {
 		c := &st.Cells[i]
 		dbFile := filepath.Join(*dir, "cells", c.Name+".database")
@@ -289,16 +291,16 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		if err := os.WriteFile(dbFile, []byte(c.Database), 0o600); err != nil {
 			return err
 		}
-		p, err := start(c.Name, c.Log, nil, filepath.Join(*binDir, "celld"),
-			"-name", c.Name, "-listen", c.API[len("http://"):], "-etcd", st.Etcd,
+		cellArgs[i] = []string{"-name", c.Name, "-listen", c.API[len("http://"):], "-etcd", st.Etcd,
 			"-data-dir", filepath.Join(*dir, "cells", c.Name), "-agent-token", "@"+secrets.agentFile,
-			"-operator-token", "@"+secrets.adminFile, "-database", "@"+dbFile, "-redis", c.Redis, "-lmtp", c.LMTP)
+			"-operator-token", "@"+secrets.adminFile, "-database", "@"+dbFile, "-redis", c.Redis, "-lmtp", c.LMTP}
+		p, err := start(c.Name, c.Log, nil, filepath.Join(*binDir, "celld"), cellArgs[i]...)
 		if err != nil {
 			return err
 		}
 		c.PID = p.cmd.Process.Pid
 		cells = append(cells, p)
-		cleanups = append(cleanups, func() { p.stop(syscall.SIGTERM, 10*time.Second) })
+		cleanups = append(cleanups, func() { cells[i].stop(syscall.SIGTERM, 10*time.Second) })
 	}
 	for i, p := range cells {
 		if err := waitHTTP(ctx, p, st.Cells[i].API+"/readyz"); err != nil {
@@ -333,28 +335,45 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	done()
 
-	b, _ := json.MarshalIndent(st, "", "  ")
 	stackFile := filepath.Join(*dir, "stack.json")
-	if err := os.WriteFile(stackFile+".tmp", b, 0o600); err != nil {
-		return err
-	}
-	if err := os.Rename(stackFile+".tmp", stackFile); err != nil {
+	if err := writeStack(stackFile, st); err != nil {
 		return err
 	}
 	printSummary(out, st, stackFile)
 
 	// Watch the children until Ctrl-C: a child that dies is reported and
-	// left dead (the others keep serving: that is the point of cells).
-	procs := append([]*proc{cp, rt}, cells...)
+	// left dead (the others keep serving: that is the point of cells), or,
+	// with -restart-crashed, a dead cell is started again like a supervisor
+	// would (the crash tests use it).
 	reported := map[*proc]bool{}
-	t := time.NewTicker(200 * time.Millisecond)
+	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			for _, p := range procs {
+			for i, p := range cells {
+				if !p.exited() || reported[p] {
+					continue
+				}
+				reported[p] = true
+				if !*restart {
+					log.Warn("process exited; the rest of the stack keeps running", "process", p.name, "err", p.err)
+					continue
+				}
+				np, err := start(p.name, st.Cells[i].Log, nil, filepath.Join(*binDir, "celld"), cellArgs[i]...)
+				if err != nil {
+					log.Error("cell restart failed", "cell", p.name, "err", err)
+					continue
+				}
+				cells[i], st.Cells[i].PID = np, np.cmd.Process.Pid
+				log.Warn("cell exited; started again", "cell", p.name, "err", p.err, "pid", st.Cells[i].PID)
+				if err := writeStack(stackFile, st); err != nil {
+					log.Error("stack.json not updated", "err", err)
+				}
+			}
+			for _, p := range []*proc{cp, rt} {
 				if p.exited() && !reported[p] {
 					reported[p] = true
 					log.Warn("process exited; the rest of the stack keeps running", "process", p.name, "err", p.err)
@@ -362,6 +381,15 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			}
 		}
 	}
+}
+
+// writeStack replaces stack.json atomically.
+func writeStack(path string, st *Stack) error {
+	b, _ := json.MarshalIndent(st, "", "  ")
+	if err := os.WriteFile(path+".tmp", b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(path+".tmp", path)
 }
 
 // bootstrap adds the demo domains and gives eu's upper half to eu-2, once.

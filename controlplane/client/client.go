@@ -66,6 +66,8 @@ type Client struct {
 	changed  chan struct{} // closed and replaced when the map changes
 	dirty    bool
 
+	synced    atomic.Bool // the copy came from etcd at least once
+	started   time.Time
 	m         atomic.Pointer[placement.Map]
 	heard     atomic.Int64 // unix nanos of the last time the copy was known current
 	ready     chan struct{}
@@ -93,6 +95,7 @@ func New(cfg Config) (*Client, error) {
 		kvs:     map[string]store.KV{},
 		changed: make(chan struct{}),
 		ready:   make(chan struct{}),
+		started: time.Now(),
 	}, nil
 }
 
@@ -111,6 +114,13 @@ func (c *Client) Epoch() uint64 {
 		return m.Epoch()
 	}
 	return 0
+}
+
+// Serving reports whether the copy should be served from: it has been
+// checked against etcd in this process, or etcd could not be reached within
+// grace of the start (then the snapshot is the best there is).
+func (c *Client) Serving(grace time.Duration) bool {
+	return c.m.Load() != nil && (c.synced.Load() || time.Since(c.started) > grace)
 }
 
 // Staleness is how long since the copy was last known to be current.
@@ -214,6 +224,7 @@ func (c *Client) syncOnce(ctx context.Context) error {
 		}
 		rev = lrev
 		c.heard.Store(time.Now().UnixNano())
+		c.synced.Store(true)
 	}
 	for b := range c.st.Watch(ctx, rev) {
 		if b.Err != nil {
@@ -277,6 +288,7 @@ func (c *Client) progressLoop(ctx context.Context) {
 			cancel()
 			if err == nil && c.m.Load() != nil && e == c.Epoch() {
 				c.heard.Store(time.Now().UnixNano())
+				c.synced.Store(true)
 			}
 		}
 	}

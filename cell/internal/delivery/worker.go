@@ -44,7 +44,7 @@ func (w *Worker) Wake() {
 }
 
 const (
-	lease       = 2 * time.Minute
+	lease       = 15 * time.Second // a batch takes well under a second; a dead worker's entries are due again after it
 	maxAttempts = 12
 	batch       = 64
 )

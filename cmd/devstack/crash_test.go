@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/emersion/go-smtp"
+
+	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
+	"github.com/cellmail/cellmail/cell/gen/mailv1/mailv1connect"
+)
+
+// Nothing acknowledged is lost, nothing is stored twice: messages go through
+// the router's SMTP edge to two cells while cell processes are killed with
+// SIGKILL at random moments and started again by a supervisor. The sender
+// retries until it gets 250, as an MTA does. Then every message must be in
+// each recipient's INBOX exactly once.
+func TestInboundSurvivesCellCrashes(t *testing.T) {
+	bin, dir := buildAndDir(t)
+	st, stop := startStack(t, bin, dir, "-restart-crashed")
+	defer stop()
+	var rcpts []account
+	for _, a := range st.Accounts {
+		if a.Address == "alice@demo-eu.example" || a.Address == "bob@demo-us.example" {
+			rcpts = append(rcpts, a)
+		}
+	}
+	if len(rcpts) != 2 || rcpts[0].Cell == rcpts[1].Cell {
+		t.Fatalf("want two demo recipients in two cells, have %+v", rcpts)
+	}
+
+	const n = 400
+	sending := make(chan struct{})
+	var kills int
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // the chaos: kill -9 a random cell every 100–300 ms
+		defer wg.Done()
+		for {
+			select {
+			case <-sending:
+				return
+			case <-time.After(time.Duration(100+rand.IntN(200)) * time.Millisecond):
+			}
+			var cur Stack
+			b, err := os.ReadFile(filepath.Join(dir, "stack.json"))
+			if err != nil || json.Unmarshal(b, &cur) != nil {
+				continue
+			}
+			victim := cur.Cells[rand.IntN(len(cur.Cells))]
+			if syscall.Kill(victim.PID, syscall.SIGKILL) == nil {
+				kills++
+			}
+		}
+	}()
+
+	retries := 0
+	for i := range n {
+		for attempt := 0; ; attempt++ {
+			err := sendOne(st.Router.SMTP, i, rcpts)
+			if err == nil {
+				break
+			}
+			retries++
+			if attempt > 200 {
+				t.Fatalf("message %d never accepted: %v", i, err)
+			}
+			time.Sleep(50 * time.Millisecond) // an MTA's retry interval, shortened
+		}
+	}
+	close(sending)
+	wg.Wait()
+	if kills < 3 {
+		t.Fatalf("only %d kills during the run: the test proved little", kills)
+	}
+	t.Logf("%d messages accepted, %d refused attempts retried, %d cell kills", n, retries, kills)
+
+	for _, a := range rcpts {
+		counts := waitAll(t, st.Router.URL, a, n)
+		for i := range n {
+			if c := counts[fmt.Sprintf("crash-%d", i)]; c != 1 {
+				t.Errorf("%s has message crash-%d %d times, want exactly once", a.Address, i, c)
+			}
+		}
+	}
+}
+
+func sendOne(addr string, i int, rcpts []account) error {
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Hello("crash.test"); err != nil {
+		return err
+	}
+	if err := c.Mail("sender@crash.test", nil); err != nil {
+		return err
+	}
+	for _, r := range rcpts {
+		if err := c.Rcpt(r.Address, nil); err != nil {
+			return err
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "From: sender@crash.test\r\nSubject: crash-%d\r\nMessage-ID: <crash-%d@crash.test>\r\n\r\nbody %d\r\n", i, i, i)
+	if err := w.Close(); err != nil {
+		return err
+	}
+	return c.Quit()
+}
+
+// waitAll logs in as a and waits (retrying through cell restarts) until its
+// INBOX holds n messages, then counts them by subject.
+func waitAll(t *testing.T, routerURL string, a account, n int) map[string]int {
+	t.Helper()
+	c := mailv1connect.NewMailServiceClient(http.DefaultClient, routerURL)
+	ctx := context.Background()
+	deadline := time.Now().Add(2 * time.Minute)
+	var last error
+	token := ""
+	for time.Now().Before(deadline) {
+		if token == "" {
+			login, err := c.Login(ctx, connect.NewRequest(&mailv1.LoginRequest{Address: a.Address, Password: a.Password}))
+			if err != nil {
+				last = err
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			token = login.Msg.AccessToken
+		}
+		counts, total, err := inbox(ctx, c, token)
+		if err == nil && total >= n {
+			return counts
+		}
+		last = err
+		if err == nil {
+			last = fmt.Errorf("%d of %d messages so far", total, n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s: INBOX never complete: %v", a.Address, last)
+	return nil
+}
+
+func inbox(ctx context.Context, c mailv1connect.MailServiceClient, token string) (map[string]int, int, error) {
+	auth := func(r connect.AnyRequest) { r.Header().Set("Authorization", "Bearer "+token) }
+	lreq := connect.NewRequest(&mailv1.ListMailboxesRequest{})
+	auth(lreq)
+	boxes, err := c.ListMailboxes(ctx, lreq)
+	if err != nil {
+		return nil, 0, err
+	}
+	var inboxID string
+	for _, b := range boxes.Msg.Mailboxes {
+		if b.SpecialUse == mailv1.SpecialUse_SPECIAL_USE_INBOX {
+			inboxID = b.Id
+		}
+	}
+	counts, total, pageToken := map[string]int{}, 0, ""
+	for {
+		req := connect.NewRequest(&mailv1.ListMessagesRequest{MailboxId: inboxID, PageSize: 200, PageToken: pageToken})
+		auth(req)
+		page, err := c.ListMessages(ctx, req)
+		if err != nil {
+			return nil, 0, err
+		}
+		for _, m := range page.Msg.Messages {
+			if strings.HasPrefix(m.Subject, "crash-") {
+				counts[m.Subject]++
+				total++
+			}
+		}
+		if pageToken = page.Msg.NextPageToken; pageToken == "" {
+			return counts, total, nil
+		}
+	}
+}
