@@ -292,8 +292,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 		cellArgs[i] = []string{"-name", c.Name, "-listen", c.API[len("http://"):], "-etcd", st.Etcd,
-			"-data-dir", filepath.Join(*dir, "cells", c.Name), "-agent-token", "@"+secrets.agentFile,
-			"-operator-token", "@"+secrets.adminFile, "-database", "@"+dbFile, "-redis", c.Redis, "-lmtp", c.LMTP}
+			"-data-dir", filepath.Join(*dir, "cells", c.Name), "-agent-token", "@" + secrets.agentFile,
+			"-operator-token", "@" + secrets.adminFile, "-database", "@" + dbFile, "-redis", c.Redis, "-lmtp", c.LMTP}
 		p, err := start(c.Name, c.Log, nil, filepath.Join(*binDir, "celld"), cellArgs[i]...)
 		if err != nil {
 			return err
