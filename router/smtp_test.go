@@ -1,9 +1,11 @@
 package router_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -157,4 +159,61 @@ func TestInboundSMTPAcrossJurisdictions(t *testing.T) {
 		t.Fatalf("session unusable after a bad sequence: %v", err)
 	}
 	_ = context.Background()
+}
+
+// SMTP smuggling: a bare-LF (or bare-CR) dot line inside DATA must not end
+// the message, so no hidden second transaction is ever accepted.
+func TestSMTPSmugglingIsNotPossible(t *testing.T) {
+	s := newStack(t)
+	url := s.startRouter(nil)
+	alice := s.user(t, url, "alice@eu.example")
+	bob := s.user(t, url, "bob@us.example")
+	for _, sep := range []string{"\n.\n", "\r.\r", "\n.\r\n", "\r\n.\n", "\r.\r\n"} {
+		conn, err := net.Dial("tcp", s.smtp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := bufio.NewReader(conn)
+		read := func() string {
+			conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			var all string
+			for {
+				line, err := r.ReadString('\n')
+				all += line
+				if err != nil || len(line) < 4 || line[3] == ' ' {
+					return all
+				}
+			}
+		}
+		read()
+		smuggled := "MAIL FROM:<evil@remote.test>\r\nRCPT TO:<bob@us.example>\r\nDATA\r\nSubject: smuggled\r\n\r\nx\r\n.\r\n"
+		for _, cmd := range []string{"EHLO evil.test\r\n", "MAIL FROM:<a@remote.test>\r\n", "RCPT TO:<alice@eu.example>\r\n", "DATA\r\n"} {
+			conn.Write([]byte(cmd))
+			read()
+		}
+		conn.Write([]byte("Subject: outer\r\n\r\nhello" + sep + smuggled + "\r\n.\r\n"))
+		reply := read()
+		conn.Write([]byte("QUIT\r\n"))
+		read()
+		conn.Close()
+		if !strings.HasPrefix(reply, "250") && !strings.HasPrefix(reply, "5") {
+			t.Fatalf("separator %q: reply %q", sep, reply)
+		}
+	}
+	// A marker to bob after the attempts: once it is in, anything smuggled
+	// (spooled earlier) would be in too. Bob must hold only the marker.
+	c, err := smtp.Dial(s.smtp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SendMail("a@remote.test", []string{"bob@us.example"}, strings.NewReader("Subject: marker\r\n\r\nm\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	waitInbox(t, alice, 1)
+	for _, m := range waitInbox(t, bob, 1) {
+		if m.Subject != "marker" {
+			t.Fatalf("a smuggled message reached bob: %q", m.Subject)
+		}
+	}
 }
