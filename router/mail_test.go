@@ -32,7 +32,9 @@ func withToken[T any](tok string, m *T) *connect.Request[T] {
 	return r
 }
 
-func (s *stack) user(t *testing.T, routerURL, addr string) *user {
+func (s *stack) user(t *testing.T, routerURL, addr string) *user { return s.userTB(t, routerURL, addr) }
+
+func (s *stack) userTB(t testing.TB, routerURL, addr string) *user {
 	t.Helper()
 	c := mailv1connect.NewMailServiceClient(&http.Client{Transport: h2cTransport()}, routerURL)
 	ctx := context.Background()
@@ -46,7 +48,9 @@ func (s *stack) user(t *testing.T, routerURL, addr string) *user {
 	return &user{addr: addr, access: resp.Msg.AccessToken, c: c}
 }
 
-func (u *user) box(t *testing.T, use mailv1.SpecialUse) *mailv1.Mailbox {
+func (u *user) box(t *testing.T, use mailv1.SpecialUse) *mailv1.Mailbox { return u.boxTB(t, use) }
+
+func (u *user) boxTB(t testing.TB, use mailv1.SpecialUse) *mailv1.Mailbox {
 	t.Helper()
 	resp, err := u.c.ListMailboxes(context.Background(), withToken(u.access, &mailv1.ListMailboxesRequest{}))
 	if err != nil {
@@ -368,4 +372,18 @@ func TestReadsWorkWithoutRedis(t *testing.T) {
 	if _, err := u.c.Login(ctx, connect.NewRequest(&mailv1.LoginRequest{Address: u.addr, Password: "correct horse battery"})); err != nil {
 		t.Fatalf("login with Redis down: %v", err)
 	}
+}
+
+// totalTB is the mailbox's message count.
+func (u *user) totalTB(t testing.TB, mailboxID string) int {
+	resp, err := u.c.ListMailboxes(context.Background(), withToken(u.access, &mailv1.ListMailboxesRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range resp.Msg.Mailboxes {
+		if b.Id == mailboxID {
+			return int(b.Total)
+		}
+	}
+	return 0
 }

@@ -1,0 +1,89 @@
+package router_test
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
+)
+
+// BenchmarkInboundSMTP sends 10 KB messages through the router's SMTP edge
+// to one cell, from many distinct senders, over 1, 8 and 32 connections.
+// It reports messages accepted per second, stored per second (until the
+// last one is visible through the API), and p50/p99 SMTP transaction time.
+func BenchmarkInboundSMTP(b *testing.B) {
+	s := newStack(b)
+	url := s.startRouter(nil)
+	u := s.userTB(b, url, "bench@us.example")
+	inbox := u.boxTB(b, mailv1.SpecialUse_SPECIAL_USE_INBOX)
+	body := "Subject: bench\r\n\r\n" + strings.Repeat(strings.Repeat("x", 98)+"\r\n", 100)
+	stored, run := 0, 0
+	for _, conns := range []int{1, 8, 32} {
+		b.Run(fmt.Sprintf("conns-%d", conns), func(b *testing.B) {
+			run++ // b.Run calls this more than once: keep every message unique
+			var mu sync.Mutex
+			var lat []time.Duration
+			per := (b.N + conns - 1) / conns
+			start := time.Now()
+			var wg sync.WaitGroup
+			for w := range conns {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					c, err := smtp.Dial(s.smtp)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					defer c.Close()
+					for i := range per {
+						t0 := time.Now()
+						if err := c.Mail(fmt.Sprintf("sender%d-%d@remote.test", w, i), nil); err != nil {
+							b.Error(err)
+							return
+						}
+						if err := c.Rcpt("bench@us.example", nil); err != nil {
+							b.Error(err)
+							return
+						}
+						wc, err := c.Data()
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						fmt.Fprintf(wc, "Message-ID: <%d.%d.%d@remote.test>\r\n%s", run, w, i, body)
+						if err := wc.Close(); err != nil {
+							b.Error(err)
+							return
+						}
+						mu.Lock()
+						lat = append(lat, time.Since(t0))
+						mu.Unlock()
+					}
+				}()
+			}
+			wg.Wait()
+			accepted := time.Since(start)
+			stored += per * conns
+			deadline := time.Now().Add(5 * time.Minute)
+			for u.totalTB(b, inbox.Id) < stored {
+				if time.Now().After(deadline) {
+					b.Fatal("messages not stored in 5 minutes")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			all := time.Since(start)
+			slices.Sort(lat)
+			b.ReportMetric(float64(per*conns)/accepted.Seconds(), "accepted-msg/s")
+			b.ReportMetric(float64(per*conns)/all.Seconds(), "stored-msg/s")
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+		})
+	}
+}
