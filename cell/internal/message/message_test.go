@@ -16,6 +16,8 @@ import (
 	"unicode/utf8"
 )
 
+var bccField = regexp.MustCompile(`(?im)^bcc:`)
+
 func mustParse(t *testing.T, raw []byte) *Parsed {
 	t.Helper()
 	p, err := Parse(bytes.NewReader(raw), DefaultLimits())
@@ -173,7 +175,9 @@ func TestComposeParseRoundTrip(t *testing.T) {
 					t.Errorf("message lacks %q", want)
 				}
 			}
-			if strings.Contains(strings.ToLower(hdr), "bcc") || bytes.Contains(raw, []byte("secret@example.net")) {
+			// A Bcc field, not the letters "bcc" (a random boundary or
+			// Message-ID may hold them).
+			if bccField.MatchString(hdr) || bytes.Contains(raw, []byte("secret@example.net")) {
 				t.Errorf("Bcc written:\n%s", hdr)
 			}
 
