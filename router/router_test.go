@@ -1,6 +1,7 @@
 package router_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -84,6 +86,7 @@ func newStack(t testing.TB, redisOverride ...string) *stack {
 	if len(redisOverride) > 0 {
 		s.redis = redisOverride[0]
 	}
+	flushRedis(t, s.redis) // each stack starts clean (login rate counters, caches)
 	for _, c := range []struct{ name, jur string }{{"eu-1", "eu"}, {"eu-2", "eu"}, {"us-1", "us"}} {
 		s.startCell(c.name, c.jur)
 	}
@@ -106,6 +109,24 @@ func newStack(t testing.TB, redisOverride ...string) *stack {
 	}
 	s.assign("eu", placement.SpaceEnd/2, "eu-2")
 	return s
+}
+
+// flushRedis empties the Redis at addr.
+func flushRedis(t testing.TB, addr string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("FLUSHALL\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "+OK") {
+		t.Fatalf("FLUSHALL: %q %v", line, err)
+	}
 }
 
 func (s *stack) assign(jur string, start uint64, cellName string) uint64 {

@@ -50,7 +50,7 @@ type Resolver interface {
 // Config tunes the proxy.
 type Config struct {
 	// MaxBodyBytes bounds a request body (it is buffered to be replayed on
-	// WRONG_CELL). Default 32 MiB.
+	// WRONG_CELL). Default 48 MiB.
 	MaxBodyBytes int64
 	Logger       *slog.Logger
 	Registerer   prometheus.Registerer
@@ -73,7 +73,7 @@ type Proxy struct {
 // New makes the proxy.
 func New(routes Resolver, cfg Config) *Proxy {
 	if cfg.MaxBodyBytes == 0 {
-		cfg.MaxBodyBytes = 32 << 20
+		cfg.MaxBodyBytes = 48 << 20 // the mail API's largest request (a send at the size limit)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
