@@ -106,7 +106,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return fmt.Errorf("router: smtp: %w", err)
 		}
 		edge := smtpedge.New(table, smtpedge.Config{Logger: log.With("part", "smtp")})
-		go func() { _ = edge.Serve(sln) }()
+		go func() { _ = edge.Serve(serve.LimitListener(sln, 2000, 64)) }()
 		defer edge.Close()
 		log.Info("router SMTP serving", "smtp", sln.Addr().String())
 	}
@@ -133,5 +133,5 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("router: %w", err)
 	}
 	log.Info("router serving", "http", ln.Addr().String())
-	return serve.Run(ctx, ln, mux)
+	return serve.Run(ctx, serve.LimitListener(ln, 10000, 256), mux)
 }
