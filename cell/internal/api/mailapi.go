@@ -579,15 +579,19 @@ func (m *MailServer) DeleteMessages(ctx context.Context, req *connect.Request[ma
 	if err != nil {
 		return nil, err
 	}
+	boxes, err := m.store.MailboxesOf(ctx, c.account.ID, req.Msg.MessageIds)
+	if err != nil {
+		return nil, err
+	}
 	var inTrash, elsewhere []string
 	for _, id := range req.Msg.MessageIds {
-		msg, _, err := m.store.Message(ctx, c.account.ID, id)
-		if err != nil {
-			return nil, err
-		}
-		if msg.MailboxID == trash.ID {
+		box, ok := boxes[id]
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("%w: message", mail.ErrNotFound)
+		case box == trash.ID:
 			inTrash = append(inTrash, id)
-		} else {
+		default:
 			elsewhere = append(elsewhere, id)
 		}
 	}

@@ -157,7 +157,7 @@ func (s *Store) DeleteMailbox(ctx context.Context, accountID, id string) error {
 		if err != nil {
 			return err
 		}
-		if err := s.expungeTx(ctx, tx, accountID, ids); err != nil {
+		if _, err := s.expungeTx(ctx, tx, accountID, ids); err != nil {
 			return err
 		}
 		modseq, err := nextModseq(ctx, tx, accountID, 1)
@@ -230,16 +230,24 @@ func (s *Store) ListMessages(ctx context.Context, accountID, mailboxID string, f
 	if err != nil {
 		return nil, fmt.Errorf("list messages: %w", err)
 	}
-	defer rows.Close()
-	var out []mail.Message
-	for rows.Next() {
-		m, err := scanMessage(rows)
-		if err != nil {
-			return nil, err
+	return collectMessages(rows)
+}
+
+// collectMessages scans every row of a messageCols query and closes rows.
+func collectMessages(rows pgx.Rows) ([]mail.Message, error) {
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (mail.Message, error) { return scanMessage(r) })
+}
+
+// validIDs keeps the ids that have the form of a UUID: a malformed id from
+// a client names nothing, rather than failing the query.
+func validIDs(ids []string) []string {
+	out := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if validID(id) {
+			out = append(out, id)
 		}
-		out = append(out, m)
 	}
-	return out, rows.Err()
+	return out
 }
 
 // Message returns one message of the account with its attachments.
@@ -390,41 +398,34 @@ func threadOf(ctx context.Context, tx pgx.Tx, accountID string, refs []string) (
 // lockMessages locks the account's messages with the given ids; ids of
 // other accounts, or malformed, are simply not found.
 func lockMessages(ctx context.Context, tx pgx.Tx, accountID string, ids []string) ([]mail.Message, error) {
-	valid := make([]string, 0, len(ids))
-	for _, id := range ids {
-		if validID(id) {
-			valid = append(valid, id)
-		}
-	}
 	rows, err := tx.Query(ctx, `SELECT `+messageCols+` FROM messages WHERE account_id = $1 AND id = ANY($2::uuid[])
-		ORDER BY id FOR UPDATE`, accountID, valid)
+		ORDER BY id FOR UPDATE`, accountID, validIDs(ids))
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []mail.Message
-	for rows.Next() {
-		m, err := scanMessage(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, m)
-	}
-	return out, rows.Err()
+	return collectMessages(rows)
 }
 
 // CountOwned counts how many of the distinct ids are the account's
 // messages.
 func (s *Store) CountOwned(ctx context.Context, accountID string, ids []string) (int, error) {
-	valid := make([]string, 0, len(ids))
-	for _, id := range ids {
-		if validID(id) {
-			valid = append(valid, id)
-		}
-	}
 	var n int
-	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM messages WHERE account_id = $1 AND id = ANY($2::uuid[])`, accountID, valid).Scan(&n)
+	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM messages WHERE account_id = $1 AND id = ANY($2::uuid[])`, accountID, validIDs(ids)).Scan(&n)
 	return n, err
+}
+
+// MailboxesOf maps each of the account's messages among ids to its mailbox;
+// ids of other accounts are simply absent.
+func (s *Store) MailboxesOf(ctx context.Context, accountID string, ids []string) (map[string]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id::text, mailbox_id::text FROM messages WHERE account_id = $1 AND id = ANY($2::uuid[])`,
+		accountID, validIDs(ids))
+	if err != nil {
+		return nil, fmt.Errorf("mailboxes of messages: %w", err)
+	}
+	out := map[string]string{}
+	var id, box string
+	_, err = pgx.ForEachRow(rows, []any{&id, &box}, func() error { out[id] = box; return nil })
+	return out, err
 }
 
 // UpdateFlags changes flags and labels of the account's messages; it
@@ -603,16 +604,9 @@ func (s *Store) MoveMessages(ctx context.Context, accountID string, ids []string
 func (s *Store) Expunge(ctx context.Context, accountID string, ids []string) (int, error) {
 	n := 0
 	err := s.tx(ctx, func(tx pgx.Tx) error {
-		msgs, err := lockMessages(ctx, tx, accountID, ids)
-		if err != nil {
-			return err
-		}
-		n = len(msgs)
-		found := make([]string, len(msgs))
-		for i, m := range msgs {
-			found[i] = m.ID
-		}
-		return s.expungeTx(ctx, tx, accountID, found)
+		var err error
+		n, err = s.expungeTx(ctx, tx, accountID, ids)
+		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("expunge: %w", err)
@@ -620,17 +614,19 @@ func (s *Store) Expunge(ctx context.Context, accountID string, ids []string) (in
 	return n, nil
 }
 
-func (s *Store) expungeTx(ctx context.Context, tx pgx.Tx, accountID string, ids []string) error {
+// expungeTx removes the account's messages among ids (others are passed
+// over) and returns how many it removed.
+func (s *Store) expungeTx(ctx context.Context, tx pgx.Tx, accountID string, ids []string) (int, error) {
 	if len(ids) == 0 {
-		return nil
+		return 0, nil
 	}
 	msgs, err := lockMessages(ctx, tx, accountID, ids)
-	if err != nil {
-		return err
+	if err != nil || len(msgs) == 0 {
+		return 0, err
 	}
 	last, err := nextModseq(ctx, tx, accountID, len(msgs))
 	if err != nil {
-		return err
+		return 0, err
 	}
 	first := last - uint64(len(msgs)) + 1
 	var freed int64
@@ -640,22 +636,22 @@ func (s *Store) expungeTx(ctx context.Context, tx pgx.Tx, accountID string, ids 
 			unread = 1
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM messages WHERE account_id = $1 AND id = $2`, accountID, m.ID); err != nil {
-			return err
+			return 0, err
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM attachments WHERE account_id = $1 AND message_id = $2`, accountID, m.ID); err != nil {
-			return err
+			return 0, err
 		}
 		if _, err := tx.Exec(ctx, `UPDATE mailboxes SET total = total - 1, unread = unread - $3, highest_modseq = $4
 			WHERE account_id = $1 AND id = $2`, accountID, m.MailboxID, unread, int64(first)+int64(i)); err != nil {
-			return err
+			return 0, err
 		}
 		if err := journal(ctx, tx, accountID, first+uint64(i), mail.ChangeMessageRemoved, m.MailboxID, m.ID, m.UID); err != nil {
-			return err
+			return 0, err
 		}
 		freed += m.Size
 	}
 	_, err = tx.Exec(ctx, `UPDATE accounts SET used_bytes = greatest(used_bytes - $2, 0) WHERE id = $1`, accountID, freed)
-	return err
+	return len(msgs), err
 }
 
 // Changes returns journal entries after since, at most max, the last modseq
