@@ -168,9 +168,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Logger: log,
 	})
 	reg := prometheus.NewRegistry()
-	serve.Gauge(reg, "cellmail_cell_map_staleness_seconds", "Seconds since the cell's map copy was last known current.",
-		func() float64 { return maps.Staleness().Seconds() })
-	serve.Gauge(reg, "cellmail_cell_map_epoch", "Epoch of the cell's map copy.", func() float64 { return float64(maps.Epoch()) })
+	serve.MapGauges(reg, "cellmail_cell", maps)
 
 	mux := http.NewServeMux()
 	limits := []connect.HandlerOption{connect.WithReadMaxBytes(1 << 20)}

@@ -93,9 +93,7 @@ func Run(ctx context.Context, cfg Config) error {
 	go runLeader(ctx, st, svc, cfg.Instance, log)
 
 	reg := prometheus.NewRegistry()
-	serve.Gauge(reg, "cellmail_controlplane_map_staleness_seconds", "Seconds since this instance's map copy was last known current.",
-		func() float64 { return maps.Staleness().Seconds() })
-	serve.Gauge(reg, "cellmail_controlplane_map_epoch", "Epoch of this instance's map copy.", func() float64 { return float64(maps.Epoch()) })
+	serve.MapGauges(reg, "cellmail_controlplane", maps)
 
 	mux := http.NewServeMux()
 	mux.Handle(controlplanev1connect.NewControlPlaneServiceHandler(svc,

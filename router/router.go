@@ -95,9 +95,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	serve.Gauge(reg, "cellmail_router_map_staleness_seconds", "Seconds since the router's map copy was last known current.",
-		func() float64 { return maps.Staleness().Seconds() })
-	serve.Gauge(reg, "cellmail_router_map_epoch", "Epoch of the router's map copy.", func() float64 { return float64(maps.Epoch()) })
+	serve.MapGauges(reg, "cellmail_router", maps)
 	table := route.New(maps)
 	proxy := httpproxy.New(table, httpproxy.Config{Logger: log, Registerer: reg})
 	if cfg.SMTPListener != nil || cfg.SMTPListen != "" {

@@ -67,3 +67,17 @@ func Listen(ln net.Listener, addr string) (net.Listener, error) {
 	}
 	return l, nil
 }
+
+// MapCopy is a watch-fed placement map copy, as the metrics see it.
+type MapCopy interface {
+	Staleness() time.Duration
+	Epoch() uint64
+}
+
+// MapGauges registers <prefix>_map_staleness_seconds and <prefix>_map_epoch
+// for a service's map copy.
+func MapGauges(reg *prometheus.Registry, prefix string, maps MapCopy) {
+	Gauge(reg, prefix+"_map_staleness_seconds", "Seconds since this process's map copy was last known current.",
+		func() float64 { return maps.Staleness().Seconds() })
+	Gauge(reg, prefix+"_map_epoch", "Epoch of this process's map copy.", func() float64 { return float64(maps.Epoch()) })
+}
