@@ -640,7 +640,7 @@ func (m *MailServer) GetChanges(ctx context.Context, req *connect.Request[mailv1
 		return nil, invalid("max_changes over %d", MaxChanges)
 	}
 	if req.Msg.SinceState == "" {
-		_, modseq, err := m.store.ListMailboxes(ctx, c.account.ID)
+		modseq, err := m.store.Modseq(ctx, c.account.ID)
 		if err != nil {
 			return nil, err
 		}

@@ -45,11 +45,20 @@ func (s *Store) ListMailboxes(ctx context.Context, accountID string) ([]mail.Mai
 	if err := rows.Err(); err != nil {
 		return nil, 0, err
 	}
+	modseq, err := s.Modseq(ctx, accountID)
+	if err != nil {
+		return nil, 0, err
+	}
+	return out, modseq, nil
+}
+
+// Modseq is the account's current journal position.
+func (s *Store) Modseq(ctx context.Context, accountID string) (uint64, error) {
 	var modseq int64
 	if err := s.pool.QueryRow(ctx, `SELECT modseq FROM accounts WHERE id = $1`, accountID).Scan(&modseq); err != nil {
-		return nil, 0, fmt.Errorf("account modseq: %w", err)
+		return 0, fmt.Errorf("account modseq: %w", err)
 	}
-	return out, uint64(modseq), nil
+	return uint64(modseq), nil
 }
 
 // Mailbox returns one mailbox of the account.
