@@ -3,10 +3,13 @@ module github.com/cellmail/cellmail
 go 1.26.8
 
 require (
+	blitiri.com.ar/go/spf v1.6.0
 	connectrpc.com/connect v1.21.1
 	github.com/emersion/go-message v0.18.2
+	github.com/emersion/go-msgauth v0.7.0
 	github.com/emersion/go-smtp v0.25.1
 	github.com/microcosm-cc/bluemonday v1.0.27
+	github.com/miekg/dns v1.1.73
 	github.com/prometheus/client_golang v1.25.0
 	github.com/redis/rueidis v1.0.79
 	github.com/spf13/cobra v1.10.2

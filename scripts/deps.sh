@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the stack and the tests run against, from Debian's packages:
 # PostgreSQL (stand-in for YugabyteDB), Redis, etcd (for multi-process
-# fault tests), and the mail tools the tests drive. Idempotent; quiet when
+# fault tests), clamd (virus scanning, with a test signature only), and the mail tools the tests drive. Idempotent; quiet when
 # everything is there.
 set -euo pipefail
 need=()
@@ -10,6 +10,7 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v swaks >/dev/null || need+=(swaks)
+test -x /usr/sbin/clamd || need+=(clamav-daemon)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""

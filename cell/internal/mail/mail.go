@@ -17,6 +17,9 @@ var (
 	ErrStaleMap    = errors.New("cell map behind the caller's")
 	ErrUnavailable = errors.New("unavailable")
 	ErrDenied      = errors.New("permission denied")
+	// ErrAlreadyDelivered: the spool entry of an insert was delivered
+	// before (a duplicate queue record, a retried worker).
+	ErrAlreadyDelivered = errors.New("spool entry already delivered")
 )
 
 // WrongCellError says who owns the subject, as of which epoch (DESIGN.md §3).

@@ -115,6 +115,10 @@ type NewMessage struct {
 	// DeliveryKey makes the insert idempotent per mailbox: a second insert
 	// with the same key returns the first message.
 	DeliveryKey string
+	// SpoolID, when set, is marked delivered in the same transaction; an
+	// entry already delivered makes the insert fail with
+	// ErrAlreadyDelivered and change nothing.
+	SpoolID string
 }
 
 // FlagChange changes flags of messages; nil fields are left as they are.

@@ -299,6 +299,17 @@ func (s *Store) InsertMessage(ctx context.Context, accountID, mailboxID string, 
 		m.ReceivedAt = time.Now()
 	}
 	err := s.tx(ctx, func(tx pgx.Tx) error {
+		if nm.SpoolID != "" {
+			// Locks the spool row: a second worker with the same entry
+			// waits here, then finds it delivered.
+			tag, err := tx.Exec(ctx, `UPDATE spool SET state = 1, attempts = attempts + 1 WHERE id = $1 AND state = 0`, nm.SpoolID)
+			if err != nil {
+				return err
+			}
+			if tag.RowsAffected() == 0 {
+				return mail.ErrAlreadyDelivered
+			}
+		}
 		if nm.DeliveryKey != "" {
 			prev, err := scanMessage(tx.QueryRow(ctx, `SELECT `+messageCols+` FROM messages
 				WHERE account_id = $1 AND mailbox_id = $2 AND delivery_key = $3`, accountID, mailboxID, nm.DeliveryKey))
@@ -711,10 +722,12 @@ func (s *Store) Changes(ctx context.Context, accountID string, since uint64, max
 	return out, newState, more, false, nil
 }
 
-// Referenced reports which of the blob refs any message still uses.
+// Referenced reports which of the blob refs any message, or any spool
+// entry not yet delivered (pending, failed or quarantined), still uses.
 func (s *Store) Referenced(ctx context.Context, refs []string) (map[string]bool, error) {
 	rows, err := s.pool.Query(ctx, `SELECT blob_ref FROM messages WHERE blob_ref = ANY($1)
-		UNION SELECT blob_ref FROM attachments WHERE blob_ref = ANY($1)`, refs)
+		UNION SELECT blob_ref FROM attachments WHERE blob_ref = ANY($1)
+		UNION SELECT blob_ref FROM spool WHERE blob_ref = ANY($1) AND state <> 1`, refs)
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,9 @@ const (
 	SpoolPending int16 = 0
 	SpoolDone    int16 = 1
 	SpoolFailed  int16 = 2
+	// SpoolQuarantined: not delivered on purpose (a virus), kept with its
+	// reason and blob for the operator.
+	SpoolQuarantined int16 = 3
 )
 
 // SpoolEntry is one accepted recipient of an inbound message.
@@ -50,29 +53,16 @@ func (s *Store) Spool(ctx context.Context, entries []SpoolEntry) error {
 func (s *Store) ClaimSpool(ctx context.Context, n int, lease time.Duration) ([]SpoolEntry, error) {
 	var out []SpoolEntry
 	err := s.tx(ctx, func(tx pgx.Tx) error {
-		out = out[:0]
-		rows, err := tx.Query(ctx, `SELECT id, account_id, mail_from, rcpt, blob_ref, delivery_key, attempts FROM spool
+		rows, err := tx.Query(ctx, `SELECT `+spoolCols+` FROM spool
 			WHERE state = 0 AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED`, n)
 		if err != nil {
 			return err
 		}
-		for rows.Next() {
-			var e SpoolEntry
-			if err := rows.Scan(&e.ID, &e.AccountID, &e.MailFrom, &e.Rcpt, &e.BlobRef, &e.DeliveryKey, &e.Attempts); err != nil {
-				rows.Close()
-				return err
-			}
-			out = append(out, e)
-		}
-		if err := rows.Err(); err != nil {
+		if out, err = pgx.CollectRows(rows, scanSpool); err != nil {
 			return err
 		}
-		ids := make([]string, len(out))
-		for i, e := range out {
-			ids[i] = e.ID
-		}
 		_, err = tx.Exec(ctx, `UPDATE spool SET next_attempt_at = now() + $2::interval WHERE id = ANY($1::uuid[])`,
-			ids, fmt.Sprintf("%d milliseconds", lease.Milliseconds()))
+			spoolIDs(out), fmt.Sprintf("%d milliseconds", lease.Milliseconds()))
 		return err
 	})
 	return out, err
@@ -84,14 +74,69 @@ func (s *Store) FinishSpool(ctx context.Context, id string) error {
 	return err
 }
 
-// RetrySpool records a failed attempt: due again after backoff, or failed
-// for good (kept, with its reason) after maxAttempts.
+// CloseSpool ends an entry without a delivery (state SpoolQuarantined or
+// SpoolFailed), keeping it and its blob with the reason.
+func (s *Store) CloseSpool(ctx context.Context, id string, state int16, reason string) error {
+	_, err := s.pool.Exec(ctx, `UPDATE spool SET state = $2, closed_reason = $3, attempts = attempts + 1 WHERE id = $1 AND state = 0`,
+		id, state, reason)
+	return err
+}
+
+// RetrySpool records a failed attempt: due again (and to be relayed again)
+// after backoff, or failed for good (kept, with its reason) after
+// maxAttempts.
 func (s *Store) RetrySpool(ctx context.Context, id, reason string, backoff time.Duration, maxAttempts int) error {
 	_, err := s.pool.Exec(ctx, `UPDATE spool SET attempts = attempts + 1, last_error = $2,
-		next_attempt_at = now() + $3::interval,
-		state = CASE WHEN attempts + 1 >= $4 THEN 2 ELSE 0 END WHERE id = $1`,
+		next_attempt_at = now() + $3::interval, enqueued_at = NULL,
+		state = CASE WHEN attempts + 1 >= $4 THEN 2 ELSE 0 END WHERE id = $1 AND state = 0`,
 		id, reason, fmt.Sprintf("%d milliseconds", backoff.Milliseconds()), maxAttempts)
 	return err
+}
+
+// ClaimForQueue picks up to n pending, due entries that were never relayed
+// to the queue or were relayed longer than stale ago without being
+// processed (the sweeper's case: a lost record, a dead worker), and marks
+// them relayed now. Concurrent relays claim disjoint rows.
+func (s *Store) ClaimForQueue(ctx context.Context, n int, stale time.Duration) ([]SpoolEntry, error) {
+	var out []SpoolEntry
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT `+spoolCols+` FROM spool
+			WHERE state = 0 AND next_attempt_at <= now()
+			  AND (enqueued_at IS NULL OR enqueued_at < now() - $2::interval)
+			ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED`, n, fmt.Sprintf("%d milliseconds", stale.Milliseconds()))
+		if err != nil {
+			return err
+		}
+		if out, err = pgx.CollectRows(rows, scanSpool); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE spool SET enqueued_at = now() WHERE id = ANY($1::uuid[])`, spoolIDs(out))
+		return err
+	})
+	return out, err
+}
+
+// UnclaimForQueue makes entries due for the relay again at once (the
+// queue refused them).
+func (s *Store) UnclaimForQueue(ctx context.Context, ids []string) error {
+	_, err := s.pool.Exec(ctx, `UPDATE spool SET enqueued_at = NULL WHERE id = ANY($1::uuid[]) AND state = 0`, ids)
+	return err
+}
+
+// PendingSpool returns those of the entries that are still pending (a
+// record for an entry already delivered is a duplicate and is skipped).
+func (s *Store) PendingSpool(ctx context.Context, ids []string) ([]SpoolEntry, error) {
+	valid := ids[:0:0]
+	for _, id := range ids {
+		if validID(id) {
+			valid = append(valid, id)
+		}
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+spoolCols+` FROM spool WHERE id = ANY($1::uuid[]) AND state = 0`, valid)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, scanSpool)
 }
 
 // SpoolBacklog counts pending entries.
@@ -99,4 +144,20 @@ func (s *Store) SpoolBacklog(ctx context.Context) (int, error) {
 	var n int
 	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM spool WHERE state = 0`).Scan(&n)
 	return n, err
+}
+
+const spoolCols = `id, account_id, mail_from, rcpt, blob_ref, delivery_key, attempts`
+
+func scanSpool(row pgx.CollectableRow) (SpoolEntry, error) {
+	var e SpoolEntry
+	err := row.Scan(&e.ID, &e.AccountID, &e.MailFrom, &e.Rcpt, &e.BlobRef, &e.DeliveryKey, &e.Attempts)
+	return e, err
+}
+
+func spoolIDs(es []SpoolEntry) []string {
+	ids := make([]string, len(es))
+	for i, e := range es {
+		ids[i] = e.ID
+	}
+	return ids
 }

@@ -7,7 +7,8 @@
 //   - DATA (RFC 2033 §4.2): the message is written to the blob store
 //     (fsync'd) and one spool row per recipient committed before any
 //     per-recipient 250: nothing acknowledged is lost. The spool's delivery
-//     key (envelope and body hash) makes a retried delivery a no-op.
+//     key (envelope and body hash, leaving out the edge's trace field, which
+//     differs on every retry) makes a retried delivery a no-op.
 //   - Line endings: go-smtp reads DATA as dot-stuffed CRLF lines; a bare
 //     LF or CR is stored as received and never ends the message.
 //   - The session's context is made in NewSession and cancelled on Logout;
@@ -31,6 +32,7 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/mail"
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
 	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/internal/trace"
 )
 
 // Fence is the ownership check.
@@ -70,7 +72,7 @@ type Server struct {
 // New makes the server.
 func New(cfg Config) *Server {
 	if cfg.MaxMessageBytes == 0 {
-		cfg.MaxMessageBytes = 50 << 20
+		cfg.MaxMessageBytes = 50<<20 + 64<<10 // the edge's limit and its trace field
 	}
 	if cfg.MaxRecipients == 0 {
 		cfg.MaxRecipients = 1000
@@ -164,10 +166,13 @@ func (se *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 		se.log.Error("message blob not stored", "err", err)
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary storage failure, try again"}
 	}
+	// The edge's trace field differs on each of the sender's retries; the
+	// key is over the message as the sender sent it.
+	_, sent, _ := trace.Split(raw)
 	entries := make([]mailstore.SpoolEntry, len(se.rcpts))
 	for i, rc := range se.rcpts {
 		entries[i] = mailstore.SpoolEntry{AccountID: rc.account, MailFrom: se.from, Rcpt: rc.addr, BlobRef: ref,
-			DeliveryKey: delivery.Key(se.from, rc.addr, raw)}
+			DeliveryKey: delivery.Key(se.from, rc.addr, sent)}
 	}
 	if err := se.s.cfg.Store.Spool(ctx, entries); err != nil {
 		se.log.Error("spool commit failed", "err", err)

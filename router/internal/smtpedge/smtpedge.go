@@ -13,17 +13,26 @@
 //     its spool before answering), else 451 4.3.0. Cells recognise the
 //     sender's retry by envelope and body hash and do not store it twice.
 //   - Limits: SIZE (552 5.3.4), 100 recipients (452 4.5.3), 998-octet lines.
+//   - Trace (RFC 5321 §4.4): one Received field is prepended to the DATA the
+//     cells get, naming the client's HELO and IP address and whether TLS was
+//     used (RFC 3848 ESMTPS); the cell's pipeline reads it for SPF and leaves
+//     it out of the delivery key (package internal/trace).
+//   - STARTTLS (RFC 3207) when a certificate is configured; it is optional
+//     for MX traffic, as senders expect.
 //   - The session's context is made in NewSession and cancelled on Logout.
 package smtpedge
 
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -31,6 +40,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/internal/trace"
 	"github.com/cellmail/cellmail/router/internal/route"
 )
 
@@ -45,7 +55,9 @@ type Config struct {
 	Domain          string
 	MaxMessageBytes int64
 	MaxRecipients   int
-	Logger          *slog.Logger
+	// TLS, when set, offers STARTTLS.
+	TLS    *tls.Config
+	Logger *slog.Logger
 }
 
 // Edge is the SMTP server.
@@ -76,6 +88,7 @@ func New(routes Resolver, cfg Config) *Edge {
 	srv.WriteTimeout = time.Minute
 	srv.EnableSMTPUTF8 = true
 	srv.ErrorLog = logAdapter{cfg.Logger}
+	srv.TLSConfig = cfg.TLS
 	e.srv = srv
 	return e
 }
@@ -94,7 +107,7 @@ func (e *Edge) Close() error { return e.srv.Close() }
 // NewSession implements smtp.Backend.
 func (e *Edge) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &session{e: e, ctx: ctx, cancel: cancel, cells: map[string]*cellConn{},
+	return &session{e: e, conn: c, ctx: ctx, cancel: cancel, cells: map[string]*cellConn{},
 		log: e.cfg.Logger.With("remote", c.Conn().RemoteAddr().String())}, nil
 }
 
@@ -106,6 +119,7 @@ type cellConn struct {
 
 type session struct {
 	e      *Edge
+	conn   *smtp.Conn
 	ctx    context.Context
 	cancel context.CancelFunc
 	log    *slog.Logger
@@ -206,10 +220,11 @@ func cellErr(err error) error {
 // Data streams the message to every involved cell and answers 250 only when
 // all of them accepted every recipient.
 func (s *session) Data(r io.Reader) error {
-	raw, err := io.ReadAll(r)
+	body, err := io.ReadAll(r)
 	if err != nil {
 		return err // go-smtp's own limit errors (552 5.3.4) pass through
 	}
+	raw := append([]byte(s.traceField()), body...)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var failures []string
@@ -236,6 +251,21 @@ func (s *session) Data(r io.Reader) error {
 		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "No valid recipients"}
 	}
 	return nil
+}
+
+// traceField is the Received field for this transaction.
+func (s *session) traceField() string {
+	in := trace.Info{Helo: s.conn.Hostname(), By: s.e.cfg.Domain, Protocol: "ESMTP", Time: time.Now()}
+	if ap, err := netip.ParseAddrPort(s.conn.Conn().RemoteAddr().String()); err == nil {
+		in.IP = ap.Addr()
+	} else {
+		in.IP = netip.IPv4Unspecified()
+	}
+	if _, ok := s.conn.TLSConnectionState(); ok {
+		in.Protocol = "ESMTPS"
+	}
+	in.ID = rand.Text()[:16]
+	return trace.Field(in)
 }
 
 func sendData(c *smtp.Client, raw []byte) error {
