@@ -23,10 +23,13 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/auth"
 	"github.com/cellmail/cellmail/cell/internal/blobstore"
 	"github.com/cellmail/cellmail/cell/internal/cache"
+	"github.com/cellmail/cellmail/cell/internal/clamd"
 	"github.com/cellmail/cellmail/cell/internal/delivery"
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
 	"github.com/cellmail/cellmail/cell/internal/message"
+	"github.com/cellmail/cellmail/cell/internal/msgauth"
 	"github.com/cellmail/cellmail/cell/internal/ownership"
+	"github.com/cellmail/cellmail/cell/internal/queue"
 	"github.com/cellmail/cellmail/cell/internal/smtpd"
 	"github.com/cellmail/cellmail/controlplane/client"
 	cpv1 "github.com/cellmail/cellmail/controlplane/gen/controlplanev1"
@@ -60,10 +63,33 @@ type Config struct {
 	// edge); ignored when LMTPListener is set. Empty: no LMTP.
 	LMTPListen   string
 	LMTPListener net.Listener
+	// Kafka lists the brokers of the cell's queue (DESIGN.md §4); empty: the
+	// pipeline runs straight from the spool table.
+	Kafka []string
+	// Role is what this process does: RoleAll (default), RoleFront (API,
+	// LMTP and the spool relay) or RoleWorker (the inbound pipeline, as a
+	// member of the cell's consumer group; needs Kafka).
+	Role string
+	// DNS is the resolver (host:port) for SPF, DKIM and DMARC; empty: the
+	// system's.
+	DNS string
+	// Clamd is clamd's address (host:port or socket path); empty: no virus
+	// scan.
+	Clamd string
+	// AuthServID names this service in Authentication-Results (default
+	// "cellmail").
+	AuthServID string
 	// Instance names this process in liveness keys (host-pid when empty).
 	Instance string
 	Logger   *slog.Logger
 }
+
+// Roles of a cell process.
+const (
+	RoleAll    = "all"
+	RoleFront  = "front"
+	RoleWorker = "worker"
+)
 
 // Validate checks the configuration.
 func (c *Config) Validate() error {
@@ -91,6 +117,15 @@ func (c *Config) Validate() error {
 	}
 	if c.RedisAddr == "" {
 		errs = append(errs, errors.New("redis address is required"))
+	}
+	switch c.Role {
+	case "", RoleAll, RoleFront:
+	case RoleWorker:
+		if len(c.Kafka) == 0 {
+			errs = append(errs, errors.New("the worker role needs Kafka brokers"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("role %q: want all, front or worker", c.Role))
 	}
 	return errors.Join(errs...)
 }
@@ -133,6 +168,9 @@ func Run(ctx context.Context, cfg Config) error {
 	go func() { defer func() { bg <- struct{}{} }(); _ = maps.Run(ctx) }()
 	go func() {
 		defer func() { bg <- struct{}{} }()
+		if cfg.Role == RoleWorker {
+			return // serves no requests
+		}
 		_ = maps.KeepAlive(ctx, cfg.Name, cfg.Instance, apiURL, 10*time.Second)
 	}()
 	defer func() { <-bg; <-bg }()
@@ -155,9 +193,19 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer kv.Close()
 
+	wake, err := startPipeline(ctx, cfg, store, blobs, kv, log)
+	if err != nil {
+		return err
+	}
+	if cfg.Role == RoleWorker {
+		reg := prometheus.NewRegistry()
+		serve.MapGauges(reg, "cellmail_cell", maps)
+		mux := http.NewServeMux()
+		serve.Probes(mux, func() error { return store.Ping(ctx) }, reg)
+		log.Info("cell worker running", "probes", apiURL, "instance", cfg.Instance)
+		return serve.Run(ctx, ln, mux)
+	}
 	go collectBlobs(ctx, blobs, store, log)
-	worker := delivery.NewWorker(delivery.New(blobs, store, message.DefaultLimits()), store, log.With("part", "spool"))
-	go worker.Run(ctx)
 
 	fence := ownership.New(cfg.Name, maps)
 	srv := api.NewServer(fence, maps, counter{store}, log)
@@ -197,7 +245,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return fmt.Errorf("cell: lmtp: %w", err)
 		}
-		lmtp := smtpd.New(smtpd.Config{Fence: fence, Store: store, Blobs: blobs, Wake: worker.Wake,
+		lmtp := smtpd.New(smtpd.Config{Fence: fence, Store: store, Blobs: blobs, Wake: wake,
 			Domain: cfg.Name, Logger: log.With("part", "lmtp")})
 		go func() { _ = lmtp.Serve(lln) }()
 		defer lmtp.Close()
@@ -205,6 +253,58 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log.Info("cell serving", "api", apiURL, "instance", cfg.Instance)
 	return serve.Run(ctx, ln, mux)
+}
+
+// startPipeline starts what this process runs of the inbound pipeline and
+// returns what wakes it after an acceptance:
+//   - no broker: a worker reading the spool table;
+//   - with a broker: the relay (spool → inbound topic, and its sweeper) in
+//     front processes, the consumer group member in worker processes; both
+//     in RoleAll.
+func startPipeline(ctx context.Context, cfg Config, store *mailstore.Store, blobs *blobstore.FS, kv *cache.Cache, log *slog.Logger) (func(), error) {
+	lim := message.DefaultLimits()
+	lim.MaxSize += 256 << 10 // the trace and verdict fields added to a message of the largest size accepted
+	p := &delivery.Pipeline{D: delivery.New(blobs, store, lim), Store: store, Notify: kv, Log: log.With("part", "pipeline")}
+	resolver := net.DefaultResolver
+	if cfg.DNS != "" {
+		resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, cfg.DNS)
+		}}
+	}
+	p.Auth = &msgauth.Checker{AuthServID: cfg.AuthServID, Resolver: resolver}
+	if p.Auth.AuthServID == "" {
+		p.Auth.AuthServID = "cellmail"
+	}
+	if cfg.Clamd != "" {
+		p.Virus = &clamd.Client{Addr: cfg.Clamd}
+	}
+	if len(cfg.Kafka) == 0 {
+		w := delivery.NewWorker(p, store, log.With("part", "spool"))
+		go w.Run(ctx)
+		return w.Wake, nil
+	}
+	prod, err := queue.NewProducer(cfg.Kafka, log.With("part", "queue"))
+	if err != nil {
+		return nil, fmt.Errorf("cell: %w", err)
+	}
+	context.AfterFunc(ctx, prod.Close)
+	p.Events = prod
+	wake := func() {}
+	if cfg.Role != RoleWorker {
+		r := delivery.NewRelay(store, prod, log.With("part", "relay"))
+		go r.Run(ctx)
+		wake = r.Wake
+	}
+	if cfg.Role != RoleFront {
+		go func() {
+			err := queue.ConsumeInbound(ctx, cfg.Kafka, "cellmail-"+cfg.Name+"-inbound", log.With("part", "worker"), p.HandleIDs)
+			if err != nil && ctx.Err() == nil {
+				log.Error("inbound consumer stopped", "err", err)
+			}
+		}()
+	}
+	return wake, nil
 }
 
 // blobGrace is how long an unreferenced blob is kept: far longer than any

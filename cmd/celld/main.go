@@ -32,6 +32,11 @@ func run(args []string) error {
 	redis := fs.String("redis", cli.Env("CELLMAIL_REDIS", "127.0.0.1:6379"), "Redis address (env CELLMAIL_REDIS)")
 	lmtp := fs.String("lmtp", cli.Env("CELLMAIL_LMTP", ""), "LMTP address for inbound mail from the router (env CELLMAIL_LMTP)")
 	blobs := fs.String("blob-dir", cli.Env("CELLMAIL_BLOB_DIR", ""), "blob store directory (default <data-dir>/blobs; env CELLMAIL_BLOB_DIR)")
+	kafka := fs.String("kafka", cli.Env("CELLMAIL_KAFKA", ""), "Kafka/Redpanda brokers, comma-separated; empty: the pipeline reads the spool table (env CELLMAIL_KAFKA)")
+	role := fs.String("role", cli.Env("CELLMAIL_ROLE", cell.RoleAll), "all, front (API, LMTP, relay) or worker (inbound pipeline) (env CELLMAIL_ROLE)")
+	dns := fs.String("dns", cli.Env("CELLMAIL_DNS", ""), "DNS resolver host:port for SPF/DKIM/DMARC; empty: the system's (env CELLMAIL_DNS)")
+	clamd := fs.String("clamd", cli.Env("CELLMAIL_CLAMD", ""), "clamd address (host:port or socket path); empty: no virus scan (env CELLMAIL_CLAMD)")
+	authserv := fs.String("authserv-id", cli.Env("CELLMAIL_AUTHSERV_ID", "cellmail"), "name in Authentication-Results (env CELLMAIL_AUTHSERV_ID)")
 	logger := cli.LogFlags(fs, os.Stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -41,7 +46,8 @@ func run(args []string) error {
 		return err
 	}
 	cfg := cell.Config{Name: *name, Listen: *listen, Etcd: cli.List(*etcd), DataDir: *dataDir, RedisAddr: *redis,
-		BlobDir: *blobs, LMTPListen: *lmtp, Logger: log}
+		BlobDir: *blobs, LMTPListen: *lmtp, Kafka: cli.List(*kafka), Role: *role, DNS: *dns, Clamd: *clamd,
+		AuthServID: *authserv, Logger: log}
 	if cfg.AgentToken, err = cli.Secret(*agent); err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@
 package delivery
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -14,7 +15,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
+	"unicode/utf8"
+
+	gomail "github.com/emersion/go-message/mail"
+	"github.com/emersion/go-message/textproto"
 
 	"github.com/cellmail/cellmail/cell/internal/blobstore"
 	"github.com/cellmail/cellmail/cell/internal/mail"
@@ -52,6 +58,13 @@ type Options struct {
 	// the raw message, so a retried identical delivery is stored once.
 	Key        string
 	ReceivedAt time.Time
+	// SpoolID is the inbound spool entry this delivery completes (marked
+	// delivered in the same transaction).
+	SpoolID string
+	// Lenient stores a message that cannot be parsed within the limits
+	// with what its header gives (mail already accepted with a 250 is
+	// never refused for its form).
+	Lenient bool
 }
 
 // Key is the idempotency key of a delivery: envelope and body hash, never
@@ -71,6 +84,9 @@ func (d *Deliverer) Deliver(ctx context.Context, accountID, mailboxID string, ra
 		return mail.Message{}, fmt.Errorf("%w: message of %d bytes over %d", mail.ErrLimit, len(raw), d.limits.MaxSize)
 	}
 	p, err := message.Parse(bytes.NewReader(raw), d.limits)
+	if err != nil && opt.Lenient {
+		p, err = headerOnly(raw), nil
+	}
 	if err != nil {
 		if errors.Is(err, message.ErrLimit) {
 			return mail.Message{}, fmt.Errorf("%w: %v", mail.ErrLimit, err)
@@ -89,6 +105,7 @@ func (d *Deliverer) Deliver(ctx context.Context, accountID, mailboxID string, ra
 		},
 		ThreadRefs:  append(append([]string{}, p.References...), p.InReplyTo),
 		DeliveryKey: opt.Key,
+		SpoolID:     opt.SpoolID,
 	}
 	if nm.DeliveryKey == "" {
 		nm.DeliveryKey = ref
@@ -101,10 +118,16 @@ func (d *Deliverer) Deliver(ctx context.Context, accountID, mailboxID string, ra
 	}
 	for _, a := range p.Attachments {
 		_, body, err := message.OpenPart(bytes.NewReader(raw), a.PartID, d.limits)
+		if err != nil && opt.Lenient {
+			continue // the part stays in the raw message
+		}
 		if err != nil {
 			return mail.Message{}, fmt.Errorf("attachment %s: %w", a.PartID, err)
 		}
 		aref, asize, err := d.blobs.Put(ctx, body)
+		if err != nil && opt.Lenient && (errors.Is(err, message.ErrMalformed) || errors.Is(err, message.ErrLimit)) {
+			continue
+		}
 		if err != nil {
 			return mail.Message{}, fmt.Errorf("store attachment blob: %w", err)
 		}
@@ -114,4 +137,22 @@ func (d *Deliverer) Deliver(ctx context.Context, accountID, mailboxID string, ra
 		})
 	}
 	return d.store.InsertMessage(ctx, accountID, mailboxID, nm)
+}
+
+// headerOnly is what a message that cannot be parsed is stored with: its
+// Subject, From and Message-ID when the header can be read.
+func headerOnly(raw []byte) *message.Parsed {
+	p := &message.Parsed{Subject: "(unreadable message)"}
+	h, err := textproto.ReadHeader(bufio.NewReader(io.LimitReader(bytes.NewReader(raw), 256<<10)))
+	if err != nil {
+		return p
+	}
+	if s := h.Get("Subject"); s != "" && utf8.ValidString(s) {
+		p.Subject = s
+	}
+	if from, err := gomail.ParseAddressList(h.Get("From")); err == nil && len(from) > 0 {
+		p.From = []message.Address{{Name: from[0].Name, Email: from[0].Address}}
+	}
+	p.MessageID = strings.Trim(h.Get("Message-Id"), "<> ")
+	return p
 }

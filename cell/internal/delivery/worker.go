@@ -2,37 +2,30 @@ package delivery
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"io"
 	"log/slog"
 	"time"
 
-	"github.com/cellmail/cellmail/cell/internal/mail"
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
 )
 
-// SpoolStore is what the worker needs of the store.
-type SpoolStore interface {
+// ClaimStore leases spool entries (the worker without a queue).
+type ClaimStore interface {
 	ClaimSpool(ctx context.Context, n int, lease time.Duration) ([]mailstore.SpoolEntry, error)
-	FinishSpool(ctx context.Context, id string) error
-	RetrySpool(ctx context.Context, id, reason string, backoff time.Duration, maxAttempts int) error
-	MailboxByUse(ctx context.Context, accountID string, use mail.SpecialUse) (mail.Mailbox, error)
 }
 
-// Worker files spooled messages into their recipients' INBOX. Delivery is
-// idempotent on the spool entry's delivery key, so an entry processed twice
-// (a crash after the insert, before it was marked done) is stored once.
+// Worker runs the pipeline straight from the spool table, for a cell
+// without a broker: it leases due entries (a crashed worker's lease ends
+// and its entries are due again), so the table is the queue.
 type Worker struct {
-	d     *Deliverer
-	store SpoolStore
+	p     *Pipeline
+	store ClaimStore
 	log   *slog.Logger
 	wake  chan struct{}
 }
 
 // NewWorker makes a worker.
-func NewWorker(d *Deliverer, store SpoolStore, log *slog.Logger) *Worker {
-	return &Worker{d: d, store: store, log: log, wake: make(chan struct{}, 1)}
+func NewWorker(p *Pipeline, store ClaimStore, log *slog.Logger) *Worker {
+	return &Worker{p: p, store: store, log: log, wake: make(chan struct{}, 1)}
 }
 
 // Wake asks the worker to look at the spool now.
@@ -44,9 +37,8 @@ func (w *Worker) Wake() {
 }
 
 const (
-	lease       = 15 * time.Second // a batch takes well under a second; a dead worker's entries are due again after it
-	maxAttempts = 12
-	batch       = 64
+	lease = 2 * time.Minute // longer than a batch takes, checks included
+	batch = 64
 )
 
 // Run processes the spool until ctx ends: at once when woken, and every
@@ -56,12 +48,15 @@ func (w *Worker) Run(ctx context.Context) {
 	defer t.Stop()
 	for {
 		for ctx.Err() == nil {
-			n, err := w.once(ctx)
+			entries, err := w.store.ClaimSpool(ctx, batch, lease)
+			if err == nil {
+				err = w.p.HandleEntries(ctx, entries)
+			}
 			if err != nil {
 				w.log.Warn("spool pass failed", "err", err)
 				break
 			}
-			if n < batch {
+			if len(entries) < batch {
 				break
 			}
 		}
@@ -72,46 +67,4 @@ func (w *Worker) Run(ctx context.Context) {
 		case <-t.C:
 		}
 	}
-}
-
-func (w *Worker) once(ctx context.Context) (int, error) {
-	entries, err := w.store.ClaimSpool(ctx, batch, lease)
-	if err != nil {
-		return 0, err
-	}
-	for _, e := range entries {
-		if err := w.deliver(ctx, e); err != nil {
-			backoff := time.Duration(1<<min(e.Attempts, 10)) * time.Second
-			w.log.Warn("spooled delivery failed; will retry", "spool", e.ID, "attempt", e.Attempts+1, "err", err)
-			if rerr := w.store.RetrySpool(ctx, e.ID, err.Error(), backoff, maxAttempts); rerr != nil {
-				return 0, rerr
-			}
-			continue
-		}
-		if err := w.store.FinishSpool(ctx, e.ID); err != nil {
-			return 0, err
-		}
-	}
-	return len(entries), nil
-}
-
-func (w *Worker) deliver(ctx context.Context, e mailstore.SpoolEntry) error {
-	inbox, err := w.store.MailboxByUse(ctx, e.AccountID, mail.UseInbox)
-	if err != nil {
-		return fmt.Errorf("inbox: %w", err)
-	}
-	blob, err := w.d.blobs.Open(ctx, e.BlobRef)
-	if err != nil {
-		return fmt.Errorf("open spooled blob: %w", err)
-	}
-	raw, err := io.ReadAll(blob)
-	blob.Close()
-	if err != nil {
-		return fmt.Errorf("read spooled blob: %w", err)
-	}
-	_, err = w.d.Deliver(ctx, e.AccountID, inbox.ID, raw, Options{Key: e.DeliveryKey})
-	if errors.Is(err, mail.ErrOverQuota) {
-		return err // retried; bounces come with outbound mail
-	}
-	return err
 }

@@ -151,3 +151,17 @@ type ListFilter struct {
 	UnreadOnly, FlaggedOnly bool
 	Label                   string
 }
+
+// Filter is one of a user's rules for inbound mail: when Field contains
+// Contains (case-insensitive), the actions apply. Field is "from", "to"
+// (To and Cc), "subject" or "header:<Name>".
+type Filter struct {
+	ID        string
+	Field     string
+	Contains  string
+	MailboxID string // file into this mailbox; empty: leave it where it goes
+	MarkSeen  bool
+	Flag      bool
+	Labels    []string
+	Stop      bool // later rules do not run
+}

@@ -74,10 +74,12 @@ func (s *Store) FinishSpool(ctx context.Context, id string) error {
 	return err
 }
 
-// CloseSpool ends an entry without a delivery (state SpoolQuarantined or
-// SpoolFailed), keeping it and its blob with the reason.
+// CloseSpool ends an entry without a delivery of its message (state
+// SpoolQuarantined or SpoolFailed), keeping it and its blob with the
+// reason. It applies to a pending entry or to one whose notice was just
+// delivered in its stead.
 func (s *Store) CloseSpool(ctx context.Context, id string, state int16, reason string) error {
-	_, err := s.pool.Exec(ctx, `UPDATE spool SET state = $2, closed_reason = $3, attempts = attempts + 1 WHERE id = $1 AND state = 0`,
+	_, err := s.pool.Exec(ctx, `UPDATE spool SET state = $2, closed_reason = $3 WHERE id = $1 AND state IN (0, 1)`,
 		id, state, reason)
 	return err
 }

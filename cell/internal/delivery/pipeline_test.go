@@ -1,0 +1,343 @@
+package delivery_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-msgauth/dkim"
+
+	"github.com/cellmail/cellmail/cell/internal/blobstore"
+	"github.com/cellmail/cellmail/cell/internal/clamd"
+	"github.com/cellmail/cellmail/cell/internal/clamd/clamdtest"
+	"github.com/cellmail/cellmail/cell/internal/delivery"
+	"github.com/cellmail/cellmail/cell/internal/mail"
+	"github.com/cellmail/cellmail/cell/internal/mailstore"
+	"github.com/cellmail/cellmail/cell/internal/message"
+	"github.com/cellmail/cellmail/cell/internal/msgauth"
+	"github.com/cellmail/cellmail/cell/internal/spam"
+	"github.com/cellmail/cellmail/internal/dnstest"
+	"github.com/cellmail/cellmail/internal/pgserver"
+	"github.com/cellmail/cellmail/internal/trace"
+)
+
+var pg *pgserver.Server
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "delivery-pg-")
+	if err == nil {
+		err = os.Chmod(dir, 0o755)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	pg, err = pgserver.Start(context.Background(), pgserver.Config{Dir: dir, NoFsync: true})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start PostgreSQL:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	pg.Stop()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type fixture struct {
+	store   *mailstore.Store
+	blobs   *blobstore.FS
+	p       *delivery.Pipeline
+	account mail.Account
+	boxes   map[mail.SpecialUse]mail.Mailbox
+	key     ed25519.PrivateKey
+}
+
+func setup(t *testing.T, withClamd bool) *fixture {
+	t.Helper()
+	dsn, err := pg.NewDB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	store, err := mailstore.Open(t.Context(), dsn, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.Close)
+	blobs, err := blobstore.NewFS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	dns := dnstest.Start(t)
+	dns.MustAdd(t,
+		`sender.example. 300 IN TXT "v=spf1 ip4:192.0.2.10 -all"`,
+		`s1._domainkey.sender.example. 300 IN TXT "v=DKIM1; k=ed25519; p=`+base64.StdEncoding.EncodeToString(pub)+`"`,
+		`_dmarc.sender.example. 300 IN TXT "v=DMARC1; p=reject"`)
+	lim := message.DefaultLimits()
+	lim.MaxDepth = 5
+	p := &delivery.Pipeline{D: delivery.New(blobs, store, lim), Store: store, Log: log,
+		Auth: &msgauth.Checker{AuthServID: "mx.test", Resolver: dns.Resolver(), Timeout: 5 * time.Second}}
+	if withClamd {
+		p.Virus = &clamd.Client{Addr: clamdtest.Start(t)}
+	}
+	a, err := store.CreateAccount(t.Context(), mail.Account{Address: "bob@demo.example", Domain: "demo.example",
+		PlacementKey: "bob@demo.example", Jurisdiction: "eu", KeyHash: 1, PasswordHash: "x", QuotaBytes: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, _, err := store.ListMailboxes(t.Context(), a.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	boxes := map[mail.SpecialUse]mail.Mailbox{}
+	for _, b := range list {
+		boxes[b.SpecialUse] = b
+	}
+	return &fixture{store: store, blobs: blobs, p: p, account: a, boxes: boxes, key: priv}
+}
+
+// spool accepts raw from ip as the LMTP endpoint does (with the edge's
+// trace field) and returns the claimed entry.
+func (f *fixture) spool(t *testing.T, ip, mailFrom, raw string) mailstore.SpoolEntry {
+	t.Helper()
+	field := trace.Field(trace.Info{Helo: "mta.sender.example", IP: netip.MustParseAddr(ip), By: "mx.test",
+		Protocol: "ESMTP", ID: "x", Time: time.Now()})
+	full := []byte(field + raw)
+	ref, _, err := f.blobs.Put(t.Context(), bytes.NewReader(full))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := mailstore.SpoolEntry{AccountID: f.account.ID, MailFrom: mailFrom, Rcpt: f.account.Address, BlobRef: ref,
+		DeliveryKey: delivery.Key(mailFrom, f.account.Address, []byte(raw))}
+	if err := f.store.Spool(t.Context(), []mailstore.SpoolEntry{e}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.store.ClaimSpool(t.Context(), 10, time.Minute)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("claim: %v %v", got, err)
+	}
+	return got[0]
+}
+
+func (f *fixture) messages(t *testing.T, use mail.SpecialUse) []mail.Message {
+	t.Helper()
+	ms, err := f.store.ListMessages(t.Context(), f.account.ID, f.boxes[use].ID, mail.ListFilter{}, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ms
+}
+
+func (f *fixture) raw(t *testing.T, m mail.Message) string {
+	t.Helper()
+	b, err := f.blobs.Open(t.Context(), m.BlobRef)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	data, _ := io.ReadAll(b)
+	return string(data)
+}
+
+const plain = "From: Ann <ann@sender.example>\r\nTo: bob@demo.example\r\nSubject: %s\r\n" +
+	"Date: Mon, 23 Nov 2026 10:00:00 +0000\r\nMessage-ID: <%s@sender.example>\r\n\r\n%s\r\n"
+
+func (f *fixture) signed(t *testing.T, subject, body string) string {
+	var out bytes.Buffer
+	err := dkim.Sign(&out, strings.NewReader(fmt.Sprintf(plain, subject, subject, body)), &dkim.SignOptions{
+		Domain: "sender.example", Selector: "s1", Signer: f.key, HeaderKeys: []string{"From", "To", "Subject", "Date", "Message-ID"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.String()
+}
+
+func TestAuthenticatedMessageReachesInboxOnce(t *testing.T) {
+	f := setup(t, false)
+	e := f.spool(t, "192.0.2.10", "bounce@sender.example", f.signed(t, "hello", "Hi Bob."))
+	if err := f.p.HandleEntries(t.Context(), []mailstore.SpoolEntry{e}); err != nil {
+		t.Fatal(err)
+	}
+	// A duplicate record, and the same entry processed again (a worker that
+	// crashed before committing its offsets): no second copy.
+	if err := f.p.HandleIDs(t.Context(), []string{e.ID}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.p.Process(t.Context(), e); err != nil {
+		t.Fatal(err)
+	}
+	in := f.messages(t, mail.UseInbox)
+	if len(in) != 1 || in[0].Subject != "hello" {
+		t.Fatalf("inbox %+v", in)
+	}
+	raw := f.raw(t, in[0])
+	for _, want := range []string{"Authentication-Results: mx.test;", "spf=pass", "dkim=pass", "dmarc=pass", "X-Spam-Status: No",
+		"Received: from mta.sender.example ([192.0.2.10])"} {
+		if !strings.Contains(raw, want) {
+			t.Errorf("stored message lacks %q:\n%s", want, raw[:min(len(raw), 800)])
+		}
+	}
+	if pending, _ := f.store.PendingSpool(t.Context(), []string{e.ID}); len(pending) != 0 {
+		t.Errorf("entry still pending after delivery")
+	}
+}
+
+func TestForgedSenderGoesToJunk(t *testing.T) {
+	f := setup(t, false)
+	// From an address sender.example does not authorise, unsigned: DMARC
+	// fails under p=reject.
+	e := f.spool(t, "198.51.100.66", "ceo@sender.example", fmt.Sprintf(plain, "wire transfer", "w1", "Pay now."))
+	if err := f.p.HandleEntries(t.Context(), []mailstore.SpoolEntry{e}); err != nil {
+		t.Fatal(err)
+	}
+	if in := f.messages(t, mail.UseInbox); len(in) != 0 {
+		t.Fatalf("forged message in INBOX: %+v", in)
+	}
+	junk := f.messages(t, mail.UseJunk)
+	if len(junk) != 1 {
+		t.Fatalf("junk %+v", junk)
+	}
+	raw := f.raw(t, junk[0])
+	if !strings.Contains(raw, "dmarc=fail") || !strings.Contains(raw, "X-Spam-Status: Yes") || !strings.Contains(raw, "DMARC_REJECT") {
+		t.Errorf("verdicts not recorded:\n%s", raw[:min(len(raw), 800)])
+	}
+}
+
+func TestGTUBEGoesToJunkAndForgedResultsAreRenamed(t *testing.T) {
+	f := setup(t, false)
+	body := fmt.Sprintf(plain, "test", "g1", spam.GTUBE)
+	body = "Authentication-Results: mx.test; dmarc=pass header.from=sender.example\r\n" + body
+	e := f.spool(t, "192.0.2.10", "bounce@sender.example", body)
+	if err := f.p.HandleEntries(t.Context(), []mailstore.SpoolEntry{e}); err != nil {
+		t.Fatal(err)
+	}
+	junk := f.messages(t, mail.UseJunk)
+	if len(junk) != 1 {
+		t.Fatalf("junk %+v", junk)
+	}
+	raw := f.raw(t, junk[0])
+	if strings.Count("\n"+raw, "\nAuthentication-Results:") != 1 {
+		t.Errorf("a forged Authentication-Results with our id survived:\n%s", raw)
+	}
+	if !strings.Contains(raw, "X-Original-Authentication-Results: mx.test; dmarc=pass") {
+		t.Errorf("forged field not renamed:\n%s", raw)
+	}
+}
+
+func TestEICARIsQuarantined(t *testing.T) {
+	f := setup(t, true)
+	msg := "From: ann@sender.example\r\nTo: bob@demo.example\r\nSubject: invoice\r\nMIME-Version: 1.0\r\n" +
+		"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n" +
+		"--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=eicar.com\r\n" +
+		"Content-Transfer-Encoding: base64\r\n\r\n" + base64.StdEncoding.EncodeToString([]byte(clamdtest.EICAR)) + "\r\n--b--\r\n"
+	e := f.spool(t, "192.0.2.10", "bounce@sender.example", msg)
+	if err := f.p.HandleEntries(t.Context(), []mailstore.SpoolEntry{e}); err != nil {
+		t.Fatal(err)
+	}
+	in := f.messages(t, mail.UseInbox)
+	if len(in) != 1 || !strings.Contains(in[0].Subject, "quarantined") || in[0].HasAttachments {
+		t.Fatalf("inbox %+v: want only the quarantine notice", in)
+	}
+	if raw := f.raw(t, in[0]); !strings.Contains(raw, "Eicar") || strings.Contains(raw, "EICAR-STANDARD") {
+		t.Errorf("notice:\n%s", raw)
+	}
+	if junk := f.messages(t, mail.UseJunk); len(junk) != 0 {
+		t.Fatalf("virus filed in Junk")
+	}
+	// The quarantined message's blob is kept (the collector sees it used).
+	refs, err := f.store.Referenced(t.Context(), []string{e.BlobRef})
+	if err != nil || !refs[e.BlobRef] {
+		t.Errorf("quarantined blob not referenced: %v %v", refs, err)
+	}
+	// A clean message still passes the scanner.
+	e2 := f.spool(t, "192.0.2.10", "bounce@sender.example", f.signed(t, "clean", "Nothing here."))
+	if err := f.p.HandleEntries(t.Context(), []mailstore.SpoolEntry{e2}); err != nil {
+		t.Fatal(err)
+	}
+	if in := f.messages(t, mail.UseInbox); len(in) != 2 {
+		t.Fatalf("clean message not delivered: %+v", in)
+	}
+}
+
+func TestVirusScannerDownDelaysNotDelivers(t *testing.T) {
+	f := setup(t, false)
+	f.p.Virus = &clamd.Client{Addr: "127.0.0.1:1", Timeout: time.Second}
+	e := f.spool(t, "192.0.2.10", "bounce@sender.example", f.signed(t, "later", "x"))
+	if err := f.p.HandleEntries(t.Context(), []mailstore.SpoolEntry{e}); err != nil {
+		t.Fatal(err)
+	}
+	if in := f.messages(t, mail.UseInbox); len(in) != 0 {
+		t.Fatalf("delivered unscanned: %+v", in)
+	}
+	pending, err := f.store.PendingSpool(t.Context(), []string{e.ID})
+	if err != nil || len(pending) != 1 || pending[0].Attempts != 1 {
+		t.Fatalf("entry not kept for retry: %+v %v", pending, err)
+	}
+	// Scanner back: the retried entry is delivered.
+	f.p.Virus = nil
+	if err := f.p.HandleEntries(t.Context(), pending); err != nil {
+		t.Fatal(err)
+	}
+	if in := f.messages(t, mail.UseInbox); len(in) != 1 {
+		t.Fatalf("retry not delivered: %+v", in)
+	}
+}
+
+func TestFiltersFileAndLabel(t *testing.T) {
+	f := setup(t, false)
+	_, err := f.store.SetFilters(t.Context(), f.account.ID, []mail.Filter{
+		{Field: "subject", Contains: "INVOICE", MailboxID: f.boxes[mail.UseArchive].ID, MarkSeen: true, Labels: []string{"bills"}, Stop: true},
+		{Field: "from", Contains: "sender.example", Flag: true},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.SetFilters(t.Context(), f.account.ID, []mail.Filter{{Field: "body", Contains: "x"}}); err == nil {
+		t.Fatal("a filter on an unknown field was accepted")
+	}
+	e1 := f.spool(t, "192.0.2.10", "bounce@sender.example", f.signed(t, "Your invoice 42", "x"))
+	e2 := f.spool(t, "192.0.2.10", "bounce@sender.example", f.signed(t, "lunch", "y"))
+	if err := f.p.HandleEntries(t.Context(), []mailstore.SpoolEntry{e1, e2}); err != nil {
+		t.Fatal(err)
+	}
+	arch := f.messages(t, mail.UseArchive)
+	if len(arch) != 1 || !arch[0].Flags.Seen || arch[0].Flags.Flagged || len(arch[0].Labels) != 1 || arch[0].Labels[0] != "bills" {
+		t.Fatalf("archive %+v", arch)
+	}
+	in := f.messages(t, mail.UseInbox)
+	if len(in) != 1 || !in[0].Flags.Flagged || in[0].Flags.Seen {
+		t.Fatalf("inbox %+v", in)
+	}
+}
+
+func TestUnparseableMessageIsStillDelivered(t *testing.T) {
+	f := setup(t, false)
+	nested := "Subject: deep\r\nContent-Type: multipart/mixed; boundary=a\r\n\r\n"
+	for i := 0; i < 8; i++ {
+		nested += fmt.Sprintf("--a\r\nContent-Type: message/rfc822\r\n\r\nSubject: level %d\r\nContent-Type: multipart/mixed; boundary=a\r\n\r\n", i)
+	}
+	e := f.spool(t, "192.0.2.10", "bounce@sender.example", nested)
+	if err := f.p.HandleEntries(t.Context(), []mailstore.SpoolEntry{e}); err != nil {
+		t.Fatal(err)
+	}
+	all := append(f.messages(t, mail.UseInbox), f.messages(t, mail.UseJunk)...)
+	if len(all) == 0 {
+		p, _ := f.store.PendingSpool(t.Context(), []string{e.ID})
+		t.Fatalf("not delivered; pending %+v", p)
+	}
+	if len(all) != 1 || all[0].Subject != "deep" {
+		t.Fatalf("got %+v", all)
+	}
+}

@@ -1,0 +1,160 @@
+// Package queue is the cell's adapter to its Kafka-protocol broker
+// (Redpanda in production; franz-go's kfake in tests and the dev stack),
+// with franz-go. Topics (DESIGN.md §4):
+//
+//   - inbound: one record per spool entry (key: account id, value: spool
+//     id). Large data never goes in a record: the spool row and the blob
+//     store hold the message.
+//   - changes: one JSON record per message filed (key: account id), for
+//     the search indexer, caches and push.
+//   - errors: one JSON record per failed processing attempt, with its
+//     reason (the entry itself is retried from the spool with backoff).
+//
+// Records are produced with acks from all in-sync replicas and
+// idempotently; consumption is a consumer group whose offsets are committed
+// only after the batch was processed, so a crash re-delivers, and the
+// pipeline skips entries already delivered.
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/cellmail/cellmail/cell/internal/delivery"
+	"github.com/cellmail/cellmail/cell/internal/mailstore"
+)
+
+// Topic names.
+const (
+	TopicInbound  = "inbound"
+	TopicOutbound = "outbound"
+	TopicChanges  = "changes"
+	TopicErrors   = "errors"
+)
+
+// Topics is every topic a cell uses (created by the operator, or seeded in
+// the dev broker).
+var Topics = []string{TopicInbound, TopicOutbound, TopicChanges, TopicErrors}
+
+// Producer publishes to the cell's topics.
+type Producer struct {
+	cl  *kgo.Client
+	log *slog.Logger
+}
+
+// NewProducer connects lazily to brokers.
+func NewProducer(brokers []string, log *slog.Logger) (*Producer, error) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.ProducerLinger(0),
+		kgo.RecordDeliveryTimeout(10*time.Second),
+		kgo.ProduceRequestTimeout(5*time.Second),
+		kgo.RetryTimeout(10*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	return &Producer{cl: cl, log: log}, nil
+}
+
+// Close flushes nothing further and closes the client.
+func (p *Producer) Close() { p.cl.Close() }
+
+// PublishInbound sends one record per entry and returns once the broker
+// acknowledged all of them.
+func (p *Producer) PublishInbound(ctx context.Context, entries []mailstore.SpoolEntry) error {
+	recs := make([]*kgo.Record, len(entries))
+	for i, e := range entries {
+		recs[i] = &kgo.Record{Topic: TopicInbound, Key: []byte(e.AccountID), Value: []byte(e.ID)}
+	}
+	if err := p.cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		return fmt.Errorf("queue: produce inbound: %w", err)
+	}
+	return nil
+}
+
+// Delivered publishes a change event (asynchronously: the journal in the
+// database is the record of truth; the event is a notification).
+func (p *Producer) Delivered(ctx context.Context, ev delivery.Delivered) error {
+	v, _ := json.Marshal(map[string]any{"kind": "message_added", "account": ev.AccountID, "mailbox": ev.MailboxID,
+		"message": ev.MessageID, "modseq": ev.Modseq, "spool": ev.SpoolID})
+	p.cl.Produce(context.WithoutCancel(ctx), &kgo.Record{Topic: TopicChanges, Key: []byte(ev.AccountID), Value: v},
+		func(_ *kgo.Record, err error) {
+			if err != nil {
+				p.log.Warn("change event not published", "err", err)
+			}
+		})
+	return nil
+}
+
+// Failed publishes a failed attempt to the error topic and waits for it.
+func (p *Producer) Failed(ctx context.Context, ev delivery.Failed) error {
+	v, _ := json.Marshal(map[string]any{"spool": ev.SpoolID, "account": ev.AccountID, "reason": ev.Reason,
+		"attempt": ev.Attempt, "retry_in_seconds": int(ev.Backoff.Seconds()), "final": ev.Final, "at": time.Now().UTC()})
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := p.cl.ProduceSync(ctx, &kgo.Record{Topic: TopicErrors, Key: []byte(ev.AccountID), Value: v}).FirstErr(); err != nil {
+		return fmt.Errorf("queue: produce error record: %w", err)
+	}
+	return nil
+}
+
+// Handler processes the spool ids of a batch of inbound records. An error
+// means "not processed, try these again".
+type Handler func(ctx context.Context, ids []string) error
+
+// ConsumeInbound runs a member of the cell's inbound worker group until ctx
+// ends: it polls records, hands their ids to handle (again, with backoff,
+// while it fails), then commits their offsets.
+func ConsumeInbound(ctx context.Context, brokers []string, group string, log *slog.Logger, handle Handler) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...),
+		kgo.ConsumerGroup(group),
+		kgo.ConsumeTopics(TopicInbound),
+		kgo.DisableAutoCommit(),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.FetchMaxWait(200*time.Millisecond),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		return fmt.Errorf("queue: %w", err)
+	}
+	defer cl.Close()
+	for {
+		fetches := cl.PollRecords(ctx, 256)
+		if fetches.IsClientClosed() || ctx.Err() != nil {
+			return ctx.Err()
+		}
+		fetches.EachError(func(topic string, part int32, err error) {
+			if !errors.Is(err, context.Canceled) {
+				log.Warn("inbound fetch failed", "partition", part, "err", err)
+			}
+		})
+		var ids []string
+		fetches.EachRecord(func(r *kgo.Record) { ids = append(ids, string(r.Value)) })
+		if len(ids) > 0 {
+			for attempt := 0; ; attempt++ {
+				err := handle(ctx, ids)
+				if err == nil {
+					break
+				}
+				log.Warn("inbound batch failed; retrying it", "records", len(ids), "attempt", attempt+1, "err", err)
+				select {
+				case <-ctx.Done():
+					cl.AllowRebalance()
+					return ctx.Err()
+				case <-time.After(min(time.Duration(1<<min(attempt, 5))*100*time.Millisecond, 5*time.Second)):
+				}
+			}
+			if err := cl.CommitUncommittedOffsets(ctx); err != nil && ctx.Err() == nil {
+				// Re-delivered after a restart or rebalance; processing skips
+				// entries already delivered.
+				log.Warn("inbound offsets not committed", "err", err)
+			}
+		}
+		cl.AllowRebalance()
+	}
+}
