@@ -22,10 +22,10 @@ import (
 	"time"
 
 	"blitiri.com.ar/go/spf"
+	"github.com/emersion/go-message/textproto"
 	"github.com/emersion/go-msgauth/authres"
 	"github.com/emersion/go-msgauth/dkim"
 	"github.com/emersion/go-msgauth/dmarc"
-	"github.com/emersion/go-message/textproto"
 	"golang.org/x/net/publicsuffix"
 )
 
