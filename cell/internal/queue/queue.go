@@ -22,8 +22,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/cellmail/cellmail/cell/internal/delivery"
@@ -44,26 +46,62 @@ var Topics = []string{TopicInbound, TopicOutbound, TopicChanges, TopicErrors}
 
 // Producer publishes to the cell's topics.
 type Producer struct {
-	cl  *kgo.Client
-	log *slog.Logger
+	brokers []string
+	log     *slog.Logger
+	mu      sync.Mutex
+	cl      *kgo.Client
 }
 
 // NewProducer connects lazily to brokers.
 func NewProducer(brokers []string, log *slog.Logger) (*Producer, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...),
+	cl, err := newProducerClient(brokers)
+	if err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	return &Producer{brokers: brokers, cl: cl, log: log}, nil
+}
+
+// client is the current client.
+func (p *Producer) client() *kgo.Client {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cl
+}
+
+// check replaces the client after an error saying the broker's topics are
+// not the ones it knew (a cluster rebuilt after losing its data): the
+// client caches topic ids and producer ids and would fail for good.
+func (p *Producer) check(cl *kgo.Client, err error) {
+	if !errors.Is(err, kerr.UnknownTopicID) && !errors.Is(err, kerr.UnknownProducerID) && !errors.Is(err, kerr.InvalidProducerIDMapping) {
+		return
+	}
+	fresh, nerr := newProducerClient(p.brokers)
+	if nerr != nil {
+		return
+	}
+	p.mu.Lock()
+	if p.cl != cl {
+		p.mu.Unlock()
+		fresh.Close()
+		return
+	}
+	p.cl = fresh
+	p.mu.Unlock()
+	p.log.Warn("broker no longer knows our topics or producer id; new client", "err", err)
+	go cl.Close()
+}
+
+func newProducerClient(brokers []string) (*kgo.Client, error) {
+	return kgo.NewClient(kgo.SeedBrokers(brokers...),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerLinger(0),
 		kgo.RecordDeliveryTimeout(10*time.Second),
 		kgo.ProduceRequestTimeout(5*time.Second),
 		kgo.RetryTimeout(10*time.Second))
-	if err != nil {
-		return nil, fmt.Errorf("queue: %w", err)
-	}
-	return &Producer{cl: cl, log: log}, nil
 }
 
-// Close flushes nothing further and closes the client.
-func (p *Producer) Close() { p.cl.Close() }
+// Close closes the client.
+func (p *Producer) Close() { p.client().Close() }
 
 // PublishInbound sends one record per entry and returns once the broker
 // acknowledged all of them.
@@ -72,7 +110,9 @@ func (p *Producer) PublishInbound(ctx context.Context, entries []mailstore.Spool
 	for i, e := range entries {
 		recs[i] = &kgo.Record{Topic: TopicInbound, Key: []byte(e.AccountID), Value: []byte(e.ID)}
 	}
-	if err := p.cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+	cl := p.client()
+	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		p.check(cl, err)
 		return fmt.Errorf("queue: produce inbound: %w", err)
 	}
 	return nil
@@ -83,9 +123,11 @@ func (p *Producer) PublishInbound(ctx context.Context, entries []mailstore.Spool
 func (p *Producer) Delivered(ctx context.Context, ev delivery.Delivered) error {
 	v, _ := json.Marshal(map[string]any{"kind": "message_added", "account": ev.AccountID, "mailbox": ev.MailboxID,
 		"message": ev.MessageID, "modseq": ev.Modseq, "spool": ev.SpoolID})
-	p.cl.Produce(context.WithoutCancel(ctx), &kgo.Record{Topic: TopicChanges, Key: []byte(ev.AccountID), Value: v},
+	cl := p.client()
+	cl.Produce(context.WithoutCancel(ctx), &kgo.Record{Topic: TopicChanges, Key: []byte(ev.AccountID), Value: v},
 		func(_ *kgo.Record, err error) {
 			if err != nil {
+				p.check(cl, err)
 				p.log.Warn("change event not published", "err", err)
 			}
 		})
@@ -98,7 +140,9 @@ func (p *Producer) Failed(ctx context.Context, ev delivery.Failed) error {
 		"attempt": ev.Attempt, "retry_in_seconds": int(ev.Backoff.Seconds()), "final": ev.Final, "at": time.Now().UTC()})
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := p.cl.ProduceSync(ctx, &kgo.Record{Topic: TopicErrors, Key: []byte(ev.AccountID), Value: v}).FirstErr(); err != nil {
+	cl := p.client()
+	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: TopicErrors, Key: []byte(ev.AccountID), Value: v}).FirstErr(); err != nil {
+		p.check(cl, err)
 		return fmt.Errorf("queue: produce error record: %w", err)
 	}
 	return nil
@@ -112,6 +156,18 @@ type Handler func(ctx context.Context, ids []string) error
 // ends: it polls records, hands their ids to handle (again, with backoff,
 // while it fails), then commits their offsets.
 func ConsumeInbound(ctx context.Context, brokers []string, group string, log *slog.Logger, handle Handler) error {
+	for {
+		err := consume(ctx, brokers, group, log, handle)
+		if !errors.Is(err, errRecreate) {
+			return err
+		}
+		log.Warn("broker no longer knows the inbound topic; rejoining with a new client")
+	}
+}
+
+var errRecreate = errors.New("queue: client must be recreated")
+
+func consume(ctx context.Context, brokers []string, group string, log *slog.Logger, handle Handler) error {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...),
 		kgo.ConsumerGroup(group),
 		kgo.ConsumeTopics(TopicInbound),
@@ -122,17 +178,25 @@ func ConsumeInbound(ctx context.Context, brokers []string, group string, log *sl
 	if err != nil {
 		return fmt.Errorf("queue: %w", err)
 	}
-	defer cl.Close()
+	defer func() {
+		cl.AllowRebalance() // Close leaves the group, which waits for a blocked rebalance
+		cl.Close()
+	}()
 	for {
 		fetches := cl.PollRecords(ctx, 256)
 		if fetches.IsClientClosed() || ctx.Err() != nil {
 			return ctx.Err()
 		}
+		recreate := false
 		fetches.EachError(func(topic string, part int32, err error) {
+			recreate = recreate || errors.Is(err, kerr.UnknownTopicID)
 			if !errors.Is(err, context.Canceled) {
 				log.Warn("inbound fetch failed", "partition", part, "err", err)
 			}
 		})
+		if recreate {
+			return errRecreate
+		}
 		var ids []string
 		fetches.EachRecord(func(r *kgo.Record) { ids = append(ids, string(r.Value)) })
 		if len(ids) > 0 {
@@ -144,7 +208,6 @@ func ConsumeInbound(ctx context.Context, brokers []string, group string, log *sl
 				log.Warn("inbound batch failed; retrying it", "records", len(ids), "attempt", attempt+1, "err", err)
 				select {
 				case <-ctx.Done():
-					cl.AllowRebalance()
 					return ctx.Err()
 				case <-time.After(min(time.Duration(1<<min(attempt, 5))*100*time.Millisecond, 5*time.Second)):
 				}

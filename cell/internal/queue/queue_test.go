@@ -1,0 +1,318 @@
+package queue_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/cellmail/cellmail/cell/internal/blobstore"
+	"github.com/cellmail/cellmail/cell/internal/delivery"
+	"github.com/cellmail/cellmail/cell/internal/mail"
+	"github.com/cellmail/cellmail/cell/internal/mailstore"
+	"github.com/cellmail/cellmail/cell/internal/message"
+	"github.com/cellmail/cellmail/cell/internal/queue"
+	"github.com/cellmail/cellmail/internal/pgserver"
+)
+
+var pg *pgserver.Server
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "queue-pg-")
+	if err == nil {
+		err = os.Chmod(dir, 0o755)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	pg, err = pgserver.Start(context.Background(), pgserver.Config{Dir: dir, NoFsync: true})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start PostgreSQL:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	pg.Stop()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// broker is a kfake cluster that can be stopped and started again on the
+// same port, with its data directory (or a fresh one: data lost).
+type broker struct {
+	t    *testing.T
+	port int
+	dir  string
+	c    *kfake.Cluster
+}
+
+func newBroker(t *testing.T) *broker {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	b := &broker{t: t, port: port, dir: t.TempDir()}
+	b.start()
+	t.Cleanup(b.stop)
+	return b
+}
+
+func (b *broker) start() {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(b.port), kfake.DataDir(b.dir), kfake.SyncWrites(),
+		kfake.SeedTopics(4, queue.Topics...))
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	b.c = c
+}
+
+func (b *broker) stop() {
+	if b.c != nil {
+		b.c.Close()
+		b.c = nil
+	}
+}
+
+func (b *broker) addr() string { return fmt.Sprintf("127.0.0.1:%d", b.port) }
+
+type cellFixture struct {
+	store   *mailstore.Store
+	blobs   *blobstore.FS
+	p       *delivery.Pipeline
+	account mail.Account
+	inbox   mail.Mailbox
+	n       int
+}
+
+func newCell(t *testing.T) *cellFixture {
+	dsn, err := pg.NewDB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	store, err := mailstore.Open(t.Context(), dsn, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.Close)
+	blobs, err := blobstore.NewFS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := store.CreateAccount(t.Context(), mail.Account{Address: "bob@demo.example", Domain: "demo.example",
+		PlacementKey: "bob@demo.example", Jurisdiction: "eu", KeyHash: 1, PasswordHash: "x", QuotaBytes: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inbox, err := store.MailboxByUse(t.Context(), a.ID, mail.UseInbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &delivery.Pipeline{D: delivery.New(blobs, store, message.DefaultLimits()), Store: store, Log: log}
+	return &cellFixture{store: store, blobs: blobs, p: p, account: a, inbox: inbox}
+}
+
+// accept spools n messages as LMTP does.
+func (c *cellFixture) accept(t *testing.T, n int) {
+	t.Helper()
+	var entries []mailstore.SpoolEntry
+	for range n {
+		c.n++
+		raw := fmt.Sprintf("From: a@sender.example\r\nSubject: msg %d\r\nMessage-ID: <%d@x>\r\n\r\nbody %d\r\n", c.n, c.n, c.n)
+		ref, _, err := c.blobs.Put(t.Context(), strings.NewReader(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		entries = append(entries, mailstore.SpoolEntry{AccountID: c.account.ID, MailFrom: "a@sender.example",
+			Rcpt: c.account.Address, BlobRef: ref, DeliveryKey: delivery.Key("a@sender.example", c.account.Address, []byte(raw))})
+	}
+	if err := c.store.Spool(t.Context(), entries); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitDelivered waits until every accepted message is in the INBOX, then
+// checks each is there exactly once.
+func (c *cellFixture) waitDelivered(t *testing.T, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		mb, err := c.store.Mailbox(t.Context(), c.account.ID, c.inbox.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if int(mb.Total) >= c.n || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond) // polling a condition, with a deadline
+	}
+	seen := map[string]int{}
+	var before uint32
+	for {
+		ms, err := c.store.ListMessages(t.Context(), c.account.ID, c.inbox.ID, mail.ListFilter{}, before, 200)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range ms {
+			seen[m.Subject]++
+			before = m.UID
+		}
+		if len(ms) < 200 {
+			break
+		}
+	}
+	missing, dup := 0, 0
+	for i := 1; i <= c.n; i++ {
+		switch seen[fmt.Sprintf("msg %d", i)] {
+		case 0:
+			missing++
+		case 1:
+		default:
+			dup++
+		}
+	}
+	if missing > 0 || dup > 0 || len(seen) != c.n {
+		t.Fatalf("of %d accepted: %d missing, %d duplicated, %d distinct stored", c.n, missing, dup, len(seen))
+	}
+}
+
+func run(t *testing.T, ctx context.Context, f func(ctx context.Context)) func() {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); f(ctx) }()
+	stop := func() { cancel(); wg.Wait() }
+	t.Cleanup(stop)
+	return stop
+}
+
+func TestPipelineSurvivesBrokerRestartAndDataLoss(t *testing.T) {
+	b := newBroker(t)
+	c := newCell(t)
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	prod, err := queue.NewProducer([]string{b.addr()}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	c.p.Events = prod
+	relay := delivery.NewRelay(c.store, prod, log)
+	relay.Stale = time.Second
+	run(t, t.Context(), relay.Run)
+	consume := func(ctx context.Context) {
+		_ = queue.ConsumeInbound(ctx, []string{b.addr()}, "test-inbound", log, c.p.HandleIDs)
+	}
+	stopConsumer := run(t, t.Context(), consume)
+
+	// Steady state.
+	c.accept(t, 200)
+	relay.Wake()
+	c.waitDelivered(t, 30*time.Second)
+
+	// The broker restarts (same data directory) while mail keeps arriving.
+	b.stop()
+	c.accept(t, 50) // relayed once the broker is back
+	relay.Wake()
+	b.start()
+	c.accept(t, 50)
+	relay.Wake()
+	c.waitDelivered(t, 30*time.Second)
+
+	// The queue loses its data with records not yet consumed: the sweeper
+	// relays the entries again.
+	stopConsumer()
+	c.accept(t, 40)
+	relay.Wake()
+	waitFor(t, func() bool { // all relayed (claimed), none processed
+		n, err := c.store.SpoolBacklog(t.Context())
+		return err == nil && n == 40 && relayedAll(t, relay)
+	})
+	b.stop()
+	b.dir = t.TempDir()
+	b.start()
+	run(t, t.Context(), consume)
+	c.waitDelivered(t, 30*time.Second)
+	if n, err := c.store.SpoolBacklog(t.Context()); err != nil || n != 0 {
+		t.Fatalf("backlog %d (%v) after everything was delivered", n, err)
+	}
+}
+
+// relayedAll reports that the relay has nothing left to claim.
+func relayedAll(t *testing.T, r *delivery.Relay) bool {
+	n, err := r.Once(t.Context())
+	return err == nil && n == 0
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 20s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestFailuresGoToTheErrorTopicAndAreRetried(t *testing.T) {
+	b := newBroker(t)
+	c := newCell(t)
+	log := slog.New(slog.DiscardHandler)
+	prod, err := queue.NewProducer([]string{b.addr()}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	c.p.Events = prod
+	// An entry whose blob is missing cannot be processed.
+	if err := c.store.Spool(t.Context(), []mailstore.SpoolEntry{{AccountID: c.account.ID, MailFrom: "a@x", Rcpt: c.account.Address,
+		BlobRef: strings.Repeat("ab", 32), DeliveryKey: "k-missing"}}); err != nil {
+		t.Fatal(err)
+	}
+	relay := delivery.NewRelay(c.store, prod, log)
+	run(t, t.Context(), relay.Run)
+	run(t, t.Context(), func(ctx context.Context) {
+		_ = queue.ConsumeInbound(ctx, []string{b.addr()}, "test-inbound", log, c.p.HandleIDs)
+	})
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(b.addr()), kgo.ConsumeTopics(queue.TopicErrors),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	var rec map[string]any
+	for rec == nil {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatal("no record on the error topic")
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			if err := json.Unmarshal(r.Value, &rec); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	if rec["attempt"] != float64(1) || rec["final"] != false || !strings.Contains(fmt.Sprint(rec["reason"]), "blob") {
+		t.Fatalf("error record %v", rec)
+	}
+	// Still pending, due again after the backoff.
+	n, err := c.store.SpoolBacklog(t.Context())
+	if err != nil || n != 1 {
+		t.Fatalf("backlog %d %v: the failed entry must be kept", n, err)
+	}
+}
