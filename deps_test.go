@@ -105,7 +105,7 @@ func TestDriversHaveOneAdapter(t *testing.T) {
 		"github.com/yugabyte/pgx/v5":            {"cell/internal/mailstore"},
 		"github.com/redis/rueidis":              {"cell/internal/cache"},
 		"github.com/twmb/franz-go/pkg/kgo":      {"cell/internal/queue"},
-		"github.com/twmb/franz-go/pkg/kfake":    {"cmd/devstack", "cell/internal/queue"},
+		"github.com/twmb/franz-go/pkg/kfake":    {"cmd/devbroker", "cell/internal/queue"},
 		"github.com/meilisearch/meilisearch-go": {"cell/internal/search"},
 	}
 	for _, p := range listPackages(t) {

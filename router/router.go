@@ -6,6 +6,7 @@ package router
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -42,7 +43,13 @@ type Config struct {
 	// Default 5 minutes: a router keeps serving from its copy while etcd is
 	// down (cells fence any stale route), but says so.
 	MaxStaleness time.Duration
-	Logger       *slog.Logger
+	// TLS, when set, is offered with STARTTLS on the SMTP edge (and later
+	// serves submission and IMAP).
+	TLS *tls.Config
+	// Hostname is the name the SMTP edge gives in its greeting and trace
+	// fields (default mx.cellmail.local).
+	Hostname string
+	Logger   *slog.Logger
 	// Maps, when set, is used instead of a client the router makes and runs
 	// itself (tests use it to hold a router's map still).
 	Maps *client.Client
@@ -103,7 +110,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return fmt.Errorf("router: smtp: %w", err)
 		}
-		edge := smtpedge.New(table, smtpedge.Config{Logger: log.With("part", "smtp")})
+		edge := smtpedge.New(table, smtpedge.Config{Domain: cfg.Hostname, TLS: cfg.TLS, Logger: log.With("part", "smtp")})
 		go func() { _ = edge.Serve(serve.LimitListener(sln, 2000, 64)) }()
 		defer edge.Close()
 		log.Info("router SMTP serving", "smtp", sln.Addr().String())

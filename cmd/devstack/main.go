@@ -27,7 +27,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"github.com/twmb/franz-go/pkg/kfake"
 
 	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
 	"github.com/cellmail/cellmail/cell/gen/mailv1/mailv1connect"
@@ -35,6 +34,8 @@ import (
 	pb "github.com/cellmail/cellmail/controlplane/gen/controlplanev1"
 	"github.com/cellmail/cellmail/controlplane/gen/controlplanev1/controlplanev1connect"
 	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/internal/clamdtest"
+	"github.com/cellmail/cellmail/internal/dnstest"
 	"github.com/cellmail/cellmail/internal/pgserver"
 	"github.com/cellmail/cellmail/internal/redisserver"
 )
@@ -58,6 +59,14 @@ type cellSpec struct {
 	Kafka        string `json:"kafka"`
 	Log          string `json:"log"`
 	LMTP         string `json:"lmtp"`
+	// The cell's inbound pipeline worker (its own process, a member of the
+	// cell's consumer group) and its broker process.
+	Worker     string `json:"worker"`
+	WorkerPID  int    `json:"worker_pid"`
+	WorkerLog  string `json:"worker_log"`
+	BrokerPID  int    `json:"broker_pid"`
+	BrokerLog  string `json:"broker_log"`
+	brokerPort int
 }
 
 type domainSpec struct {
@@ -91,6 +100,9 @@ type Stack struct {
 	Accounts []account    `json:"accounts"`
 	Postgres string       `json:"postgres"`
 	Redis    string       `json:"redis"`
+	DNS      string       `json:"dns"`
+	Clamd    string       `json:"clamd,omitempty"`
+	TLSCert  string       `json:"tls_cert"`
 	Logs     string       `json:"logs"`
 }
 
@@ -171,6 +183,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		ports["cell "+c.name] = *base + 10 + i
 		ports["kafka "+c.name] = *base + 90 + i
 		ports["lmtp "+c.name] = *base + 20 + i
+		ports["worker "+c.name] = *base + 40 + i
 	}
 	for what, p := range ports {
 		if err := portFree(p, what); err != nil {
@@ -232,27 +245,59 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		Accounts:     []account{},
 	}
 
-	done = step("kafka-protocol brokers started (kfake, one per cell)")
-	for _, c := range demoCells {
-		kdir := filepath.Join(*dir, "kafka", c.name)
-		if err := os.MkdirAll(kdir, 0o755); err != nil {
+	done = step("DNS, clamd and the TLS certificate ready")
+	dns, err := dnstest.Listen()
+	if err != nil {
+		return err
+	}
+	cleanups = append(cleanups, dns.Close)
+	for _, d := range demoDomains { // the stack's own host may send as the demo domains
+		if err := dns.Add(d.Name + `. 300 IN TXT "v=spf1 ip4:127.0.0.0/8 -all"`); err != nil {
 			return err
 		}
-		k, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(ports["kafka "+c.name]), kfake.DataDir(kdir),
-			kfake.SyncWrites(), kfake.SeedTopics(4, "inbound", "outbound", "changes", "errors"))
+	}
+	st.DNS = dns.Addr
+	if _, err := os.Stat(clamdtest.Binary); err == nil {
+		addr, stopClamd, err := clamdtest.Run(filepath.Join(*dir, "clamd"))
 		if err != nil {
-			return fmt.Errorf("kafka broker for %s: %w", c.name, err)
+			return err
 		}
-		cleanups = append(cleanups, k.Close)
+		cleanups = append(cleanups, stopClamd)
+		st.Clamd = addr
+	}
+	certFile, keyFile, err := ensureCert(filepath.Join(*dir, "tls"))
+	if err != nil {
+		return err
+	}
+	st.TLSCert = certFile
+	done()
+
+	done = step("kafka-protocol brokers started (devbroker: kfake, one process per cell)")
+	var sup []*supervised
+	for i, c := range demoCells {
 		db := "cell_" + sanitize(c.name)
 		if err := pg.EnsureDB(db); err != nil {
 			return err
 		}
 		st.Cells = append(st.Cells, cellSpec{
 			Name: c.name, Jurisdiction: c.jur, API: fmt.Sprintf("http://127.0.0.1:%d", ports["cell "+c.name]),
-			Database: pg.DSN(db), Redis: st.Redis, Kafka: k.ListenAddrs()[0],
+			Database: pg.DSN(db), Redis: st.Redis, Kafka: fmt.Sprintf("127.0.0.1:%d", ports["kafka "+c.name]),
 			Log: filepath.Join(logDir, c.name+".log"), LMTP: fmt.Sprintf("127.0.0.1:%d", ports["lmtp "+c.name]),
+			Worker: fmt.Sprintf("http://127.0.0.1:%d", ports["worker "+c.name]), WorkerLog: filepath.Join(logDir, c.name+"-worker.log"),
+			BrokerLog: filepath.Join(logDir, c.name+"-broker.log"), brokerPort: ports["kafka "+c.name],
 		})
+		cs := &st.Cells[i]
+		b, err := supervise(&sup, "broker "+c.name, cs.BrokerLog, &cs.BrokerPID, filepath.Join(*binDir, "devbroker"),
+			"-port", strconv.Itoa(cs.brokerPort), "-dir", filepath.Join(*dir, "kafka", c.name))
+		if err != nil {
+			return err
+		}
+		cleanups = append(cleanups, func() { b.p.stop(syscall.SIGTERM, 10*time.Second) })
+	}
+	for i, c := range st.Cells {
+		if err := waitTCP(ctx, sup[i].p, c.Kafka); err != nil {
+			return err
+		}
 	}
 	done()
 
@@ -279,9 +324,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 
-	done = step("cells started")
-	var cells []*proc
-	cellArgs := make([][]string, len(st.Cells))
+	done = step("cells started (API and LMTP, and a pipeline worker each)")
+	var fronts, workers []*supervised
 	for i := range st.Cells {
 		c := &st.Cells[i]
 		dbFile := filepath.Join(*dir, "cells", c.Name+".database")
@@ -291,19 +335,30 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		if err := os.WriteFile(dbFile, []byte(c.Database), 0o600); err != nil {
 			return err
 		}
-		cellArgs[i] = []string{"-name", c.Name, "-listen", c.API[len("http://"):], "-etcd", st.Etcd,
-			"-data-dir", filepath.Join(*dir, "cells", c.Name), "-agent-token", "@" + secrets.agentFile,
-			"-operator-token", "@" + secrets.adminFile, "-database", "@" + dbFile, "-redis", c.Redis, "-lmtp", c.LMTP}
-		p, err := start(c.Name, c.Log, nil, filepath.Join(*binDir, "celld"), cellArgs[i]...)
+		common := []string{"-name", c.Name, "-etcd", st.Etcd, "-agent-token", "@" + secrets.agentFile,
+			"-operator-token", "@" + secrets.adminFile, "-database", "@" + dbFile, "-redis", c.Redis,
+			"-blob-dir", filepath.Join(*dir, "cells", c.Name, "blobs"), "-kafka", c.Kafka, "-dns", st.DNS, "-clamd", st.Clamd}
+		front, err := supervise(&sup, c.Name, c.Log, &c.PID, filepath.Join(*binDir, "celld"), append([]string{
+			"-role", "front", "-listen", c.API[len("http://"):], "-lmtp", c.LMTP,
+			"-data-dir", filepath.Join(*dir, "cells", c.Name)}, common...)...)
 		if err != nil {
 			return err
 		}
-		c.PID = p.cmd.Process.Pid
-		cells = append(cells, p)
-		cleanups = append(cleanups, func() { cells[i].stop(syscall.SIGTERM, 10*time.Second) })
+		cleanups = append(cleanups, func() { front.p.stop(syscall.SIGTERM, 10*time.Second) })
+		worker, err := supervise(&sup, c.Name+" worker", c.WorkerLog, &c.WorkerPID, filepath.Join(*binDir, "celld"), append([]string{
+			"-role", "worker", "-listen", c.Worker[len("http://"):],
+			"-data-dir", filepath.Join(*dir, "cells", c.Name+"-worker")}, common...)...)
+		if err != nil {
+			return err
+		}
+		cleanups = append(cleanups, func() { worker.p.stop(syscall.SIGTERM, 10*time.Second) })
+		fronts, workers = append(fronts, front), append(workers, worker)
 	}
-	for i, p := range cells {
-		if err := waitHTTP(ctx, p, st.Cells[i].API+"/readyz"); err != nil {
+	for i, c := range st.Cells {
+		if err := waitHTTP(ctx, fronts[i].p, c.API+"/readyz"); err != nil {
+			return err
+		}
+		if err := waitHTTP(ctx, workers[i].p, c.Worker+"/readyz"); err != nil {
 			return err
 		}
 	}
@@ -318,7 +373,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	st.Router.URL = "http://" + st.Router.HTTP
 	st.Router.SMTP = fmt.Sprintf("127.0.0.1:%d", ports["router smtp"])
 	rt, err := start("routerd", filepath.Join(logDir, "router.log"), nil, filepath.Join(*binDir, "routerd"),
-		"-http", st.Router.HTTP, "-smtp", st.Router.SMTP, "-etcd", st.Etcd, "-data-dir", filepath.Join(*dir, "router"))
+		"-http", st.Router.HTTP, "-smtp", st.Router.SMTP, "-etcd", st.Etcd, "-data-dir", filepath.Join(*dir, "router"),
+		"-tls-cert", certFile, "-tls-key", keyFile)
 	if err != nil {
 		return err
 	}
@@ -353,22 +409,21 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			for i, p := range cells {
-				if !p.exited() || reported[p] {
+			for _, sv := range sup {
+				if !sv.p.exited() || reported[sv.p] {
 					continue
 				}
-				reported[p] = true
+				reported[sv.p] = true
 				if !*restart {
-					log.Warn("process exited; the rest of the stack keeps running", "process", p.name, "err", p.err)
+					log.Warn("process exited; the rest of the stack keeps running", "process", sv.p.name, "err", sv.p.err)
 					continue
 				}
-				np, err := start(p.name, st.Cells[i].Log, nil, filepath.Join(*binDir, "celld"), cellArgs[i]...)
-				if err != nil {
-					log.Error("cell restart failed", "cell", p.name, "err", err)
+				old := sv.p
+				if err := sv.restart(); err != nil {
+					log.Error("restart failed", "process", old.name, "err", err)
 					continue
 				}
-				cells[i], st.Cells[i].PID = np, np.cmd.Process.Pid
-				log.Warn("cell exited; started again", "cell", p.name, "err", p.err, "pid", st.Cells[i].PID)
+				log.Warn("process exited; started again", "process", old.name, "err", old.err, "pid", *sv.pid)
 				if err := writeStack(stackFile, st); err != nil {
 					log.Error("stack.json not updated", "err", err)
 				}
@@ -517,12 +572,13 @@ cellmail dev stack is up.
 
   control plane  %s          (admin token in %s)
   router (API)   %s
-  router (SMTP)  %s   (MX of the demo domains)
+  router (SMTP)  %s   (MX of the demo domains; STARTTLS with %s)
   etcd           %s (embedded)
-  postgres       %s   redis %s
-`, st.Controlplane, stackFile, st.Router.URL, st.Router.SMTP, st.Etcd, st.Postgres, st.Redis)
+  postgres       %s   redis %s   dns %s   clamd %s
+`, st.Controlplane, stackFile, st.Router.URL, st.Router.SMTP, st.TLSCert, st.Etcd, st.Postgres, st.Redis, st.DNS, orNone(st.Clamd))
 	for _, c := range st.Cells {
-		fmt.Fprintf(w, "  cell %-9s %-4s %s  pid %-7s kafka %s\n", c.Name, c.Jurisdiction, c.API, strconv.Itoa(c.PID), c.Kafka)
+		fmt.Fprintf(w, "  cell %-9s %-4s %s  pid %-7s worker pid %-7s broker %s pid %s\n", c.Name, c.Jurisdiction, c.API,
+			strconv.Itoa(c.PID), strconv.Itoa(c.WorkerPID), c.Kafka, strconv.Itoa(c.BrokerPID))
 	}
 	fmt.Fprintf(w, `
 Demo domains: demo-eu.example (eu, consumer), acme-eu.example (eu, tenant), demo-us.example (us, consumer).
@@ -534,10 +590,17 @@ Try it (another terminal):
   bin/mailctl cells list
   curl -s -H 'Content-Type: application/json' -d '{"address":"alice@demo-eu.example"}' \
        %s/cellmail.cell.v1.CellService/WhoAmI
-  swaks --to alice@demo-eu.example --server %s --body 'hello'   # inbound mail through the router
+  swaks --to alice@demo-eu.example --server %s --tls --body 'hello'   # inbound mail through the router
   kill -9 %d    # the cell eu-2: its users get "unavailable", everyone else is served
 
 Logs in %s. Endpoints and credentials in %s. Ctrl-C stops everything.
 `, st.Controlplane, st.AdminToken, st.Router.URL, st.Router.SMTP, st.Cells[1].PID, st.Logs, stackFile)
 	fmt.Fprintf(w, "\nDemo accounts (passwords in %s):\n%s", stackFile, accountLines(st.Accounts))
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }

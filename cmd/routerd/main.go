@@ -3,6 +3,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"os"
@@ -26,6 +27,9 @@ func run(args []string) error {
 	smtpAddr := fs.String("smtp", cli.Env("CELLMAIL_SMTP", ""), "MX SMTP address, empty for none (env CELLMAIL_SMTP)")
 	etcd := fs.String("etcd", cli.Env("CELLMAIL_ETCD", "http://127.0.0.1:2379"), "etcd endpoints, comma-separated (env CELLMAIL_ETCD)")
 	dataDir := fs.String("data-dir", cli.Env("CELLMAIL_DATA_DIR", ""), "map snapshot directory (env CELLMAIL_DATA_DIR)")
+	cert := fs.String("tls-cert", cli.Env("CELLMAIL_TLS_CERT", ""), "PEM certificate chain for STARTTLS (env CELLMAIL_TLS_CERT)")
+	key := fs.String("tls-key", cli.Env("CELLMAIL_TLS_KEY", ""), "PEM private key of -tls-cert (env CELLMAIL_TLS_KEY)")
+	hostname := fs.String("hostname", cli.Env("CELLMAIL_HOSTNAME", "mx.cellmail.local"), "name in the SMTP greeting and trace fields (env CELLMAIL_HOSTNAME)")
 	logger := cli.LogFlags(fs, os.Stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -34,7 +38,15 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg := router.Config{HTTPListen: *listen, SMTPListen: *smtpAddr, Etcd: cli.List(*etcd), DataDir: *dataDir, Logger: log}
+	cfg := router.Config{HTTPListen: *listen, SMTPListen: *smtpAddr, Etcd: cli.List(*etcd), DataDir: *dataDir,
+		Hostname: *hostname, Logger: log}
+	if *cert != "" || *key != "" {
+		pair, err := tls.LoadX509KeyPair(*cert, *key)
+		if err != nil {
+			return fmt.Errorf("tls: %w", err)
+		}
+		cfg.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cellmail/cellmail/cell/internal/clamd/clamdtest"
+	"github.com/cellmail/cellmail/internal/clamdtest"
 )
 
 func TestScanFindsEICARInAnAttachment(t *testing.T) {
@@ -48,5 +48,13 @@ func TestParse(t *testing.T) {
 		if _, err := parse(reply); err == nil {
 			t.Errorf("parse(%q) accepted", reply)
 		}
+	}
+}
+
+func TestScanFindsEICARInThePlainBody(t *testing.T) {
+	c := &Client{Addr: clamdtest.Start(t)}
+	v, err := c.Scan(t.Context(), strings.NewReader("Subject: virus\r\n\r\n"+clamdtest.EICAR+"\r\n"))
+	if err != nil || !v.Infected {
+		t.Fatalf("EICAR in a text body: %+v %v", v, err)
 	}
 }

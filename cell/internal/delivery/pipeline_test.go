@@ -19,7 +19,7 @@ import (
 
 	"github.com/cellmail/cellmail/cell/internal/blobstore"
 	"github.com/cellmail/cellmail/cell/internal/clamd"
-	"github.com/cellmail/cellmail/cell/internal/clamd/clamdtest"
+	"github.com/cellmail/cellmail/internal/clamdtest"
 	"github.com/cellmail/cellmail/cell/internal/delivery"
 	"github.com/cellmail/cellmail/cell/internal/mail"
 	"github.com/cellmail/cellmail/cell/internal/mailstore"

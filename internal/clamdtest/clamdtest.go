@@ -1,10 +1,12 @@
 // Package clamdtest runs a real clamd (Debian's clamav-daemon, installed by
-// scripts/deps.sh) for tests, with a signature database holding only the
-// EICAR test file's hash: ClamAV's own database cannot be downloaded here,
-// and EICAR is what the tests scan for.
+// scripts/deps.sh) for tests and the dev stack, with a signature database
+// holding only a signature of the EICAR test file: ClamAV's own database cannot be
+// downloaded here, and EICAR is what the tests scan for. Production points
+// cells at a clamd with the full database (celld -clamd).
 package clamdtest
 
 import (
+	"encoding/hex"
 	"fmt"
 	"net"
 	"os"
@@ -38,8 +40,10 @@ func Run(dir string) (addr string, stop func(), err error) {
 	if err := os.MkdirAll(db, 0o755); err != nil {
 		return "", nil, err
 	}
-	if err := os.WriteFile(filepath.Join(db, "eicar.hdb"),
-		[]byte("44d88612fea8a8f36de82e1278abb02f:68:Eicar-Test-Signature\n"), 0o644); err != nil {
+	// A body signature (ClamAV's .ndb format: name:target:offset:hex), so
+	// the test string is found anywhere, as with the real database.
+	if err := os.WriteFile(filepath.Join(db, "eicar.ndb"),
+		[]byte("Eicar-Test-Signature:0:*:"+hex.EncodeToString([]byte(EICAR))+"\n"), 0o644); err != nil {
 		return "", nil, err
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
