@@ -22,11 +22,12 @@ import (
 )
 
 // Nothing acknowledged is lost, nothing is stored twice: messages go through
-// the router's SMTP edge to two cells while cell processes are killed with
-// SIGKILL at random moments and started again by a supervisor. The sender
-// retries until it gets 250, as an MTA does. Then every message must be in
-// each recipient's INBOX exactly once.
-func TestInboundSurvivesCellCrashes(t *testing.T) {
+// the router's SMTP edge to two cells while a cell's API/LMTP process, its
+// pipeline worker or its broker is killed with SIGKILL at random moments and
+// started again by a supervisor. The sender retries until it gets 250, as
+// an MTA does. Then every message must be in each recipient's INBOX exactly
+// once, with the body that was sent.
+func TestInboundSurvivesCrashes(t *testing.T) {
 	bin, dir := buildAndDir(t)
 	st, stop := startStack(t, bin, dir, "-restart-crashed")
 	defer stop()
@@ -42,10 +43,10 @@ func TestInboundSurvivesCellCrashes(t *testing.T) {
 
 	const n = 400
 	sending := make(chan struct{})
-	var kills int
+	kills := map[string]int{}
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { // the chaos: kill -9 a random cell every 100–300 ms
+	go func() { // the chaos: kill -9 a random process of a cell every 100–300 ms
 		defer wg.Done()
 		for {
 			select {
@@ -59,8 +60,15 @@ func TestInboundSurvivesCellCrashes(t *testing.T) {
 				continue
 			}
 			victim := cur.Cells[rand.IntN(len(cur.Cells))]
-			if syscall.Kill(victim.PID, syscall.SIGKILL) == nil {
-				kills++
+			kind, pid := "cell", victim.PID
+			switch rand.IntN(3) {
+			case 1:
+				kind, pid = "worker", victim.WorkerPID
+			case 2:
+				kind, pid = "broker", victim.BrokerPID
+			}
+			if pid > 0 && syscall.Kill(pid, syscall.SIGKILL) == nil {
+				kills[kind]++
 			}
 		}
 	}()
@@ -81,10 +89,10 @@ func TestInboundSurvivesCellCrashes(t *testing.T) {
 	}
 	close(sending)
 	wg.Wait()
-	if kills < 3 {
-		t.Fatalf("only %d kills during the run: the test proved little", kills)
+	if kills["cell"] < 2 || kills["worker"] < 2 || kills["broker"] < 2 {
+		t.Fatalf("kills during the run %v: the test proved little", kills)
 	}
-	t.Logf("%d messages accepted, %d refused attempts retried, %d cell kills", n, retries, kills)
+	t.Logf("%d messages accepted, %d refused attempts retried, kills %v", n, retries, kills)
 
 	for _, a := range rcpts {
 		counts := waitAll(t, st.Router.URL, a, n)
@@ -95,6 +103,9 @@ func TestInboundSurvivesCellCrashes(t *testing.T) {
 		}
 	}
 }
+
+// crashBody is message i's body: its snippet tells the stored content.
+func crashBody(i int) string { return fmt.Sprintf("body of crash message %d", i) }
 
 func sendOne(addr string, i int, rcpts []account) error {
 	c, err := smtp.Dial(addr)
@@ -117,7 +128,8 @@ func sendOne(addr string, i int, rcpts []account) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "From: sender@crash.test\r\nSubject: crash-%d\r\nMessage-ID: <crash-%d@crash.test>\r\n\r\nbody %d\r\n", i, i, i)
+	fmt.Fprintf(w, "From: sender@crash.test\r\nDate: %s\r\nSubject: crash-%d\r\nMessage-ID: <crash-%d@crash.test>\r\n\r\n%s\r\n",
+		time.Now().Format(time.RFC1123Z), i, i, crashBody(i))
 	if err := w.Close(); err != nil {
 		return err
 	}
@@ -181,6 +193,10 @@ func inbox(ctx context.Context, c mailv1connect.MailServiceClient, token string)
 		}
 		for _, m := range page.Msg.Messages {
 			if strings.HasPrefix(m.Subject, "crash-") {
+				var i int
+				if _, err := fmt.Sscanf(m.Subject, "crash-%d", &i); err != nil || m.Snippet != crashBody(i) {
+					return nil, 0, fmt.Errorf("message %q has content %q, not what was sent", m.Subject, m.Snippet)
+				}
 				counts[m.Subject]++
 				total++
 			}

@@ -9,8 +9,9 @@
 //     per-recipient 250: nothing acknowledged is lost. The spool's delivery
 //     key (envelope and body hash, leaving out the edge's trace field, which
 //     differs on every retry) makes a retried delivery a no-op.
-//   - Line endings: go-smtp reads DATA as dot-stuffed CRLF lines; a bare
-//     LF or CR is stored as received and never ends the message.
+//   - Line endings: go-smtp reads DATA as dot-stuffed CRLF lines ending at
+//     <CRLF>.<CRLF>; a message with a bare CR or LF, or a NUL, is refused
+//     (554 5.6.0), the same rule as at the edge (package internal/wire).
 //   - The session's context is made in NewSession and cancelled on Logout;
 //     errors become SMTP replies in one place (reply).
 package smtpd
@@ -33,6 +34,7 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
 	"github.com/cellmail/cellmail/controlplane/placement"
 	"github.com/cellmail/cellmail/internal/trace"
+	"github.com/cellmail/cellmail/internal/wire"
 )
 
 // Fence is the ownership check.
@@ -158,6 +160,9 @@ func (se *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	raw, err := io.ReadAll(r)
 	if err != nil {
 		return reply(err)
+	}
+	if rerr := wire.Check(raw); rerr != nil {
+		return rerr // the edge's rule, applied again: nothing reaches the spool that breaks it
 	}
 	ctx, cancel := context.WithTimeout(se.ctx, time.Minute)
 	defer cancel()

@@ -12,7 +12,9 @@
 //     only when every cell accepted every recipient (each cell commits to
 //     its spool before answering), else 451 4.3.0. Cells recognise the
 //     sender's retry by envelope and body hash and do not store it twice.
-//   - Limits: SIZE (552 5.3.4), 100 recipients (452 4.5.3), 998-octet lines.
+//   - Limits: SIZE (552 5.3.4), 100 recipients (452 4.5.3), 998-octet lines
+//     (500 5.4.0); a bare CR or LF, or a NUL, refuses the message (554
+//     5.6.0, package internal/wire).
 //   - Trace (RFC 5321 §4.4): one Received field is prepended to the DATA the
 //     cells get, naming the client's HELO and IP address and whether TLS was
 //     used (RFC 3848 ESMTPS); the cell's pipeline reads it for SPF and leaves
@@ -41,6 +43,7 @@ import (
 
 	"github.com/cellmail/cellmail/controlplane/placement"
 	"github.com/cellmail/cellmail/internal/trace"
+	"github.com/cellmail/cellmail/internal/wire"
 	"github.com/cellmail/cellmail/router/internal/route"
 )
 
@@ -223,6 +226,9 @@ func (s *session) Data(r io.Reader) error {
 	body, err := io.ReadAll(r)
 	if err != nil {
 		return err // go-smtp's own limit errors (552 5.3.4) pass through
+	}
+	if rerr := wire.Check(body); rerr != nil {
+		return rerr
 	}
 	raw := append([]byte(s.traceField()), body...)
 	var wg sync.WaitGroup

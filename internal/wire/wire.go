@@ -1,0 +1,45 @@
+// Package wire holds the one rule for a message's bytes that the router's
+// SMTP edge and a cell's LMTP endpoint both apply, so that no trick with
+// line endings can make one message into two anywhere along the way
+// (SMTP smuggling):
+//
+//   - DATA ends only at <CRLF>.<CRLF> (RFC 5321 §4.1.1.4); go-smtp's reader
+//     does that.
+//   - A message containing a bare CR or a bare LF (one not part of a CRLF
+//     pair) is refused with 554 5.6.0, not normalised: RFC 5321 §2.3.8
+//     forbids them, and refusing keeps what we store, sign and relay
+//     byte-identical to what the sender sent.
+//   - A NUL octet is refused the same way (RFC 5321 §4.5.2 allows none in
+//     text, and many readers truncate at it).
+package wire
+
+import (
+	"bytes"
+
+	"github.com/emersion/go-smtp"
+)
+
+// Check returns the reply refusing body, or nil when it follows the rule.
+func Check(body []byte) *smtp.SMTPError {
+	if bytes.IndexByte(body, 0) >= 0 {
+		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
+			Message: "Message contains a NUL octet (RFC 5321 section 4.5.2)"}
+	}
+	for i := 0; i < len(body); i++ {
+		switch body[i] {
+		case '\r':
+			if i+1 >= len(body) || body[i+1] != '\n' {
+				return bare("CR")
+			}
+			i++
+		case '\n':
+			return bare("LF")
+		}
+	}
+	return nil
+}
+
+func bare(what string) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
+		Message: "Message contains a bare " + what + "; lines must end with CRLF (RFC 5321 section 2.3.8)"}
+}
