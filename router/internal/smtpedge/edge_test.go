@@ -34,9 +34,9 @@ type sinkSession struct {
 	rcpts int
 }
 
-func (s *sinkSession) Reset()                                { s.rcpts = 0 }
-func (s *sinkSession) Logout() error                         { return nil }
-func (s *sinkSession) Mail(string, *smtp.MailOptions) error  { return nil }
+func (s *sinkSession) Reset()                               { s.rcpts = 0 }
+func (s *sinkSession) Logout() error                        { return nil }
+func (s *sinkSession) Mail(string, *smtp.MailOptions) error { return nil }
 func (s *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if !strings.HasSuffix(to, "@sink.example") {
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "No such user"}
@@ -64,7 +64,9 @@ func (r resolver) Resolve(address string) (route.Target, error) {
 	return route.Target{Cell: placement.Cell{Name: "sink", LMTPAddr: r.lmtp}}, nil
 }
 
-func (r resolver) Refresh(_ context.Context, address string) (route.Target, error) { return r.Resolve(address) }
+func (r resolver) Refresh(_ context.Context, address string) (route.Target, error) {
+	return r.Resolve(address)
+}
 
 type harness struct {
 	sink *sink
