@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"net/http"
@@ -23,6 +24,7 @@ import (
 	pb "github.com/cellmail/cellmail/controlplane/gen/controlplanev1"
 	"github.com/cellmail/cellmail/controlplane/gen/controlplanev1/controlplanev1connect"
 	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/internal/dnstest"
 	"github.com/cellmail/cellmail/internal/pgserver"
 	"github.com/cellmail/cellmail/internal/redisserver"
 	"github.com/cellmail/cellmail/router"
@@ -33,9 +35,11 @@ import (
 var (
 	pg        *pgserver.Server
 	redisAddr string
+	dnsAddr   string
 )
 
 func TestMain(m *testing.M) {
+	flag.Parse()
 	dir, err := os.MkdirTemp("", "router-test-")
 	if err == nil {
 		err = os.Chmod(dir, 0o755) // PostgreSQL runs as its own user
@@ -45,7 +49,10 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	ctx := context.Background()
-	pg, err = pgserver.Start(ctx, pgserver.Config{Dir: filepath.Join(dir, "pg"), NoFsync: true})
+	// Tests run PostgreSQL without fsync for speed; benchmarks keep the
+	// durability rule (fsync on), as production does.
+	benchmarking := flag.Lookup("test.bench") != nil && flag.Lookup("test.bench").Value.String() != ""
+	pg, err = pgserver.Start(ctx, pgserver.Config{Dir: filepath.Join(dir, "pg"), NoFsync: !benchmarking})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start PostgreSQL:", err)
 		os.Exit(1)
@@ -57,6 +64,16 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	redisAddr = rs.Addr
+	// The cells' SPF/DKIM/DMARC lookups go to a DNS server of the test's
+	// own: the machine's resolver may be slow or absent.
+	dns, err := dnstest.Listen()
+	if err != nil {
+		rs.Stop()
+		pg.Stop()
+		fmt.Fprintln(os.Stderr, "start DNS:", err)
+		os.Exit(1)
+	}
+	dnsAddr = dns.Addr
 	code := m.Run()
 	rs.Stop()
 	pg.Stop()
@@ -162,7 +179,7 @@ func (s *stack) startCell(name, jur string) {
 	go func() {
 		done <- cell.Run(ctx, cell.Config{Name: name, Listener: ln, Etcd: s.cp.Etcd.Endpoints, DataDir: dataDir,
 			AgentToken: cptest.AgentToken, OperatorToken: cptest.AdminToken, DatabaseURL: dsn, RedisAddr: s.redis, LMTPListener: lln,
-			Logger: cptest.Logger(t)})
+			DNS: dnsAddr, Logger: cptest.Logger(t)})
 	}()
 	stopped := false
 	stop := func() {

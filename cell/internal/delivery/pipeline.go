@@ -27,7 +27,7 @@ import (
 type PipelineStore interface {
 	PendingSpool(ctx context.Context, ids []string) ([]mailstore.SpoolEntry, error)
 	RetrySpool(ctx context.Context, id, reason string, backoff time.Duration, maxAttempts int) error
-	CloseSpool(ctx context.Context, id string, state int16, reason string) error
+	CloseSpool(ctx context.Context, id, blobRef string, state int16, reason string) error
 	MailboxByUse(ctx context.Context, accountID string, use mail.SpecialUse) (mail.Mailbox, error)
 	Filters(ctx context.Context, accountID string) ([]mail.Filter, error)
 }
@@ -155,14 +155,17 @@ func (p *Pipeline) Process(ctx context.Context, e mailstore.SpoolEntry) error {
 }
 
 func (p *Pipeline) process(ctx context.Context, e mailstore.SpoolEntry) error {
-	blob, err := p.D.blobs.Open(ctx, e.BlobRef)
-	if err != nil {
-		return fmt.Errorf("open spooled blob: %w", err)
-	}
-	raw, err := io.ReadAll(blob)
-	blob.Close()
-	if err != nil {
-		return fmt.Errorf("read spooled blob: %w", err)
+	raw := e.Body
+	if e.BlobRef != "" {
+		blob, err := p.D.blobs.Open(ctx, e.BlobRef)
+		if err != nil {
+			return fmt.Errorf("open spooled blob: %w", err)
+		}
+		raw, err = io.ReadAll(blob)
+		blob.Close()
+		if err != nil {
+			return fmt.Errorf("read spooled blob: %w", err)
+		}
 	}
 	in, sent, traced := trace.Split(raw)
 	traceField := raw[:len(raw)-len(sent)]
@@ -234,6 +237,13 @@ func (p *Pipeline) delivered(ctx context.Context, ev Delivered) {
 // is closed with the signature, its blob kept for the operator) and files a
 // short notice in the INBOX instead, so the user knows.
 func (p *Pipeline) quarantine(ctx context.Context, e mailstore.SpoolEntry, sent []byte, signature string) error {
+	ref := e.BlobRef
+	if ref == "" { // kept in the row, which delivery clears: keep it as a blob
+		var err error
+		if ref, _, err = p.D.blobs.Put(ctx, bytes.NewReader(sent)); err != nil {
+			return fmt.Errorf("quarantine blob: %w", err)
+		}
+	}
 	inbox, err := p.Store.MailboxByUse(ctx, e.AccountID, mail.UseInbox)
 	if err != nil {
 		return fmt.Errorf("inbox: %w", err)
@@ -252,7 +262,7 @@ func (p *Pipeline) quarantine(ctx context.Context, e mailstore.SpoolEntry, sent 
 	if err != nil {
 		return err
 	}
-	if err := p.Store.CloseSpool(ctx, e.ID, mailstore.SpoolQuarantined, "virus: "+signature); err != nil {
+	if err := p.Store.CloseSpool(ctx, e.ID, ref, mailstore.SpoolQuarantined, "virus: "+signature); err != nil {
 		return fmt.Errorf("quarantine: %w", err)
 	}
 	p.Log.Warn("inbound message quarantined", "spool", e.ID, "signature", signature)

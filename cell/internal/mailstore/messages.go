@@ -302,7 +302,7 @@ func (s *Store) InsertMessage(ctx context.Context, accountID, mailboxID string, 
 		if nm.SpoolID != "" {
 			// Locks the spool row: a second worker with the same entry
 			// waits here, then finds it delivered.
-			tag, err := tx.Exec(ctx, `UPDATE spool SET state = 1, attempts = attempts + 1 WHERE id = $1 AND state = 0`, nm.SpoolID)
+			tag, err := tx.Exec(ctx, `UPDATE spool SET state = 1, attempts = attempts + 1, body = NULL WHERE id = $1 AND state = 0`, nm.SpoolID)
 			if err != nil {
 				return err
 			}

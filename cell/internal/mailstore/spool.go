@@ -27,6 +27,9 @@ type SpoolEntry struct {
 	BlobRef     string
 	DeliveryKey string
 	Attempts    int
+	// Body is the message itself when it is kept in the row (small
+	// messages; BlobRef is then empty).
+	Body []byte
 }
 
 // Spool commits the entries in one transaction. An entry whose delivery key
@@ -36,9 +39,9 @@ func (s *Store) Spool(ctx context.Context, entries []SpoolEntry) error {
 	return s.tx(ctx, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
 		for _, e := range entries {
-			b.Queue(`INSERT INTO spool (id, account_id, mail_from, rcpt, blob_ref, delivery_key)
-				VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (delivery_key) DO NOTHING`,
-				NewID(), e.AccountID, e.MailFrom, e.Rcpt, e.BlobRef, e.DeliveryKey)
+			b.Queue(`INSERT INTO spool (id, account_id, mail_from, rcpt, blob_ref, delivery_key, body)
+				VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (delivery_key) DO NOTHING`,
+				NewID(), e.AccountID, e.MailFrom, e.Rcpt, e.BlobRef, e.DeliveryKey, e.Body)
 		}
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("spool: %w", err)
@@ -53,12 +56,12 @@ func (s *Store) Spool(ctx context.Context, entries []SpoolEntry) error {
 func (s *Store) ClaimSpool(ctx context.Context, n int, lease time.Duration) ([]SpoolEntry, error) {
 	var out []SpoolEntry
 	err := s.tx(ctx, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT `+spoolCols+` FROM spool
+		rows, err := tx.Query(ctx, `SELECT `+spoolCols+`, body FROM spool
 			WHERE state = 0 AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED`, n)
 		if err != nil {
 			return err
 		}
-		if out, err = pgx.CollectRows(rows, scanSpool); err != nil {
+		if out, err = pgx.CollectRows(rows, scanSpoolBody); err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, `UPDATE spool SET next_attempt_at = now() + $2::interval WHERE id = ANY($1::uuid[])`,
@@ -75,12 +78,12 @@ func (s *Store) FinishSpool(ctx context.Context, id string) error {
 }
 
 // CloseSpool ends an entry without a delivery of its message (state
-// SpoolQuarantined or SpoolFailed), keeping it and its blob with the
-// reason. It applies to a pending entry or to one whose notice was just
+// SpoolQuarantined or SpoolFailed), keeping it, with the reason, and its
+// message in the blob blobRef. It applies to a pending entry or to one whose notice was just
 // delivered in its stead.
-func (s *Store) CloseSpool(ctx context.Context, id string, state int16, reason string) error {
-	_, err := s.pool.Exec(ctx, `UPDATE spool SET state = $2, closed_reason = $3 WHERE id = $1 AND state IN (0, 1)`,
-		id, state, reason)
+func (s *Store) CloseSpool(ctx context.Context, id, blobRef string, state int16, reason string) error {
+	_, err := s.pool.Exec(ctx, `UPDATE spool SET state = $2, closed_reason = $3, blob_ref = $4 WHERE id = $1 AND state IN (0, 1)`,
+		id, state, reason, blobRef)
 	return err
 }
 
@@ -134,11 +137,11 @@ func (s *Store) PendingSpool(ctx context.Context, ids []string) ([]SpoolEntry, e
 			valid = append(valid, id)
 		}
 	}
-	rows, err := s.pool.Query(ctx, `SELECT `+spoolCols+` FROM spool WHERE id = ANY($1::uuid[]) AND state = 0`, valid)
+	rows, err := s.pool.Query(ctx, `SELECT `+spoolCols+`, body FROM spool WHERE id = ANY($1::uuid[]) AND state = 0`, valid)
 	if err != nil {
 		return nil, err
 	}
-	return pgx.CollectRows(rows, scanSpool)
+	return pgx.CollectRows(rows, scanSpoolBody)
 }
 
 // SpoolBacklog counts pending entries.
@@ -153,6 +156,12 @@ const spoolCols = `id, account_id, mail_from, rcpt, blob_ref, delivery_key, atte
 func scanSpool(row pgx.CollectableRow) (SpoolEntry, error) {
 	var e SpoolEntry
 	err := row.Scan(&e.ID, &e.AccountID, &e.MailFrom, &e.Rcpt, &e.BlobRef, &e.DeliveryKey, &e.Attempts)
+	return e, err
+}
+
+func scanSpoolBody(row pgx.CollectableRow) (SpoolEntry, error) {
+	var e SpoolEntry
+	err := row.Scan(&e.ID, &e.AccountID, &e.MailFrom, &e.Rcpt, &e.BlobRef, &e.DeliveryKey, &e.Attempts, &e.Body)
 	return e, err
 }
 

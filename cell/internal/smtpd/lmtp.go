@@ -4,9 +4,11 @@
 //   - RCPT (RFC 5321 §4.1.1.3) runs the fence and checks the account: a
 //     subject another cell owns answers 451 (the router will re-route the
 //     retry), an unknown user 550 5.1.1.
-//   - DATA (RFC 2033 §4.2): the message is written to the blob store
-//     (fsync'd) and one spool row per recipient committed before any
-//     per-recipient 250: nothing acknowledged is lost. The spool's delivery
+//   - DATA (RFC 2033 §4.2): one spool row per recipient is committed before
+//     any per-recipient 250, with the message in the rows when small
+//     (MaxInline) or in the blob store (fsync'd first) when large: nothing
+//     acknowledged is lost. Concurrent acceptances are group committed: one
+//     transaction, so one WAL flush, per batch. The spool's delivery
 //     key (envelope and body hash, leaving out the edge's trace field, which
 //     differs on every retry) makes a retried delivery a no-op.
 //   - Line endings: go-smtp reads DATA as dot-stuffed CRLF lines ending at
@@ -48,10 +50,15 @@ type Store interface {
 	Spool(ctx context.Context, entries []mailstore.SpoolEntry) error
 }
 
-// Blobs stores message bodies.
+// Blobs stores message bodies (durably when Put returns).
 type Blobs interface {
 	Put(ctx context.Context, r io.Reader) (string, int64, error)
 }
+
+// MaxInline is the most message bytes (size times recipients) kept in the
+// spool rows themselves rather than in a blob: accepting them costs one
+// share of a group commit and no file fsync.
+const MaxInline = 1 << 20
 
 // Config wires the LMTP server.
 type Config struct {
@@ -67,8 +74,18 @@ type Config struct {
 
 // Server is the LMTP server of a cell.
 type Server struct {
-	cfg Config
-	srv *smtp.Server
+	cfg  Config
+	srv  *smtp.Server
+	reqs chan *acceptance
+	stop chan struct{}
+}
+
+// acceptance is one LMTP transaction waiting for the group commit.
+type acceptance struct {
+	ctx     context.Context
+	entries []mailstore.SpoolEntry
+	done    chan error
+	skipped bool
 }
 
 // New makes the server.
@@ -79,7 +96,8 @@ func New(cfg Config) *Server {
 	if cfg.MaxRecipients == 0 {
 		cfg.MaxRecipients = 1000
 	}
-	s := &Server{cfg: cfg}
+	s := &Server{cfg: cfg, reqs: make(chan *acceptance, 1024), stop: make(chan struct{})}
+	go s.commitLoop()
 	srv := smtp.NewServer(s)
 	srv.LMTP = true
 	srv.Domain = cfg.Domain
@@ -98,7 +116,69 @@ func New(cfg Config) *Server {
 func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
 
 // Close stops the server.
-func (s *Server) Close() error { return s.srv.Close() }
+func (s *Server) Close() error {
+	err := s.srv.Close()
+	close(s.stop)
+	return err
+}
+
+// maxBatch bounds one group commit.
+const maxBatch = 512
+
+// commitLoop is the group commit (DESIGN.md §4): it takes every acceptance
+// waiting, commits all their spool rows (small messages inside them) in one
+// transaction, then answers them all. While a batch is being committed the
+// next one gathers, so under load one WAL flush serves many messages, and a
+// lone message waits for nobody.
+func (s *Server) commitLoop() {
+	for {
+		var batch []*acceptance
+		select {
+		case <-s.stop:
+			return
+		case a := <-s.reqs:
+			batch = append(batch, a)
+		}
+	gather:
+		for len(batch) < maxBatch {
+			select {
+			case a := <-s.reqs:
+				batch = append(batch, a)
+			default:
+				break gather
+			}
+		}
+		err := s.commit(batch)
+		for _, a := range batch {
+			if a.skipped {
+				a.done <- context.Canceled
+				continue
+			}
+			a.done <- err
+		}
+	}
+}
+
+func (s *Server) commit(batch []*acceptance) error {
+	var entries []mailstore.SpoolEntry
+	live := 0
+	for _, a := range batch {
+		if a.skipped = a.ctx.Err() != nil; !a.skipped { // its session is gone: not committed, not acknowledged
+			entries = append(entries, a.entries...)
+			live++
+		}
+	}
+	if len(entries) == 0 {
+		return context.Canceled
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := s.cfg.Store.Spool(ctx, entries); err != nil {
+		s.cfg.Logger.Error("spool commit failed", "err", err, "messages", live)
+		return err
+	}
+	return nil
+}
 
 type slogAdapter struct{ l *slog.Logger }
 
@@ -166,8 +246,11 @@ func (se *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	}
 	ctx, cancel := context.WithTimeout(se.ctx, time.Minute)
 	defer cancel()
-	ref, _, err := se.s.cfg.Blobs.Put(ctx, bytes.NewReader(raw))
-	if err != nil {
+	var ref string
+	var body []byte
+	if len(raw)*len(se.rcpts) <= MaxInline {
+		body = raw
+	} else if ref, _, err = se.s.cfg.Blobs.Put(ctx, bytes.NewReader(raw)); err != nil {
 		se.log.Error("message blob not stored", "err", err)
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary storage failure, try again"}
 	}
@@ -176,11 +259,16 @@ func (se *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	_, sent, _ := trace.Split(raw)
 	entries := make([]mailstore.SpoolEntry, len(se.rcpts))
 	for i, rc := range se.rcpts {
-		entries[i] = mailstore.SpoolEntry{AccountID: rc.account, MailFrom: se.from, Rcpt: rc.addr, BlobRef: ref,
+		entries[i] = mailstore.SpoolEntry{AccountID: rc.account, MailFrom: se.from, Rcpt: rc.addr, BlobRef: ref, Body: body,
 			DeliveryKey: delivery.Key(se.from, rc.addr, sent)}
 	}
-	if err := se.s.cfg.Store.Spool(ctx, entries); err != nil {
-		se.log.Error("spool commit failed", "err", err)
+	a := &acceptance{ctx: ctx, entries: entries, done: make(chan error, 1)}
+	select {
+	case se.s.reqs <- a:
+	case <-ctx.Done():
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary storage failure, try again"}
+	}
+	if err := <-a.done; err != nil {
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary storage failure, try again"}
 	}
 	if se.s.cfg.Wake != nil {

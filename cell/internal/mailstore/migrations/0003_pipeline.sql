@@ -4,6 +4,10 @@
 -- names is kept by the blob collector until the row is gone.
 ALTER TABLE spool ADD COLUMN enqueued_at timestamptz;
 ALTER TABLE spool ADD COLUMN closed_reason text NOT NULL DEFAULT '';
+-- A small message is kept in its spool row (blob_ref empty), so accepting
+-- it is one database commit (group commit: one WAL flush for many), with
+-- no file fsync; the pipeline stores its blob. Cleared once delivered.
+ALTER TABLE spool ADD COLUMN body bytea;
 CREATE INDEX spool_blob ON spool (blob_ref);
 
 -- A user's filter rules, applied in position order to each inbound message.
