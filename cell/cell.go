@@ -307,11 +307,16 @@ func startPipeline(ctx context.Context, cfg Config, store *mailstore.Store, blob
 	return wake, nil
 }
 
+// spoolKeep is how long a delivered spool entry (and so its delivery key,
+// which recognises a sender's retry) is kept.
+const spoolKeep = 7 * 24 * time.Hour
+
 // blobGrace is how long an unreferenced blob is kept: far longer than any
 // delivery takes between storing a blob and committing its reference.
 const blobGrace = time.Hour
 
-// collectBlobs removes unreferenced blobs every hour until ctx ends.
+// collectBlobs removes unreferenced blobs, and purges delivered spool
+// entries older than spoolKeep, every hour until ctx ends.
 func collectBlobs(ctx context.Context, blobs *blobstore.FS, store *mailstore.Store, log *slog.Logger) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
@@ -326,6 +331,11 @@ func collectBlobs(ctx context.Context, blobs *blobstore.FS, store *mailstore.Sto
 				continue
 			}
 			log.Info("unreferenced blobs collected", "deleted", n)
+			if n, err := store.PurgeSpool(ctx, spoolKeep); err != nil {
+				log.Warn("spool purge failed", "err", err)
+			} else if n > 0 {
+				log.Info("delivered spool entries purged", "deleted", n)
+			}
 		}
 	}
 }

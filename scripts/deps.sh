@@ -11,6 +11,7 @@ command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v swaks >/dev/null || need+=(swaks)
 test -x /usr/sbin/clamd || need+=(clamav-daemon)
+command -v kcat >/dev/null || need+=(kcat)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""

@@ -144,6 +144,18 @@ func (s *Store) PendingSpool(ctx context.Context, ids []string) ([]SpoolEntry, e
 	return pgx.CollectRows(rows, scanSpoolBody)
 }
 
+// PurgeSpool deletes delivered entries older than keep. Until then a
+// sender's retry of a delivered message is still recognised by its key;
+// failed and quarantined entries stay until an operator acts on them.
+func (s *Store) PurgeSpool(ctx context.Context, keep time.Duration) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM spool WHERE state = 1 AND created_at < now() - $1::interval`,
+		fmt.Sprintf("%d seconds", int64(keep.Seconds())))
+	if err != nil {
+		return 0, fmt.Errorf("purge spool: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
 // SpoolBacklog counts pending entries.
 func (s *Store) SpoolBacklog(ctx context.Context) (int, error) {
 	var n int
