@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
+	"github.com/cellmail/cellmail/cell/gen/mailv1/mailv1connect"
+)
+
+// Real SMTP clients against the dev stack's router: swaks (with STARTTLS,
+// and to two jurisdictions at once) and Python's smtplib (STARTTLS, a
+// message with an unknown recipient among the good one, an attempt to
+// relay). Each accepted message must show through the API in each
+// recipient's INBOX, once.
+func TestRealSMTPClients(t *testing.T) {
+	bin, dir := buildAndDir(t)
+	st, stop := startStack(t, bin, dir)
+	defer stop()
+	acct := map[string]account{}
+	for _, a := range st.Accounts {
+		acct[a.Address] = a
+	}
+	run := func(name string, args ...string) string {
+		t.Helper()
+		out, err := exec.Command(name, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", name, err, out)
+		}
+		return string(out)
+	}
+	out := run("swaks", "--to", "bob@demo-us.example", "--from", "ann@demo-eu.example", "--server", st.Router.SMTP,
+		"--tls", "--header", "Subject: swaks-tls", "--body", "over TLS")
+	if !strings.Contains(out, "TLS started") {
+		t.Fatalf("swaks did not use STARTTLS:\n%s", out)
+	}
+	run("swaks", "--to", "alice@demo-eu.example,bob@demo-us.example", "--from", "ann@example.org", "--server", st.Router.SMTP,
+		"--header", "Subject: swaks-two-jurisdictions", "--body", "to eu and us")
+	py := `
+import smtplib, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+ctx.check_hostname = False
+host, port = sys.argv[1].rsplit(":", 1)
+with smtplib.SMTP(host, int(port), local_hostname="client.example") as s:
+    s.starttls(context=ctx)
+    s.ehlo("client.example")
+    refused = s.sendmail("ann@example.org", ["carol@acme-eu.example", "nobody@acme-eu.example"],
+        "From: ann@example.org\r\nTo: carol@acme-eu.example\r\nSubject: smtplib-tls\r\n\r\nhello from Python\r\n")
+    assert list(refused) == ["nobody@acme-eu.example"], refused
+    try:
+        s.sendmail("ann@example.org", ["someone@elsewhere.example"], "Subject: relay\r\n\r\nx\r\n")
+        raise SystemExit("relayed")
+    except smtplib.SMTPRecipientsRefused as e:
+        assert e.recipients["someone@elsewhere.example"][0] == 550, e.recipients
+print("ok")
+`
+	if out := run("python3", "-c", py, st.Router.SMTP, st.TLSCert); !strings.Contains(out, "ok") {
+		t.Fatalf("python: %s", out)
+	}
+	want := map[string][]string{
+		"bob@demo-us.example":   {"swaks-tls", "swaks-two-jurisdictions"},
+		"alice@demo-eu.example": {"swaks-two-jurisdictions"},
+		"carol@acme-eu.example": {"smtplib-tls"},
+	}
+	for addr, subjects := range want {
+		got := waitSubjects(t, st.Router.URL, acct[addr], len(subjects))
+		for _, s := range subjects {
+			if got[s] != 1 {
+				t.Errorf("%s: %q %d times, want once (have %v)", addr, s, got[s], got)
+			}
+		}
+	}
+}
+
+// waitSubjects waits until a's INBOX holds at least n messages and counts
+// them by subject.
+func waitSubjects(t *testing.T, routerURL string, a account, n int) map[string]int {
+	t.Helper()
+	c := mailv1connect.NewMailServiceClient(http.DefaultClient, routerURL)
+	ctx := context.Background()
+	login, err := c.Login(ctx, connect.NewRequest(&mailv1.LoginRequest{Address: a.Address, Password: a.Password}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := func(r connect.AnyRequest) { r.Header().Set("Authorization", "Bearer "+login.Msg.AccessToken) }
+	lreq := connect.NewRequest(&mailv1.ListMailboxesRequest{})
+	auth(lreq)
+	boxes, err := c.ListMailboxes(ctx, lreq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inboxID string
+	for _, b := range boxes.Msg.Mailboxes {
+		if b.SpecialUse == mailv1.SpecialUse_SPECIAL_USE_INBOX {
+			inboxID = b.Id
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		req := connect.NewRequest(&mailv1.ListMessagesRequest{MailboxId: inboxID, PageSize: 200})
+		auth(req)
+		page, err := c.ListMessages(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page.Msg.Messages) >= n || time.Now().After(deadline) {
+			got := map[string]int{}
+			for _, m := range page.Msg.Messages {
+				got[m.Subject]++
+			}
+			return got
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
