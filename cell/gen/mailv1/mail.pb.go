@@ -2515,6 +2515,281 @@ func (x *GetChangesResponse) GetCannotCalculate() bool {
 	return false
 }
 
+// Filter is one rule for inbound mail: when the field contains the value
+// (ignoring case), its actions apply.
+type Filter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Output only.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// "from" (From and Sender), "to" (To and Cc), "subject", or
+	// "header:<Name>".
+	Field    string `protobuf:"bytes,2,opt,name=field,proto3" json:"field,omitempty"`
+	Contains string `protobuf:"bytes,3,opt,name=contains,proto3" json:"contains,omitempty"`
+	// File into this mailbox of the caller; empty: where it would go.
+	MailboxId string   `protobuf:"bytes,4,opt,name=mailbox_id,json=mailboxId,proto3" json:"mailbox_id,omitempty"`
+	MarkSeen  bool     `protobuf:"varint,5,opt,name=mark_seen,json=markSeen,proto3" json:"mark_seen,omitempty"`
+	Flag      bool     `protobuf:"varint,6,opt,name=flag,proto3" json:"flag,omitempty"`
+	Labels    []string `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty"`
+	// No later rule runs once this one matched.
+	Stop          bool `protobuf:"varint,8,opt,name=stop,proto3" json:"stop,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Filter) Reset() {
+	*x = Filter{}
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Filter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Filter) ProtoMessage() {}
+
+func (x *Filter) ProtoReflect() protoreflect.Message {
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Filter.ProtoReflect.Descriptor instead.
+func (*Filter) Descriptor() ([]byte, []int) {
+	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *Filter) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Filter) GetField() string {
+	if x != nil {
+		return x.Field
+	}
+	return ""
+}
+
+func (x *Filter) GetContains() string {
+	if x != nil {
+		return x.Contains
+	}
+	return ""
+}
+
+func (x *Filter) GetMailboxId() string {
+	if x != nil {
+		return x.MailboxId
+	}
+	return ""
+}
+
+func (x *Filter) GetMarkSeen() bool {
+	if x != nil {
+		return x.MarkSeen
+	}
+	return false
+}
+
+func (x *Filter) GetFlag() bool {
+	if x != nil {
+		return x.Flag
+	}
+	return false
+}
+
+func (x *Filter) GetLabels() []string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *Filter) GetStop() bool {
+	if x != nil {
+		return x.Stop
+	}
+	return false
+}
+
+type ListFiltersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFiltersRequest) Reset() {
+	*x = ListFiltersRequest{}
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFiltersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFiltersRequest) ProtoMessage() {}
+
+func (x *ListFiltersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFiltersRequest.ProtoReflect.Descriptor instead.
+func (*ListFiltersRequest) Descriptor() ([]byte, []int) {
+	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{40}
+}
+
+type ListFiltersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Filters       []*Filter              `protobuf:"bytes,1,rep,name=filters,proto3" json:"filters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFiltersResponse) Reset() {
+	*x = ListFiltersResponse{}
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFiltersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFiltersResponse) ProtoMessage() {}
+
+func (x *ListFiltersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFiltersResponse.ProtoReflect.Descriptor instead.
+func (*ListFiltersResponse) Descriptor() ([]byte, []int) {
+	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *ListFiltersResponse) GetFilters() []*Filter {
+	if x != nil {
+		return x.Filters
+	}
+	return nil
+}
+
+type SetFiltersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Filters       []*Filter              `protobuf:"bytes,1,rep,name=filters,proto3" json:"filters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetFiltersRequest) Reset() {
+	*x = SetFiltersRequest{}
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetFiltersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetFiltersRequest) ProtoMessage() {}
+
+func (x *SetFiltersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetFiltersRequest.ProtoReflect.Descriptor instead.
+func (*SetFiltersRequest) Descriptor() ([]byte, []int) {
+	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *SetFiltersRequest) GetFilters() []*Filter {
+	if x != nil {
+		return x.Filters
+	}
+	return nil
+}
+
+type SetFiltersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Filters       []*Filter              `protobuf:"bytes,1,rep,name=filters,proto3" json:"filters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetFiltersResponse) Reset() {
+	*x = SetFiltersResponse{}
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetFiltersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetFiltersResponse) ProtoMessage() {}
+
+func (x *SetFiltersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetFiltersResponse.ProtoReflect.Descriptor instead.
+func (*SetFiltersResponse) Descriptor() ([]byte, []int) {
+	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *SetFiltersResponse) GetFilters() []*Filter {
+	if x != nil {
+		return x.Filters
+	}
+	return nil
+}
+
 type DeliverRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	MailFrom      string                 `protobuf:"bytes,1,opt,name=mail_from,json=mailFrom,proto3" json:"mail_from,omitempty"`
@@ -2526,7 +2801,7 @@ type DeliverRequest struct {
 
 func (x *DeliverRequest) Reset() {
 	*x = DeliverRequest{}
-	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[39]
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2538,7 +2813,7 @@ func (x *DeliverRequest) String() string {
 func (*DeliverRequest) ProtoMessage() {}
 
 func (x *DeliverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[39]
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2551,7 +2826,7 @@ func (x *DeliverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeliverRequest.ProtoReflect.Descriptor instead.
 func (*DeliverRequest) Descriptor() ([]byte, []int) {
-	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{39}
+	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *DeliverRequest) GetMailFrom() string {
@@ -2584,7 +2859,7 @@ type DeliverResponse struct {
 
 func (x *DeliverResponse) Reset() {
 	*x = DeliverResponse{}
-	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[40]
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2596,7 +2871,7 @@ func (x *DeliverResponse) String() string {
 func (*DeliverResponse) ProtoMessage() {}
 
 func (x *DeliverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[40]
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2609,7 +2884,7 @@ func (x *DeliverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeliverResponse.ProtoReflect.Descriptor instead.
 func (*DeliverResponse) Descriptor() ([]byte, []int) {
-	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{40}
+	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *DeliverResponse) GetRecipients() []*RecipientStatus {
@@ -2819,7 +3094,24 @@ const file_cellmail_mail_v1_mail_proto_rawDesc = "" +
 	"\achanges\x18\x01 \x03(\v2\x18.cellmail.mail.v1.ChangeR\achanges\x12\x1b\n" +
 	"\tnew_state\x18\x02 \x01(\tR\bnewState\x12\x19\n" +
 	"\bhas_more\x18\x03 \x01(\bR\ahasMore\x12)\n" +
-	"\x10cannot_calculate\x18\x04 \x01(\bR\x0fcannotCalculate\"_\n" +
+	"\x10cannot_calculate\x18\x04 \x01(\bR\x0fcannotCalculate\"\xc6\x01\n" +
+	"\x06Filter\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05field\x18\x02 \x01(\tR\x05field\x12\x1a\n" +
+	"\bcontains\x18\x03 \x01(\tR\bcontains\x12\x1d\n" +
+	"\n" +
+	"mailbox_id\x18\x04 \x01(\tR\tmailboxId\x12\x1b\n" +
+	"\tmark_seen\x18\x05 \x01(\bR\bmarkSeen\x12\x12\n" +
+	"\x04flag\x18\x06 \x01(\bR\x04flag\x12\x16\n" +
+	"\x06labels\x18\a \x03(\tR\x06labels\x12\x12\n" +
+	"\x04stop\x18\b \x01(\bR\x04stop\"\x14\n" +
+	"\x12ListFiltersRequest\"I\n" +
+	"\x13ListFiltersResponse\x122\n" +
+	"\afilters\x18\x01 \x03(\v2\x18.cellmail.mail.v1.FilterR\afilters\"G\n" +
+	"\x11SetFiltersRequest\x122\n" +
+	"\afilters\x18\x01 \x03(\v2\x18.cellmail.mail.v1.FilterR\afilters\"H\n" +
+	"\x12SetFiltersResponse\x122\n" +
+	"\afilters\x18\x01 \x03(\v2\x18.cellmail.mail.v1.FilterR\afilters\"_\n" +
 	"\x0eDeliverRequest\x12\x1b\n" +
 	"\tmail_from\x18\x01 \x01(\tR\bmailFrom\x12\x1e\n" +
 	"\n" +
@@ -2838,7 +3130,7 @@ const file_cellmail_mail_v1_mail_proto_rawDesc = "" +
 	"\x12SPECIAL_USE_DRAFTS\x10\x03\x12\x15\n" +
 	"\x11SPECIAL_USE_TRASH\x10\x04\x12\x14\n" +
 	"\x10SPECIAL_USE_JUNK\x10\x05\x12\x17\n" +
-	"\x13SPECIAL_USE_ARCHIVE\x10\x062\x80\v\n" +
+	"\x13SPECIAL_USE_ARCHIVE\x10\x062\xb5\f\n" +
 	"\vMailService\x12`\n" +
 	"\rCreateAccount\x12&.cellmail.mail.v1.CreateAccountRequest\x1a'.cellmail.mail.v1.CreateAccountResponse\x12H\n" +
 	"\x05Login\x12\x1e.cellmail.mail.v1.LoginRequest\x1a\x1f.cellmail.mail.v1.LoginResponse\x12c\n" +
@@ -2856,7 +3148,10 @@ const file_cellmail_mail_v1_mail_proto_rawDesc = "" +
 	"\x0eDeleteMessages\x12'.cellmail.mail.v1.DeleteMessagesRequest\x1a(.cellmail.mail.v1.DeleteMessagesResponse\x12Z\n" +
 	"\vSendMessage\x12$.cellmail.mail.v1.SendMessageRequest\x1a%.cellmail.mail.v1.SendMessageResponse\x12W\n" +
 	"\n" +
-	"GetChanges\x12#.cellmail.mail.v1.GetChangesRequest\x1a$.cellmail.mail.v1.GetChangesResponse2a\n" +
+	"GetChanges\x12#.cellmail.mail.v1.GetChangesRequest\x1a$.cellmail.mail.v1.GetChangesResponse\x12Z\n" +
+	"\vListFilters\x12$.cellmail.mail.v1.ListFiltersRequest\x1a%.cellmail.mail.v1.ListFiltersResponse\x12W\n" +
+	"\n" +
+	"SetFilters\x12#.cellmail.mail.v1.SetFiltersRequest\x1a$.cellmail.mail.v1.SetFiltersResponse2a\n" +
 	"\x0fDeliveryService\x12N\n" +
 	"\aDeliver\x12 .cellmail.mail.v1.DeliverRequest\x1a!.cellmail.mail.v1.DeliverResponseB5Z3github.com/cellmail/cellmail/cell/gen/mailv1;mailv1b\x06proto3"
 
@@ -2873,7 +3168,7 @@ func file_cellmail_mail_v1_mail_proto_rawDescGZIP() []byte {
 }
 
 var file_cellmail_mail_v1_mail_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_cellmail_mail_v1_mail_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_cellmail_mail_v1_mail_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_cellmail_mail_v1_mail_proto_goTypes = []any{
 	(SpecialUse)(0),                // 0: cellmail.mail.v1.SpecialUse
 	(*CreateAccountRequest)(nil),   // 1: cellmail.mail.v1.CreateAccountRequest
@@ -2915,8 +3210,13 @@ var file_cellmail_mail_v1_mail_proto_goTypes = []any{
 	(*GetChangesRequest)(nil),      // 37: cellmail.mail.v1.GetChangesRequest
 	(*Change)(nil),                 // 38: cellmail.mail.v1.Change
 	(*GetChangesResponse)(nil),     // 39: cellmail.mail.v1.GetChangesResponse
-	(*DeliverRequest)(nil),         // 40: cellmail.mail.v1.DeliverRequest
-	(*DeliverResponse)(nil),        // 41: cellmail.mail.v1.DeliverResponse
+	(*Filter)(nil),                 // 40: cellmail.mail.v1.Filter
+	(*ListFiltersRequest)(nil),     // 41: cellmail.mail.v1.ListFiltersRequest
+	(*ListFiltersResponse)(nil),    // 42: cellmail.mail.v1.ListFiltersResponse
+	(*SetFiltersRequest)(nil),      // 43: cellmail.mail.v1.SetFiltersRequest
+	(*SetFiltersResponse)(nil),     // 44: cellmail.mail.v1.SetFiltersResponse
+	(*DeliverRequest)(nil),         // 45: cellmail.mail.v1.DeliverRequest
+	(*DeliverResponse)(nil),        // 46: cellmail.mail.v1.DeliverResponse
 }
 var file_cellmail_mail_v1_mail_proto_depIdxs = []int32{
 	3,  // 0: cellmail.mail.v1.CreateAccountResponse.account:type_name -> cellmail.mail.v1.Account
@@ -2939,44 +3239,51 @@ var file_cellmail_mail_v1_mail_proto_depIdxs = []int32{
 	33, // 17: cellmail.mail.v1.SendMessageRequest.attachments:type_name -> cellmail.mail.v1.OutgoingAttachment
 	35, // 18: cellmail.mail.v1.SendMessageResponse.recipients:type_name -> cellmail.mail.v1.RecipientStatus
 	38, // 19: cellmail.mail.v1.GetChangesResponse.changes:type_name -> cellmail.mail.v1.Change
-	35, // 20: cellmail.mail.v1.DeliverResponse.recipients:type_name -> cellmail.mail.v1.RecipientStatus
-	1,  // 21: cellmail.mail.v1.MailService.CreateAccount:input_type -> cellmail.mail.v1.CreateAccountRequest
-	4,  // 22: cellmail.mail.v1.MailService.Login:input_type -> cellmail.mail.v1.LoginRequest
-	6,  // 23: cellmail.mail.v1.MailService.RefreshSession:input_type -> cellmail.mail.v1.RefreshSessionRequest
-	8,  // 24: cellmail.mail.v1.MailService.Logout:input_type -> cellmail.mail.v1.LogoutRequest
-	11, // 25: cellmail.mail.v1.MailService.ListMailboxes:input_type -> cellmail.mail.v1.ListMailboxesRequest
-	13, // 26: cellmail.mail.v1.MailService.CreateMailbox:input_type -> cellmail.mail.v1.CreateMailboxRequest
-	15, // 27: cellmail.mail.v1.MailService.RenameMailbox:input_type -> cellmail.mail.v1.RenameMailboxRequest
-	17, // 28: cellmail.mail.v1.MailService.DeleteMailbox:input_type -> cellmail.mail.v1.DeleteMailboxRequest
-	21, // 29: cellmail.mail.v1.MailService.ListMessages:input_type -> cellmail.mail.v1.ListMessagesRequest
-	23, // 30: cellmail.mail.v1.MailService.GetMessage:input_type -> cellmail.mail.v1.GetMessageRequest
-	27, // 31: cellmail.mail.v1.MailService.UpdateFlags:input_type -> cellmail.mail.v1.UpdateFlagsRequest
-	29, // 32: cellmail.mail.v1.MailService.MoveMessages:input_type -> cellmail.mail.v1.MoveMessagesRequest
-	31, // 33: cellmail.mail.v1.MailService.DeleteMessages:input_type -> cellmail.mail.v1.DeleteMessagesRequest
-	34, // 34: cellmail.mail.v1.MailService.SendMessage:input_type -> cellmail.mail.v1.SendMessageRequest
-	37, // 35: cellmail.mail.v1.MailService.GetChanges:input_type -> cellmail.mail.v1.GetChangesRequest
-	40, // 36: cellmail.mail.v1.DeliveryService.Deliver:input_type -> cellmail.mail.v1.DeliverRequest
-	2,  // 37: cellmail.mail.v1.MailService.CreateAccount:output_type -> cellmail.mail.v1.CreateAccountResponse
-	5,  // 38: cellmail.mail.v1.MailService.Login:output_type -> cellmail.mail.v1.LoginResponse
-	7,  // 39: cellmail.mail.v1.MailService.RefreshSession:output_type -> cellmail.mail.v1.RefreshSessionResponse
-	9,  // 40: cellmail.mail.v1.MailService.Logout:output_type -> cellmail.mail.v1.LogoutResponse
-	12, // 41: cellmail.mail.v1.MailService.ListMailboxes:output_type -> cellmail.mail.v1.ListMailboxesResponse
-	14, // 42: cellmail.mail.v1.MailService.CreateMailbox:output_type -> cellmail.mail.v1.CreateMailboxResponse
-	16, // 43: cellmail.mail.v1.MailService.RenameMailbox:output_type -> cellmail.mail.v1.RenameMailboxResponse
-	18, // 44: cellmail.mail.v1.MailService.DeleteMailbox:output_type -> cellmail.mail.v1.DeleteMailboxResponse
-	22, // 45: cellmail.mail.v1.MailService.ListMessages:output_type -> cellmail.mail.v1.ListMessagesResponse
-	26, // 46: cellmail.mail.v1.MailService.GetMessage:output_type -> cellmail.mail.v1.GetMessageResponse
-	28, // 47: cellmail.mail.v1.MailService.UpdateFlags:output_type -> cellmail.mail.v1.UpdateFlagsResponse
-	30, // 48: cellmail.mail.v1.MailService.MoveMessages:output_type -> cellmail.mail.v1.MoveMessagesResponse
-	32, // 49: cellmail.mail.v1.MailService.DeleteMessages:output_type -> cellmail.mail.v1.DeleteMessagesResponse
-	36, // 50: cellmail.mail.v1.MailService.SendMessage:output_type -> cellmail.mail.v1.SendMessageResponse
-	39, // 51: cellmail.mail.v1.MailService.GetChanges:output_type -> cellmail.mail.v1.GetChangesResponse
-	41, // 52: cellmail.mail.v1.DeliveryService.Deliver:output_type -> cellmail.mail.v1.DeliverResponse
-	37, // [37:53] is the sub-list for method output_type
-	21, // [21:37] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	40, // 20: cellmail.mail.v1.ListFiltersResponse.filters:type_name -> cellmail.mail.v1.Filter
+	40, // 21: cellmail.mail.v1.SetFiltersRequest.filters:type_name -> cellmail.mail.v1.Filter
+	40, // 22: cellmail.mail.v1.SetFiltersResponse.filters:type_name -> cellmail.mail.v1.Filter
+	35, // 23: cellmail.mail.v1.DeliverResponse.recipients:type_name -> cellmail.mail.v1.RecipientStatus
+	1,  // 24: cellmail.mail.v1.MailService.CreateAccount:input_type -> cellmail.mail.v1.CreateAccountRequest
+	4,  // 25: cellmail.mail.v1.MailService.Login:input_type -> cellmail.mail.v1.LoginRequest
+	6,  // 26: cellmail.mail.v1.MailService.RefreshSession:input_type -> cellmail.mail.v1.RefreshSessionRequest
+	8,  // 27: cellmail.mail.v1.MailService.Logout:input_type -> cellmail.mail.v1.LogoutRequest
+	11, // 28: cellmail.mail.v1.MailService.ListMailboxes:input_type -> cellmail.mail.v1.ListMailboxesRequest
+	13, // 29: cellmail.mail.v1.MailService.CreateMailbox:input_type -> cellmail.mail.v1.CreateMailboxRequest
+	15, // 30: cellmail.mail.v1.MailService.RenameMailbox:input_type -> cellmail.mail.v1.RenameMailboxRequest
+	17, // 31: cellmail.mail.v1.MailService.DeleteMailbox:input_type -> cellmail.mail.v1.DeleteMailboxRequest
+	21, // 32: cellmail.mail.v1.MailService.ListMessages:input_type -> cellmail.mail.v1.ListMessagesRequest
+	23, // 33: cellmail.mail.v1.MailService.GetMessage:input_type -> cellmail.mail.v1.GetMessageRequest
+	27, // 34: cellmail.mail.v1.MailService.UpdateFlags:input_type -> cellmail.mail.v1.UpdateFlagsRequest
+	29, // 35: cellmail.mail.v1.MailService.MoveMessages:input_type -> cellmail.mail.v1.MoveMessagesRequest
+	31, // 36: cellmail.mail.v1.MailService.DeleteMessages:input_type -> cellmail.mail.v1.DeleteMessagesRequest
+	34, // 37: cellmail.mail.v1.MailService.SendMessage:input_type -> cellmail.mail.v1.SendMessageRequest
+	37, // 38: cellmail.mail.v1.MailService.GetChanges:input_type -> cellmail.mail.v1.GetChangesRequest
+	41, // 39: cellmail.mail.v1.MailService.ListFilters:input_type -> cellmail.mail.v1.ListFiltersRequest
+	43, // 40: cellmail.mail.v1.MailService.SetFilters:input_type -> cellmail.mail.v1.SetFiltersRequest
+	45, // 41: cellmail.mail.v1.DeliveryService.Deliver:input_type -> cellmail.mail.v1.DeliverRequest
+	2,  // 42: cellmail.mail.v1.MailService.CreateAccount:output_type -> cellmail.mail.v1.CreateAccountResponse
+	5,  // 43: cellmail.mail.v1.MailService.Login:output_type -> cellmail.mail.v1.LoginResponse
+	7,  // 44: cellmail.mail.v1.MailService.RefreshSession:output_type -> cellmail.mail.v1.RefreshSessionResponse
+	9,  // 45: cellmail.mail.v1.MailService.Logout:output_type -> cellmail.mail.v1.LogoutResponse
+	12, // 46: cellmail.mail.v1.MailService.ListMailboxes:output_type -> cellmail.mail.v1.ListMailboxesResponse
+	14, // 47: cellmail.mail.v1.MailService.CreateMailbox:output_type -> cellmail.mail.v1.CreateMailboxResponse
+	16, // 48: cellmail.mail.v1.MailService.RenameMailbox:output_type -> cellmail.mail.v1.RenameMailboxResponse
+	18, // 49: cellmail.mail.v1.MailService.DeleteMailbox:output_type -> cellmail.mail.v1.DeleteMailboxResponse
+	22, // 50: cellmail.mail.v1.MailService.ListMessages:output_type -> cellmail.mail.v1.ListMessagesResponse
+	26, // 51: cellmail.mail.v1.MailService.GetMessage:output_type -> cellmail.mail.v1.GetMessageResponse
+	28, // 52: cellmail.mail.v1.MailService.UpdateFlags:output_type -> cellmail.mail.v1.UpdateFlagsResponse
+	30, // 53: cellmail.mail.v1.MailService.MoveMessages:output_type -> cellmail.mail.v1.MoveMessagesResponse
+	32, // 54: cellmail.mail.v1.MailService.DeleteMessages:output_type -> cellmail.mail.v1.DeleteMessagesResponse
+	36, // 55: cellmail.mail.v1.MailService.SendMessage:output_type -> cellmail.mail.v1.SendMessageResponse
+	39, // 56: cellmail.mail.v1.MailService.GetChanges:output_type -> cellmail.mail.v1.GetChangesResponse
+	42, // 57: cellmail.mail.v1.MailService.ListFilters:output_type -> cellmail.mail.v1.ListFiltersResponse
+	44, // 58: cellmail.mail.v1.MailService.SetFilters:output_type -> cellmail.mail.v1.SetFiltersResponse
+	46, // 59: cellmail.mail.v1.DeliveryService.Deliver:output_type -> cellmail.mail.v1.DeliverResponse
+	42, // [42:60] is the sub-list for method output_type
+	24, // [24:42] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_cellmail_mail_v1_mail_proto_init() }
@@ -2991,7 +3298,7 @@ func file_cellmail_mail_v1_mail_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cellmail_mail_v1_mail_proto_rawDesc), len(file_cellmail_mail_v1_mail_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   41,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

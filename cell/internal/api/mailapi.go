@@ -660,3 +660,55 @@ func (m *MailServer) GetChanges(ctx context.Context, req *connect.Request[mailv1
 	}
 	return connect.NewResponse(out), nil
 }
+
+// ListFilters returns the caller's inbound filter rules, in order.
+func (m *MailServer) ListFilters(ctx context.Context, _ *connect.Request[mailv1.ListFiltersRequest]) (*connect.Response[mailv1.ListFiltersResponse], error) {
+	c, err := callerOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	fs, err := m.store.Filters(ctx, c.account.ID)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&mailv1.ListFiltersResponse{Filters: filtersPB(fs)}), nil
+}
+
+// SetFilters replaces the caller's inbound filter rules. A rule naming a
+// mailbox the caller does not have answers not_found; nothing changes.
+func (m *MailServer) SetFilters(ctx context.Context, req *connect.Request[mailv1.SetFiltersRequest]) (*connect.Response[mailv1.SetFiltersResponse], error) {
+	c, err := callerOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	fs := make([]mail.Filter, len(req.Msg.Filters))
+	for i, f := range req.Msg.Filters {
+		if err := checkText("filter value", f.Contains, 1000); err != nil {
+			return nil, err
+		}
+		for _, l := range f.Labels {
+			if l == "" {
+				return nil, invalid("empty label")
+			}
+			if err := checkText("label", l, 200); err != nil {
+				return nil, err
+			}
+		}
+		fs[i] = mail.Filter{Field: f.Field, Contains: f.Contains, MailboxID: f.MailboxId, MarkSeen: f.MarkSeen,
+			Flag: f.Flag, Labels: f.Labels, Stop: f.Stop}
+	}
+	saved, err := m.store.SetFilters(ctx, c.account.ID, fs)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&mailv1.SetFiltersResponse{Filters: filtersPB(saved)}), nil
+}
+
+func filtersPB(fs []mail.Filter) []*mailv1.Filter {
+	out := make([]*mailv1.Filter, len(fs))
+	for i, f := range fs {
+		out[i] = &mailv1.Filter{Id: f.ID, Field: f.Field, Contains: f.Contains, MailboxId: f.MailboxID,
+			MarkSeen: f.MarkSeen, Flag: f.Flag, Labels: f.Labels, Stop: f.Stop}
+	}
+	return out
+}

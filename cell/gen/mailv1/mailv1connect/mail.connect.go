@@ -78,6 +78,10 @@ const (
 	MailServiceSendMessageProcedure = "/cellmail.mail.v1.MailService/SendMessage"
 	// MailServiceGetChangesProcedure is the fully-qualified name of the MailService's GetChanges RPC.
 	MailServiceGetChangesProcedure = "/cellmail.mail.v1.MailService/GetChanges"
+	// MailServiceListFiltersProcedure is the fully-qualified name of the MailService's ListFilters RPC.
+	MailServiceListFiltersProcedure = "/cellmail.mail.v1.MailService/ListFilters"
+	// MailServiceSetFiltersProcedure is the fully-qualified name of the MailService's SetFilters RPC.
+	MailServiceSetFiltersProcedure = "/cellmail.mail.v1.MailService/SetFilters"
 	// DeliveryServiceDeliverProcedure is the fully-qualified name of the DeliveryService's Deliver RPC.
 	DeliveryServiceDeliverProcedure = "/cellmail.mail.v1.DeliveryService/Deliver"
 )
@@ -100,6 +104,11 @@ type MailServiceClient interface {
 	DeleteMessages(context.Context, *connect.Request[mailv1.DeleteMessagesRequest]) (*connect.Response[mailv1.DeleteMessagesResponse], error)
 	SendMessage(context.Context, *connect.Request[mailv1.SendMessageRequest]) (*connect.Response[mailv1.SendMessageResponse], error)
 	GetChanges(context.Context, *connect.Request[mailv1.GetChangesRequest]) (*connect.Response[mailv1.GetChangesResponse], error)
+	// The caller's rules for inbound mail, applied in order by the cell's
+	// inbound pipeline after the spam step.
+	ListFilters(context.Context, *connect.Request[mailv1.ListFiltersRequest]) (*connect.Response[mailv1.ListFiltersResponse], error)
+	// SetFilters replaces all of the caller's rules (at most 200).
+	SetFilters(context.Context, *connect.Request[mailv1.SetFiltersRequest]) (*connect.Response[mailv1.SetFiltersResponse], error)
 }
 
 // NewMailServiceClient constructs a client for the cellmail.mail.v1.MailService service. By
@@ -203,6 +212,18 @@ func NewMailServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(mailServiceMethods.ByName("GetChanges")),
 			connect.WithClientOptions(opts...),
 		),
+		listFilters: connect.NewClient[mailv1.ListFiltersRequest, mailv1.ListFiltersResponse](
+			httpClient,
+			baseURL+MailServiceListFiltersProcedure,
+			connect.WithSchema(mailServiceMethods.ByName("ListFilters")),
+			connect.WithClientOptions(opts...),
+		),
+		setFilters: connect.NewClient[mailv1.SetFiltersRequest, mailv1.SetFiltersResponse](
+			httpClient,
+			baseURL+MailServiceSetFiltersProcedure,
+			connect.WithSchema(mailServiceMethods.ByName("SetFilters")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -223,6 +244,8 @@ type mailServiceClient struct {
 	deleteMessages *connect.Client[mailv1.DeleteMessagesRequest, mailv1.DeleteMessagesResponse]
 	sendMessage    *connect.Client[mailv1.SendMessageRequest, mailv1.SendMessageResponse]
 	getChanges     *connect.Client[mailv1.GetChangesRequest, mailv1.GetChangesResponse]
+	listFilters    *connect.Client[mailv1.ListFiltersRequest, mailv1.ListFiltersResponse]
+	setFilters     *connect.Client[mailv1.SetFiltersRequest, mailv1.SetFiltersResponse]
 }
 
 // CreateAccount calls cellmail.mail.v1.MailService.CreateAccount.
@@ -300,6 +323,16 @@ func (c *mailServiceClient) GetChanges(ctx context.Context, req *connect.Request
 	return c.getChanges.CallUnary(ctx, req)
 }
 
+// ListFilters calls cellmail.mail.v1.MailService.ListFilters.
+func (c *mailServiceClient) ListFilters(ctx context.Context, req *connect.Request[mailv1.ListFiltersRequest]) (*connect.Response[mailv1.ListFiltersResponse], error) {
+	return c.listFilters.CallUnary(ctx, req)
+}
+
+// SetFilters calls cellmail.mail.v1.MailService.SetFilters.
+func (c *mailServiceClient) SetFilters(ctx context.Context, req *connect.Request[mailv1.SetFiltersRequest]) (*connect.Response[mailv1.SetFiltersResponse], error) {
+	return c.setFilters.CallUnary(ctx, req)
+}
+
 // MailServiceHandler is an implementation of the cellmail.mail.v1.MailService service.
 type MailServiceHandler interface {
 	// Creates an account. Authorised by the operator token, not a user token.
@@ -318,6 +351,11 @@ type MailServiceHandler interface {
 	DeleteMessages(context.Context, *connect.Request[mailv1.DeleteMessagesRequest]) (*connect.Response[mailv1.DeleteMessagesResponse], error)
 	SendMessage(context.Context, *connect.Request[mailv1.SendMessageRequest]) (*connect.Response[mailv1.SendMessageResponse], error)
 	GetChanges(context.Context, *connect.Request[mailv1.GetChangesRequest]) (*connect.Response[mailv1.GetChangesResponse], error)
+	// The caller's rules for inbound mail, applied in order by the cell's
+	// inbound pipeline after the spam step.
+	ListFilters(context.Context, *connect.Request[mailv1.ListFiltersRequest]) (*connect.Response[mailv1.ListFiltersResponse], error)
+	// SetFilters replaces all of the caller's rules (at most 200).
+	SetFilters(context.Context, *connect.Request[mailv1.SetFiltersRequest]) (*connect.Response[mailv1.SetFiltersResponse], error)
 }
 
 // NewMailServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -417,6 +455,18 @@ func NewMailServiceHandler(svc MailServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(mailServiceMethods.ByName("GetChanges")),
 		connect.WithHandlerOptions(opts...),
 	)
+	mailServiceListFiltersHandler := connect.NewUnaryHandler(
+		MailServiceListFiltersProcedure,
+		svc.ListFilters,
+		connect.WithSchema(mailServiceMethods.ByName("ListFilters")),
+		connect.WithHandlerOptions(opts...),
+	)
+	mailServiceSetFiltersHandler := connect.NewUnaryHandler(
+		MailServiceSetFiltersProcedure,
+		svc.SetFilters,
+		connect.WithSchema(mailServiceMethods.ByName("SetFilters")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/cellmail.mail.v1.MailService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case MailServiceCreateAccountProcedure:
@@ -449,6 +499,10 @@ func NewMailServiceHandler(svc MailServiceHandler, opts ...connect.HandlerOption
 			mailServiceSendMessageHandler.ServeHTTP(w, r)
 		case MailServiceGetChangesProcedure:
 			mailServiceGetChangesHandler.ServeHTTP(w, r)
+		case MailServiceListFiltersProcedure:
+			mailServiceListFiltersHandler.ServeHTTP(w, r)
+		case MailServiceSetFiltersProcedure:
+			mailServiceSetFiltersHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -516,6 +570,14 @@ func (UnimplementedMailServiceHandler) SendMessage(context.Context, *connect.Req
 
 func (UnimplementedMailServiceHandler) GetChanges(context.Context, *connect.Request[mailv1.GetChangesRequest]) (*connect.Response[mailv1.GetChangesResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("cellmail.mail.v1.MailService.GetChanges is not implemented"))
+}
+
+func (UnimplementedMailServiceHandler) ListFilters(context.Context, *connect.Request[mailv1.ListFiltersRequest]) (*connect.Response[mailv1.ListFiltersResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("cellmail.mail.v1.MailService.ListFilters is not implemented"))
+}
+
+func (UnimplementedMailServiceHandler) SetFilters(context.Context, *connect.Request[mailv1.SetFiltersRequest]) (*connect.Response[mailv1.SetFiltersResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("cellmail.mail.v1.MailService.SetFilters is not implemented"))
 }
 
 // DeliveryServiceClient is a client for the cellmail.mail.v1.DeliveryService service.
