@@ -28,6 +28,7 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
 	"github.com/cellmail/cellmail/cell/internal/message"
 	"github.com/cellmail/cellmail/cell/internal/msgauth"
+	"github.com/cellmail/cellmail/cell/internal/outbound"
 	"github.com/cellmail/cellmail/cell/internal/ownership"
 	"github.com/cellmail/cellmail/cell/internal/queue"
 	"github.com/cellmail/cellmail/cell/internal/smtpd"
@@ -79,6 +80,12 @@ type Config struct {
 	// AuthServID names this service in Authentication-Results (default
 	// "cellmail").
 	AuthServID string
+	// Hostname is this cell's name in outbound SMTP (EHLO), bounces and
+	// Message-IDs (default <name>.cellmail.local).
+	Hostname string
+	// OutboundPort is the port remote mail exchangers are reached on (25;
+	// tests use their own).
+	OutboundPort int
 	// Instance names this process in liveness keys (host-pid when empty).
 	Instance string
 	Logger   *slog.Logger
@@ -197,6 +204,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	var wakeOutbound func()
+	if cfg.Role != RoleFront {
+		s := startSender(ctx, cfg, store, blobs, log)
+		wakeOutbound = s.Wake
+	}
 	if cfg.Role == RoleWorker {
 		reg := prometheus.NewRegistry()
 		serve.MapGauges(reg, "cellmail_cell", maps)
@@ -212,8 +224,8 @@ func Run(ctx context.Context, cfg Config) error {
 	mailSrv := api.NewMailServer(api.MailConfig{
 		Server: srv, Fence: fence, Maps: maps, Store: store, Blobs: blobs, Cache: kv,
 		Hasher: auth.NewHasher(auth.OWASP), Limits: message.DefaultLimits(), OperatorToken: cfg.OperatorToken,
-		Peers:  api.PeerClient{HTTP: &http.Client{Timeout: 2 * time.Minute}, Token: cfg.AgentToken},
-		Logger: log,
+		Peers:        api.PeerClient{HTTP: &http.Client{Timeout: 2 * time.Minute}, Token: cfg.AgentToken},
+		WakeOutbound: wakeOutbound, Logger: log,
 	})
 	reg := prometheus.NewRegistry()
 	serve.MapGauges(reg, "cellmail_cell", maps)
@@ -255,6 +267,30 @@ func Run(ctx context.Context, cfg Config) error {
 	return serve.Run(ctx, ln, mux)
 }
 
+// startSender runs the outbound sender (remote mail by MX, with DKIM,
+// retries and bounces).
+func startSender(ctx context.Context, cfg Config, store *mailstore.Store, blobs *blobstore.FS, log *slog.Logger) *outbound.Sender {
+	host := cfg.Hostname
+	if host == "" {
+		host = cfg.Name + ".cellmail.local"
+	}
+	s := &outbound.Sender{Store: store, DSN: delivery.New(blobs, store, message.DefaultLimits()), Resolver: resolver(cfg.DNS),
+		Hostname: host, Port: cfg.OutboundPort, Log: log.With("part", "outbound")}
+	go s.Run(ctx)
+	return s
+}
+
+// resolver asks the DNS server at addr, or the system's when empty.
+func resolver(addr string) *net.Resolver {
+	if addr == "" {
+		return net.DefaultResolver
+	}
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}}
+}
+
 // startPipeline starts what this process runs of the inbound pipeline and
 // returns what wakes it after an acceptance:
 //   - no broker: a worker reading the spool table;
@@ -265,14 +301,7 @@ func startPipeline(ctx context.Context, cfg Config, store *mailstore.Store, blob
 	lim := message.DefaultLimits()
 	lim.MaxSize += 256 << 10 // the trace and verdict fields added to a message of the largest size accepted
 	p := &delivery.Pipeline{D: delivery.New(blobs, store, lim), Store: store, Notify: kv, Log: log.With("part", "pipeline")}
-	resolver := net.DefaultResolver
-	if cfg.DNS != "" {
-		resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, cfg.DNS)
-		}}
-	}
-	p.Auth = &msgauth.Checker{AuthServID: cfg.AuthServID, Resolver: resolver}
+	p.Auth = &msgauth.Checker{AuthServID: cfg.AuthServID, Resolver: resolver(cfg.DNS)}
 	if p.Auth.AuthServID == "" {
 		p.Auth.AuthServID = "cellmail"
 	}

@@ -36,6 +36,10 @@ var (
 	pg        *pgserver.Server
 	redisAddr string
 	dnsAddr   string
+	// testDNS answers the cells' lookups; remoteMX is the mail exchanger
+	// of remote.test (and of no other domain) that cells send to.
+	testDNS  *dnstest.Server
+	remoteMX *remoteServer
 )
 
 func TestMain(m *testing.M) {
@@ -73,7 +77,15 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "start DNS:", err)
 		os.Exit(1)
 	}
-	dnsAddr = dns.Addr
+	dnsAddr, testDNS = dns.Addr, dns
+	if remoteMX, err = startRemoteServer(); err != nil {
+		fmt.Fprintln(os.Stderr, "start remote MX:", err)
+		os.Exit(1)
+	}
+	if err := dns.Add(`remote.test. 300 IN MX 10 mx.remote.test.`, `mx.remote.test. 300 IN A 127.0.0.1`); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	code := m.Run()
 	rs.Stop()
 	pg.Stop()
@@ -179,7 +191,7 @@ func (s *stack) startCell(name, jur string) {
 	go func() {
 		done <- cell.Run(ctx, cell.Config{Name: name, Listener: ln, Etcd: s.cp.Etcd.Endpoints, DataDir: dataDir,
 			AgentToken: cptest.AgentToken, OperatorToken: cptest.AdminToken, DatabaseURL: dsn, RedisAddr: s.redis, LMTPListener: lln,
-			DNS: dnsAddr, Logger: cptest.Logger(t)})
+			DNS: dnsAddr, OutboundPort: remoteMX.port, Logger: cptest.Logger(t)})
 	}()
 	stopped := false
 	stop := func() {

@@ -37,6 +37,8 @@ func run(args []string) error {
 	dns := fs.String("dns", cli.Env("CELLMAIL_DNS", ""), "DNS resolver host:port for SPF/DKIM/DMARC; empty: the system's (env CELLMAIL_DNS)")
 	clamd := fs.String("clamd", cli.Env("CELLMAIL_CLAMD", ""), "clamd address (host:port or socket path); empty: no virus scan (env CELLMAIL_CLAMD)")
 	authserv := fs.String("authserv-id", cli.Env("CELLMAIL_AUTHSERV_ID", "cellmail"), "name in Authentication-Results (env CELLMAIL_AUTHSERV_ID)")
+	hostname := fs.String("hostname", cli.Env("CELLMAIL_HOSTNAME", ""), "name in outbound SMTP and bounces (default <name>.cellmail.local; env CELLMAIL_HOSTNAME)")
+	outPort := fs.Int("outbound-port", 25, "port of remote mail exchangers (tests use another)")
 	logger := cli.LogFlags(fs, os.Stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -47,7 +49,7 @@ func run(args []string) error {
 	}
 	cfg := cell.Config{Name: *name, Listen: *listen, Etcd: cli.List(*etcd), DataDir: *dataDir, RedisAddr: *redis,
 		BlobDir: *blobs, LMTPListen: *lmtp, Kafka: cli.List(*kafka), Role: *role, DNS: *dns, Clamd: *clamd,
-		AuthServID: *authserv, Logger: log}
+		AuthServID: *authserv, Hostname: *hostname, OutboundPort: *outPort, Logger: log}
 	if cfg.AgentToken, err = cli.Secret(*agent); err != nil {
 		return err
 	}

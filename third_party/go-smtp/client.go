@@ -308,6 +308,11 @@ func (c *Client) ehlo() error {
 // A nil config is equivalent to a zero tls.Config.
 //
 // If server returns an error, it will be of type *SMTPError.
+// StartTLS sends STARTTLS and switches to TLS (cellmail patch: upstream
+// only offers it when dialing, which makes opportunistic TLS — use it when
+// the server offers it — impossible).
+func (c *Client) StartTLS(config *tls.Config) error { return c.startTLS(config) }
+
 func (c *Client) startTLS(config *tls.Config) error {
 	if err := c.hello(); err != nil {
 		return err

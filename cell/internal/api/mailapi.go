@@ -77,6 +77,7 @@ type MailServer struct {
 	peers         Peers
 	limits        message.Limits
 	operatorToken string
+	wakeOutbound  func()
 	log           *slog.Logger
 }
 
@@ -97,14 +98,21 @@ type MailConfig struct {
 	Peers         Peers
 	Limits        message.Limits
 	OperatorToken string
-	Logger        *slog.Logger
+	// WakeOutbound tells this process's sender there is remote mail to
+	// send (nil: the sender finds it on its next pass).
+	WakeOutbound func()
+	Logger       *slog.Logger
 }
 
 // NewMailServer makes the mail API.
 func NewMailServer(c MailConfig) *MailServer {
+	wake := c.WakeOutbound
+	if wake == nil {
+		wake = func() {}
+	}
 	return &MailServer{srv: c.Server, fence: c.Fence, maps: c.Maps, store: c.Store, blobs: c.Blobs,
 		deliver: delivery.New(c.Blobs, c.Store, c.Limits), cache: c.Cache, hasher: c.Hasher, peers: c.Peers,
-		limits: c.Limits, operatorToken: c.OperatorToken, log: c.Logger}
+		limits: c.Limits, operatorToken: c.OperatorToken, wakeOutbound: wake, log: c.Logger}
 }
 
 func invalid(format string, args ...any) error {

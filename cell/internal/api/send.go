@@ -109,24 +109,41 @@ func (m *MailServer) SendMessage(ctx context.Context, req *connect.Request[mailv
 		return nil, err
 	}
 	out := &mailv1.SendMessageResponse{MessageId: copyInSent.ID}
-	out.Recipients = m.route(ctx, c.account.Address, rcpts, raw.Bytes())
+	out.Recipients = m.route(ctx, c.account.ID, c.account.Address, rcpts, raw.Bytes())
 	return connect.NewResponse(out), nil
 }
 
-// route delivers raw to each recipient's owning cell.
-func (m *MailServer) route(ctx context.Context, from string, rcpts []string, raw []byte) []*mailv1.RecipientStatus {
+// OutboundExpiry is how long remote delivery is retried before a bounce.
+const OutboundExpiry = 5 * 24 * time.Hour
+
+// route delivers raw to each recipient's owning cell, and queues it for
+// remote recipients (durably, before the send is reported).
+func (m *MailServer) route(ctx context.Context, accountID, from string, rcpts []string, raw []byte) []*mailv1.RecipientStatus {
 	mp := m.maps.Map()
 	byCell := map[string][]string{}
 	var out []*mailv1.RecipientStatus
+	var remote []string
 	for _, rc := range rcpts {
 		rt, err := mp.Lookup(rc)
 		switch {
 		case errors.Is(err, placement.ErrUnknownDomain):
-			out = append(out, &mailv1.RecipientStatus{Address: rc, Status: "failed", Detail: "remote domains are delivered by outbound mail, not available yet"})
+			remote = append(remote, rc)
 		case err != nil:
 			out = append(out, &mailv1.RecipientStatus{Address: rc, Status: "failed", Detail: err.Error()})
 		default:
 			byCell[rt.Cell] = append(byCell[rt.Cell], rc)
+		}
+	}
+	if len(remote) > 0 {
+		status, detail := "queued", "queued for delivery to the recipient's mail server"
+		if err := m.store.EnqueueOutbound(ctx, accountID, from, remote, raw, OutboundExpiry); err != nil {
+			m.log.Error("outbound mail not queued", "err", err)
+			status, detail = "failed", "could not be queued; send again"
+		} else {
+			m.wakeOutbound()
+		}
+		for _, rc := range remote {
+			out = append(out, &mailv1.RecipientStatus{Address: rc, Status: status, Detail: detail})
 		}
 	}
 	for cellName, list := range byCell {
