@@ -67,7 +67,9 @@ type remote struct {
 	port int
 }
 
-func (r *remote) NewSession(c *smtp.Conn) (smtp.Session, error) { return &remoteSession{r: r, c: c}, nil }
+func (r *remote) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	return &remoteSession{r: r, c: c}, nil
+}
 
 type remoteSession struct {
 	r     *remote
