@@ -275,10 +275,15 @@ func startSender(ctx context.Context, cfg Config, store *mailstore.Store, blobs 
 		host = cfg.Name + ".cellmail.local"
 	}
 	s := &outbound.Sender{Store: store, DSN: delivery.New(blobs, store, message.DefaultLimits()), Resolver: resolver(cfg.DNS),
-		Hostname: host, Port: cfg.OutboundPort, Log: log.With("part", "outbound")}
+		Hostname: host, Port: cfg.OutboundPort, Selector: DKIMSelector(cfg.Name), Log: log.With("part", "outbound")}
 	go s.Run(ctx)
 	return s
 }
+
+// DKIMSelector is the selector of the DKIM keys a cell makes: one per cell,
+// so every cell of a domain signs with its own key and each publishes its
+// own record (<selector>._domainkey.<domain>).
+func DKIMSelector(cell string) string { return "cm-" + cell }
 
 // resolver asks the DNS server at addr, or the system's when empty.
 func resolver(addr string) *net.Resolver {

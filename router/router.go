@@ -23,6 +23,7 @@ import (
 	"github.com/cellmail/cellmail/router/internal/httpproxy"
 	"github.com/cellmail/cellmail/router/internal/route"
 	"github.com/cellmail/cellmail/router/internal/smtpedge"
+	"github.com/cellmail/cellmail/router/internal/submission"
 )
 
 // Config is what a router process needs.
@@ -34,6 +35,13 @@ type Config struct {
 	// Empty: no SMTP.
 	SMTPListen   string
 	SMTPListener net.Listener
+	// SubmissionListen is message submission with STARTTLS (port 587);
+	// SubmissionsListen with implicit TLS (port 465). Both need TLS.
+	// Ignored when the matching Listener is set; empty: none.
+	SubmissionListen    string
+	SubmissionListener  net.Listener
+	SubmissionsListen   string
+	SubmissionsListener net.Listener
 	// Etcd endpoints and key prefix of the placement map.
 	Etcd   []string
 	Prefix string
@@ -114,6 +122,31 @@ func Run(ctx context.Context, cfg Config) error {
 		go func() { _ = edge.Serve(serve.LimitListener(sln, 2000, 64)) }()
 		defer edge.Close()
 		log.Info("router SMTP serving", "smtp", sln.Addr().String())
+	}
+
+	if cfg.SubmissionListener != nil || cfg.SubmissionListen != "" || cfg.SubmissionsListener != nil || cfg.SubmissionsListen != "" {
+		if cfg.TLS == nil {
+			return errors.New("router: submission needs a TLS certificate")
+		}
+		sub := submission.New(table, submission.Config{Domain: cfg.Hostname, TLS: cfg.TLS, HTTP: &http.Client{Transport: proxy},
+			Logger: log.With("part", "submission")})
+		defer sub.Close()
+		if cfg.SubmissionListener != nil || cfg.SubmissionListen != "" {
+			ln, err := serve.Listen(cfg.SubmissionListener, cfg.SubmissionListen)
+			if err != nil {
+				return fmt.Errorf("router: submission: %w", err)
+			}
+			go func() { _ = sub.Serve(serve.LimitListener(ln, 2000, 64)) }()
+			log.Info("router submission serving (STARTTLS)", "addr", ln.Addr().String())
+		}
+		if cfg.SubmissionsListener != nil || cfg.SubmissionsListen != "" {
+			ln, err := serve.Listen(cfg.SubmissionsListener, cfg.SubmissionsListen)
+			if err != nil {
+				return fmt.Errorf("router: submissions: %w", err)
+			}
+			go func() { _ = sub.ServeTLS(serve.LimitListener(ln, 2000, 64)) }()
+			log.Info("router submission serving (implicit TLS)", "addr", ln.Addr().String())
+		}
 	}
 
 	mux := http.NewServeMux()

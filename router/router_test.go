@@ -3,9 +3,16 @@ package router_test
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"flag"
 	"fmt"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -101,6 +108,8 @@ type stack struct {
 	cells map[string]string // name → API URL
 	redis string            // the cells' Redis
 	smtp  string            // the last started router's SMTP address
+	// The last started router's submission addresses (STARTTLS, implicit TLS).
+	submission, submissions string
 }
 
 func call[T any](t testing.TB, req *connect.Request[T]) *connect.Request[T] {
@@ -238,10 +247,20 @@ func (s *stack) startRouter(maps *client.Client) string {
 		t.Fatal(err)
 	}
 	s.smtp = sln.Addr().String()
+	subLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	subsLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.submission, s.submissions = subLn.Addr().String(), subsLn.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
 		done <- router.Run(ctx, router.Config{HTTPListener: ln, SMTPListener: sln, Etcd: s.cp.Etcd.Endpoints, DataDir: t.TempDir(),
+			SubmissionListener: subLn, SubmissionsListener: subsLn, TLS: testTLS(t),
 			Maps: maps, Logger: cptest.Logger(t)})
 	}()
 	t.Cleanup(func() {
@@ -468,4 +487,20 @@ func TestCellDownLeavesOthersServed(t *testing.T) {
 			t.Fatalf("%s: %v", a, err)
 		}
 	}
+}
+
+// testTLS is a self-signed certificate for the router's TLS ports.
+func testTLS(t testing.TB) *tls.Config {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "router.test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}
 }

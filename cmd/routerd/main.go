@@ -25,6 +25,8 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("routerd", flag.ContinueOnError)
 	listen := fs.String("http", cli.Env("CELLMAIL_HTTP", "127.0.0.1:7480"), "API address (env CELLMAIL_HTTP)")
 	smtpAddr := fs.String("smtp", cli.Env("CELLMAIL_SMTP", ""), "MX SMTP address, empty for none (env CELLMAIL_SMTP)")
+	subAddr := fs.String("submission", cli.Env("CELLMAIL_SUBMISSION", ""), "submission address with STARTTLS (587), empty for none; needs -tls-cert (env CELLMAIL_SUBMISSION)")
+	subsAddr := fs.String("submissions", cli.Env("CELLMAIL_SUBMISSIONS", ""), "submission address with implicit TLS (465), empty for none (env CELLMAIL_SUBMISSIONS)")
 	etcd := fs.String("etcd", cli.Env("CELLMAIL_ETCD", "http://127.0.0.1:2379"), "etcd endpoints, comma-separated (env CELLMAIL_ETCD)")
 	dataDir := fs.String("data-dir", cli.Env("CELLMAIL_DATA_DIR", ""), "map snapshot directory (env CELLMAIL_DATA_DIR)")
 	cert := fs.String("tls-cert", cli.Env("CELLMAIL_TLS_CERT", ""), "PEM certificate chain for STARTTLS (env CELLMAIL_TLS_CERT)")
@@ -39,7 +41,7 @@ func run(args []string) error {
 		return err
 	}
 	cfg := router.Config{HTTPListen: *listen, SMTPListen: *smtpAddr, Etcd: cli.List(*etcd), DataDir: *dataDir,
-		Hostname: *hostname, Logger: log}
+		SubmissionListen: *subAddr, SubmissionsListen: *subsAddr, Hostname: *hostname, Logger: log}
 	if *cert != "" || *key != "" {
 		pair, err := tls.LoadX509KeyPair(*cert, *key)
 		if err != nil {

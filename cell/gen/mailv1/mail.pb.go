@@ -2515,6 +2515,120 @@ func (x *GetChangesResponse) GetCannotCalculate() bool {
 	return false
 }
 
+type SubmitMessageRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	MailFrom   string                 `protobuf:"bytes,1,opt,name=mail_from,json=mailFrom,proto3" json:"mail_from,omitempty"`
+	Recipients []string               `protobuf:"bytes,2,rep,name=recipients,proto3" json:"recipients,omitempty"`
+	// The message as the client sent it (RFC 5322, CRLF line endings).
+	Raw           []byte `protobuf:"bytes,3,opt,name=raw,proto3" json:"raw,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitMessageRequest) Reset() {
+	*x = SubmitMessageRequest{}
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitMessageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitMessageRequest) ProtoMessage() {}
+
+func (x *SubmitMessageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitMessageRequest.ProtoReflect.Descriptor instead.
+func (*SubmitMessageRequest) Descriptor() ([]byte, []int) {
+	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *SubmitMessageRequest) GetMailFrom() string {
+	if x != nil {
+		return x.MailFrom
+	}
+	return ""
+}
+
+func (x *SubmitMessageRequest) GetRecipients() []string {
+	if x != nil {
+		return x.Recipients
+	}
+	return nil
+}
+
+func (x *SubmitMessageRequest) GetRaw() []byte {
+	if x != nil {
+		return x.Raw
+	}
+	return nil
+}
+
+type SubmitMessageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The copy in the caller's Sent mailbox.
+	MessageId     string             `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	Recipients    []*RecipientStatus `protobuf:"bytes,2,rep,name=recipients,proto3" json:"recipients,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitMessageResponse) Reset() {
+	*x = SubmitMessageResponse{}
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitMessageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitMessageResponse) ProtoMessage() {}
+
+func (x *SubmitMessageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitMessageResponse.ProtoReflect.Descriptor instead.
+func (*SubmitMessageResponse) Descriptor() ([]byte, []int) {
+	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *SubmitMessageResponse) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *SubmitMessageResponse) GetRecipients() []*RecipientStatus {
+	if x != nil {
+		return x.Recipients
+	}
+	return nil
+}
+
 // Filter is one rule for inbound mail: when the field contains the value
 // (ignoring case), its actions apply.
 type Filter struct {
@@ -2538,7 +2652,7 @@ type Filter struct {
 
 func (x *Filter) Reset() {
 	*x = Filter{}
-	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[39]
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2550,7 +2664,7 @@ func (x *Filter) String() string {
 func (*Filter) ProtoMessage() {}
 
 func (x *Filter) ProtoReflect() protoreflect.Message {
-	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[39]
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2563,7 +2677,7 @@ func (x *Filter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Filter.ProtoReflect.Descriptor instead.
 func (*Filter) Descriptor() ([]byte, []int) {
-	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{39}
+	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Filter) GetId() string {
@@ -2630,7 +2744,7 @@ type ListFiltersRequest struct {
 
 func (x *ListFiltersRequest) Reset() {
 	*x = ListFiltersRequest{}
-	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[40]
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2642,7 +2756,7 @@ func (x *ListFiltersRequest) String() string {
 func (*ListFiltersRequest) ProtoMessage() {}
 
 func (x *ListFiltersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[40]
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2655,7 +2769,7 @@ func (x *ListFiltersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFiltersRequest.ProtoReflect.Descriptor instead.
 func (*ListFiltersRequest) Descriptor() ([]byte, []int) {
-	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{40}
+	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{42}
 }
 
 type ListFiltersResponse struct {
@@ -2667,7 +2781,7 @@ type ListFiltersResponse struct {
 
 func (x *ListFiltersResponse) Reset() {
 	*x = ListFiltersResponse{}
-	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[41]
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2679,7 +2793,7 @@ func (x *ListFiltersResponse) String() string {
 func (*ListFiltersResponse) ProtoMessage() {}
 
 func (x *ListFiltersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[41]
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2692,7 +2806,7 @@ func (x *ListFiltersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFiltersResponse.ProtoReflect.Descriptor instead.
 func (*ListFiltersResponse) Descriptor() ([]byte, []int) {
-	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{41}
+	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListFiltersResponse) GetFilters() []*Filter {
@@ -2711,7 +2825,7 @@ type SetFiltersRequest struct {
 
 func (x *SetFiltersRequest) Reset() {
 	*x = SetFiltersRequest{}
-	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[42]
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2723,7 +2837,7 @@ func (x *SetFiltersRequest) String() string {
 func (*SetFiltersRequest) ProtoMessage() {}
 
 func (x *SetFiltersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[42]
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2736,7 +2850,7 @@ func (x *SetFiltersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetFiltersRequest.ProtoReflect.Descriptor instead.
 func (*SetFiltersRequest) Descriptor() ([]byte, []int) {
-	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{42}
+	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SetFiltersRequest) GetFilters() []*Filter {
@@ -2755,7 +2869,7 @@ type SetFiltersResponse struct {
 
 func (x *SetFiltersResponse) Reset() {
 	*x = SetFiltersResponse{}
-	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[43]
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2767,7 +2881,7 @@ func (x *SetFiltersResponse) String() string {
 func (*SetFiltersResponse) ProtoMessage() {}
 
 func (x *SetFiltersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[43]
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2780,7 +2894,7 @@ func (x *SetFiltersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetFiltersResponse.ProtoReflect.Descriptor instead.
 func (*SetFiltersResponse) Descriptor() ([]byte, []int) {
-	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{43}
+	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *SetFiltersResponse) GetFilters() []*Filter {
@@ -2801,7 +2915,7 @@ type DeliverRequest struct {
 
 func (x *DeliverRequest) Reset() {
 	*x = DeliverRequest{}
-	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[44]
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2813,7 +2927,7 @@ func (x *DeliverRequest) String() string {
 func (*DeliverRequest) ProtoMessage() {}
 
 func (x *DeliverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[44]
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2826,7 +2940,7 @@ func (x *DeliverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeliverRequest.ProtoReflect.Descriptor instead.
 func (*DeliverRequest) Descriptor() ([]byte, []int) {
-	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{44}
+	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *DeliverRequest) GetMailFrom() string {
@@ -2859,7 +2973,7 @@ type DeliverResponse struct {
 
 func (x *DeliverResponse) Reset() {
 	*x = DeliverResponse{}
-	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[45]
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2871,7 +2985,7 @@ func (x *DeliverResponse) String() string {
 func (*DeliverResponse) ProtoMessage() {}
 
 func (x *DeliverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[45]
+	mi := &file_cellmail_mail_v1_mail_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2884,7 +2998,7 @@ func (x *DeliverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeliverResponse.ProtoReflect.Descriptor instead.
 func (*DeliverResponse) Descriptor() ([]byte, []int) {
-	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{45}
+	return file_cellmail_mail_v1_mail_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *DeliverResponse) GetRecipients() []*RecipientStatus {
@@ -3094,7 +3208,19 @@ const file_cellmail_mail_v1_mail_proto_rawDesc = "" +
 	"\achanges\x18\x01 \x03(\v2\x18.cellmail.mail.v1.ChangeR\achanges\x12\x1b\n" +
 	"\tnew_state\x18\x02 \x01(\tR\bnewState\x12\x19\n" +
 	"\bhas_more\x18\x03 \x01(\bR\ahasMore\x12)\n" +
-	"\x10cannot_calculate\x18\x04 \x01(\bR\x0fcannotCalculate\"\xc6\x01\n" +
+	"\x10cannot_calculate\x18\x04 \x01(\bR\x0fcannotCalculate\"e\n" +
+	"\x14SubmitMessageRequest\x12\x1b\n" +
+	"\tmail_from\x18\x01 \x01(\tR\bmailFrom\x12\x1e\n" +
+	"\n" +
+	"recipients\x18\x02 \x03(\tR\n" +
+	"recipients\x12\x10\n" +
+	"\x03raw\x18\x03 \x01(\fR\x03raw\"y\n" +
+	"\x15SubmitMessageResponse\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x01 \x01(\tR\tmessageId\x12A\n" +
+	"\n" +
+	"recipients\x18\x02 \x03(\v2!.cellmail.mail.v1.RecipientStatusR\n" +
+	"recipients\"\xc6\x01\n" +
 	"\x06Filter\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05field\x18\x02 \x01(\tR\x05field\x12\x1a\n" +
@@ -3130,7 +3256,7 @@ const file_cellmail_mail_v1_mail_proto_rawDesc = "" +
 	"\x12SPECIAL_USE_DRAFTS\x10\x03\x12\x15\n" +
 	"\x11SPECIAL_USE_TRASH\x10\x04\x12\x14\n" +
 	"\x10SPECIAL_USE_JUNK\x10\x05\x12\x17\n" +
-	"\x13SPECIAL_USE_ARCHIVE\x10\x062\xb5\f\n" +
+	"\x13SPECIAL_USE_ARCHIVE\x10\x062\x97\r\n" +
 	"\vMailService\x12`\n" +
 	"\rCreateAccount\x12&.cellmail.mail.v1.CreateAccountRequest\x1a'.cellmail.mail.v1.CreateAccountResponse\x12H\n" +
 	"\x05Login\x12\x1e.cellmail.mail.v1.LoginRequest\x1a\x1f.cellmail.mail.v1.LoginResponse\x12c\n" +
@@ -3146,7 +3272,8 @@ const file_cellmail_mail_v1_mail_proto_rawDesc = "" +
 	"\vUpdateFlags\x12$.cellmail.mail.v1.UpdateFlagsRequest\x1a%.cellmail.mail.v1.UpdateFlagsResponse\x12]\n" +
 	"\fMoveMessages\x12%.cellmail.mail.v1.MoveMessagesRequest\x1a&.cellmail.mail.v1.MoveMessagesResponse\x12c\n" +
 	"\x0eDeleteMessages\x12'.cellmail.mail.v1.DeleteMessagesRequest\x1a(.cellmail.mail.v1.DeleteMessagesResponse\x12Z\n" +
-	"\vSendMessage\x12$.cellmail.mail.v1.SendMessageRequest\x1a%.cellmail.mail.v1.SendMessageResponse\x12W\n" +
+	"\vSendMessage\x12$.cellmail.mail.v1.SendMessageRequest\x1a%.cellmail.mail.v1.SendMessageResponse\x12`\n" +
+	"\rSubmitMessage\x12&.cellmail.mail.v1.SubmitMessageRequest\x1a'.cellmail.mail.v1.SubmitMessageResponse\x12W\n" +
 	"\n" +
 	"GetChanges\x12#.cellmail.mail.v1.GetChangesRequest\x1a$.cellmail.mail.v1.GetChangesResponse\x12Z\n" +
 	"\vListFilters\x12$.cellmail.mail.v1.ListFiltersRequest\x1a%.cellmail.mail.v1.ListFiltersResponse\x12W\n" +
@@ -3168,7 +3295,7 @@ func file_cellmail_mail_v1_mail_proto_rawDescGZIP() []byte {
 }
 
 var file_cellmail_mail_v1_mail_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_cellmail_mail_v1_mail_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_cellmail_mail_v1_mail_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_cellmail_mail_v1_mail_proto_goTypes = []any{
 	(SpecialUse)(0),                // 0: cellmail.mail.v1.SpecialUse
 	(*CreateAccountRequest)(nil),   // 1: cellmail.mail.v1.CreateAccountRequest
@@ -3210,13 +3337,15 @@ var file_cellmail_mail_v1_mail_proto_goTypes = []any{
 	(*GetChangesRequest)(nil),      // 37: cellmail.mail.v1.GetChangesRequest
 	(*Change)(nil),                 // 38: cellmail.mail.v1.Change
 	(*GetChangesResponse)(nil),     // 39: cellmail.mail.v1.GetChangesResponse
-	(*Filter)(nil),                 // 40: cellmail.mail.v1.Filter
-	(*ListFiltersRequest)(nil),     // 41: cellmail.mail.v1.ListFiltersRequest
-	(*ListFiltersResponse)(nil),    // 42: cellmail.mail.v1.ListFiltersResponse
-	(*SetFiltersRequest)(nil),      // 43: cellmail.mail.v1.SetFiltersRequest
-	(*SetFiltersResponse)(nil),     // 44: cellmail.mail.v1.SetFiltersResponse
-	(*DeliverRequest)(nil),         // 45: cellmail.mail.v1.DeliverRequest
-	(*DeliverResponse)(nil),        // 46: cellmail.mail.v1.DeliverResponse
+	(*SubmitMessageRequest)(nil),   // 40: cellmail.mail.v1.SubmitMessageRequest
+	(*SubmitMessageResponse)(nil),  // 41: cellmail.mail.v1.SubmitMessageResponse
+	(*Filter)(nil),                 // 42: cellmail.mail.v1.Filter
+	(*ListFiltersRequest)(nil),     // 43: cellmail.mail.v1.ListFiltersRequest
+	(*ListFiltersResponse)(nil),    // 44: cellmail.mail.v1.ListFiltersResponse
+	(*SetFiltersRequest)(nil),      // 45: cellmail.mail.v1.SetFiltersRequest
+	(*SetFiltersResponse)(nil),     // 46: cellmail.mail.v1.SetFiltersResponse
+	(*DeliverRequest)(nil),         // 47: cellmail.mail.v1.DeliverRequest
+	(*DeliverResponse)(nil),        // 48: cellmail.mail.v1.DeliverResponse
 }
 var file_cellmail_mail_v1_mail_proto_depIdxs = []int32{
 	3,  // 0: cellmail.mail.v1.CreateAccountResponse.account:type_name -> cellmail.mail.v1.Account
@@ -3239,51 +3368,54 @@ var file_cellmail_mail_v1_mail_proto_depIdxs = []int32{
 	33, // 17: cellmail.mail.v1.SendMessageRequest.attachments:type_name -> cellmail.mail.v1.OutgoingAttachment
 	35, // 18: cellmail.mail.v1.SendMessageResponse.recipients:type_name -> cellmail.mail.v1.RecipientStatus
 	38, // 19: cellmail.mail.v1.GetChangesResponse.changes:type_name -> cellmail.mail.v1.Change
-	40, // 20: cellmail.mail.v1.ListFiltersResponse.filters:type_name -> cellmail.mail.v1.Filter
-	40, // 21: cellmail.mail.v1.SetFiltersRequest.filters:type_name -> cellmail.mail.v1.Filter
-	40, // 22: cellmail.mail.v1.SetFiltersResponse.filters:type_name -> cellmail.mail.v1.Filter
-	35, // 23: cellmail.mail.v1.DeliverResponse.recipients:type_name -> cellmail.mail.v1.RecipientStatus
-	1,  // 24: cellmail.mail.v1.MailService.CreateAccount:input_type -> cellmail.mail.v1.CreateAccountRequest
-	4,  // 25: cellmail.mail.v1.MailService.Login:input_type -> cellmail.mail.v1.LoginRequest
-	6,  // 26: cellmail.mail.v1.MailService.RefreshSession:input_type -> cellmail.mail.v1.RefreshSessionRequest
-	8,  // 27: cellmail.mail.v1.MailService.Logout:input_type -> cellmail.mail.v1.LogoutRequest
-	11, // 28: cellmail.mail.v1.MailService.ListMailboxes:input_type -> cellmail.mail.v1.ListMailboxesRequest
-	13, // 29: cellmail.mail.v1.MailService.CreateMailbox:input_type -> cellmail.mail.v1.CreateMailboxRequest
-	15, // 30: cellmail.mail.v1.MailService.RenameMailbox:input_type -> cellmail.mail.v1.RenameMailboxRequest
-	17, // 31: cellmail.mail.v1.MailService.DeleteMailbox:input_type -> cellmail.mail.v1.DeleteMailboxRequest
-	21, // 32: cellmail.mail.v1.MailService.ListMessages:input_type -> cellmail.mail.v1.ListMessagesRequest
-	23, // 33: cellmail.mail.v1.MailService.GetMessage:input_type -> cellmail.mail.v1.GetMessageRequest
-	27, // 34: cellmail.mail.v1.MailService.UpdateFlags:input_type -> cellmail.mail.v1.UpdateFlagsRequest
-	29, // 35: cellmail.mail.v1.MailService.MoveMessages:input_type -> cellmail.mail.v1.MoveMessagesRequest
-	31, // 36: cellmail.mail.v1.MailService.DeleteMessages:input_type -> cellmail.mail.v1.DeleteMessagesRequest
-	34, // 37: cellmail.mail.v1.MailService.SendMessage:input_type -> cellmail.mail.v1.SendMessageRequest
-	37, // 38: cellmail.mail.v1.MailService.GetChanges:input_type -> cellmail.mail.v1.GetChangesRequest
-	41, // 39: cellmail.mail.v1.MailService.ListFilters:input_type -> cellmail.mail.v1.ListFiltersRequest
-	43, // 40: cellmail.mail.v1.MailService.SetFilters:input_type -> cellmail.mail.v1.SetFiltersRequest
-	45, // 41: cellmail.mail.v1.DeliveryService.Deliver:input_type -> cellmail.mail.v1.DeliverRequest
-	2,  // 42: cellmail.mail.v1.MailService.CreateAccount:output_type -> cellmail.mail.v1.CreateAccountResponse
-	5,  // 43: cellmail.mail.v1.MailService.Login:output_type -> cellmail.mail.v1.LoginResponse
-	7,  // 44: cellmail.mail.v1.MailService.RefreshSession:output_type -> cellmail.mail.v1.RefreshSessionResponse
-	9,  // 45: cellmail.mail.v1.MailService.Logout:output_type -> cellmail.mail.v1.LogoutResponse
-	12, // 46: cellmail.mail.v1.MailService.ListMailboxes:output_type -> cellmail.mail.v1.ListMailboxesResponse
-	14, // 47: cellmail.mail.v1.MailService.CreateMailbox:output_type -> cellmail.mail.v1.CreateMailboxResponse
-	16, // 48: cellmail.mail.v1.MailService.RenameMailbox:output_type -> cellmail.mail.v1.RenameMailboxResponse
-	18, // 49: cellmail.mail.v1.MailService.DeleteMailbox:output_type -> cellmail.mail.v1.DeleteMailboxResponse
-	22, // 50: cellmail.mail.v1.MailService.ListMessages:output_type -> cellmail.mail.v1.ListMessagesResponse
-	26, // 51: cellmail.mail.v1.MailService.GetMessage:output_type -> cellmail.mail.v1.GetMessageResponse
-	28, // 52: cellmail.mail.v1.MailService.UpdateFlags:output_type -> cellmail.mail.v1.UpdateFlagsResponse
-	30, // 53: cellmail.mail.v1.MailService.MoveMessages:output_type -> cellmail.mail.v1.MoveMessagesResponse
-	32, // 54: cellmail.mail.v1.MailService.DeleteMessages:output_type -> cellmail.mail.v1.DeleteMessagesResponse
-	36, // 55: cellmail.mail.v1.MailService.SendMessage:output_type -> cellmail.mail.v1.SendMessageResponse
-	39, // 56: cellmail.mail.v1.MailService.GetChanges:output_type -> cellmail.mail.v1.GetChangesResponse
-	42, // 57: cellmail.mail.v1.MailService.ListFilters:output_type -> cellmail.mail.v1.ListFiltersResponse
-	44, // 58: cellmail.mail.v1.MailService.SetFilters:output_type -> cellmail.mail.v1.SetFiltersResponse
-	46, // 59: cellmail.mail.v1.DeliveryService.Deliver:output_type -> cellmail.mail.v1.DeliverResponse
-	42, // [42:60] is the sub-list for method output_type
-	24, // [24:42] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	35, // 20: cellmail.mail.v1.SubmitMessageResponse.recipients:type_name -> cellmail.mail.v1.RecipientStatus
+	42, // 21: cellmail.mail.v1.ListFiltersResponse.filters:type_name -> cellmail.mail.v1.Filter
+	42, // 22: cellmail.mail.v1.SetFiltersRequest.filters:type_name -> cellmail.mail.v1.Filter
+	42, // 23: cellmail.mail.v1.SetFiltersResponse.filters:type_name -> cellmail.mail.v1.Filter
+	35, // 24: cellmail.mail.v1.DeliverResponse.recipients:type_name -> cellmail.mail.v1.RecipientStatus
+	1,  // 25: cellmail.mail.v1.MailService.CreateAccount:input_type -> cellmail.mail.v1.CreateAccountRequest
+	4,  // 26: cellmail.mail.v1.MailService.Login:input_type -> cellmail.mail.v1.LoginRequest
+	6,  // 27: cellmail.mail.v1.MailService.RefreshSession:input_type -> cellmail.mail.v1.RefreshSessionRequest
+	8,  // 28: cellmail.mail.v1.MailService.Logout:input_type -> cellmail.mail.v1.LogoutRequest
+	11, // 29: cellmail.mail.v1.MailService.ListMailboxes:input_type -> cellmail.mail.v1.ListMailboxesRequest
+	13, // 30: cellmail.mail.v1.MailService.CreateMailbox:input_type -> cellmail.mail.v1.CreateMailboxRequest
+	15, // 31: cellmail.mail.v1.MailService.RenameMailbox:input_type -> cellmail.mail.v1.RenameMailboxRequest
+	17, // 32: cellmail.mail.v1.MailService.DeleteMailbox:input_type -> cellmail.mail.v1.DeleteMailboxRequest
+	21, // 33: cellmail.mail.v1.MailService.ListMessages:input_type -> cellmail.mail.v1.ListMessagesRequest
+	23, // 34: cellmail.mail.v1.MailService.GetMessage:input_type -> cellmail.mail.v1.GetMessageRequest
+	27, // 35: cellmail.mail.v1.MailService.UpdateFlags:input_type -> cellmail.mail.v1.UpdateFlagsRequest
+	29, // 36: cellmail.mail.v1.MailService.MoveMessages:input_type -> cellmail.mail.v1.MoveMessagesRequest
+	31, // 37: cellmail.mail.v1.MailService.DeleteMessages:input_type -> cellmail.mail.v1.DeleteMessagesRequest
+	34, // 38: cellmail.mail.v1.MailService.SendMessage:input_type -> cellmail.mail.v1.SendMessageRequest
+	40, // 39: cellmail.mail.v1.MailService.SubmitMessage:input_type -> cellmail.mail.v1.SubmitMessageRequest
+	37, // 40: cellmail.mail.v1.MailService.GetChanges:input_type -> cellmail.mail.v1.GetChangesRequest
+	43, // 41: cellmail.mail.v1.MailService.ListFilters:input_type -> cellmail.mail.v1.ListFiltersRequest
+	45, // 42: cellmail.mail.v1.MailService.SetFilters:input_type -> cellmail.mail.v1.SetFiltersRequest
+	47, // 43: cellmail.mail.v1.DeliveryService.Deliver:input_type -> cellmail.mail.v1.DeliverRequest
+	2,  // 44: cellmail.mail.v1.MailService.CreateAccount:output_type -> cellmail.mail.v1.CreateAccountResponse
+	5,  // 45: cellmail.mail.v1.MailService.Login:output_type -> cellmail.mail.v1.LoginResponse
+	7,  // 46: cellmail.mail.v1.MailService.RefreshSession:output_type -> cellmail.mail.v1.RefreshSessionResponse
+	9,  // 47: cellmail.mail.v1.MailService.Logout:output_type -> cellmail.mail.v1.LogoutResponse
+	12, // 48: cellmail.mail.v1.MailService.ListMailboxes:output_type -> cellmail.mail.v1.ListMailboxesResponse
+	14, // 49: cellmail.mail.v1.MailService.CreateMailbox:output_type -> cellmail.mail.v1.CreateMailboxResponse
+	16, // 50: cellmail.mail.v1.MailService.RenameMailbox:output_type -> cellmail.mail.v1.RenameMailboxResponse
+	18, // 51: cellmail.mail.v1.MailService.DeleteMailbox:output_type -> cellmail.mail.v1.DeleteMailboxResponse
+	22, // 52: cellmail.mail.v1.MailService.ListMessages:output_type -> cellmail.mail.v1.ListMessagesResponse
+	26, // 53: cellmail.mail.v1.MailService.GetMessage:output_type -> cellmail.mail.v1.GetMessageResponse
+	28, // 54: cellmail.mail.v1.MailService.UpdateFlags:output_type -> cellmail.mail.v1.UpdateFlagsResponse
+	30, // 55: cellmail.mail.v1.MailService.MoveMessages:output_type -> cellmail.mail.v1.MoveMessagesResponse
+	32, // 56: cellmail.mail.v1.MailService.DeleteMessages:output_type -> cellmail.mail.v1.DeleteMessagesResponse
+	36, // 57: cellmail.mail.v1.MailService.SendMessage:output_type -> cellmail.mail.v1.SendMessageResponse
+	41, // 58: cellmail.mail.v1.MailService.SubmitMessage:output_type -> cellmail.mail.v1.SubmitMessageResponse
+	39, // 59: cellmail.mail.v1.MailService.GetChanges:output_type -> cellmail.mail.v1.GetChangesResponse
+	44, // 60: cellmail.mail.v1.MailService.ListFilters:output_type -> cellmail.mail.v1.ListFiltersResponse
+	46, // 61: cellmail.mail.v1.MailService.SetFilters:output_type -> cellmail.mail.v1.SetFiltersResponse
+	48, // 62: cellmail.mail.v1.DeliveryService.Deliver:output_type -> cellmail.mail.v1.DeliverResponse
+	44, // [44:63] is the sub-list for method output_type
+	25, // [25:44] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_cellmail_mail_v1_mail_proto_init() }
@@ -3298,7 +3430,7 @@ func file_cellmail_mail_v1_mail_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cellmail_mail_v1_mail_proto_rawDesc), len(file_cellmail_mail_v1_mail_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   46,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

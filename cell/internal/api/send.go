@@ -19,6 +19,7 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/mail"
 	"github.com/cellmail/cellmail/cell/internal/message"
 	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/internal/wire"
 )
 
 // SendMessage composes a message from the caller, files a copy in Sent,
@@ -68,6 +69,9 @@ func (m *MailServer) SendMessage(ctx context.Context, req *connect.Request[mailv
 		return nil, fmt.Errorf("%w: more than %d recipients", mail.ErrLimit, MaxRecipients)
 	}
 	if err := checkText("subject", r.Subject, MaxSubject); err != nil {
+		return nil, err
+	}
+	if err := m.sendAllowed(ctx, c.account.ID, len(rcpts)); err != nil {
 		return nil, err
 	}
 	var total int64
@@ -310,4 +314,92 @@ func (p PeerClient) Deliver(ctx context.Context, cell placement.Cell, from strin
 		return nil, err
 	}
 	return resp.Msg.Recipients, nil
+}
+
+// Sending limits per account (the webmail's and the mail clients' sends
+// together): SendLimit messages per SendWindow, RecipientLimit recipients
+// per RecipientWindow.
+const (
+	SendLimit       = 100
+	SendWindow      = 10 * time.Minute
+	RecipientLimit  = 1000
+	RecipientWindow = time.Hour
+)
+
+// sendAllowed counts one message to n recipients against the caller's
+// limits.
+func (m *MailServer) sendAllowed(ctx context.Context, accountID string, n int) error {
+	check := func(key string, limit int, window time.Duration, what string) error {
+		ok, retry, err := m.cache.Allow(ctx, key, limit, window)
+		if err != nil {
+			m.log.Warn("rate limiter unavailable", "err", err)
+			return nil
+		}
+		if !ok {
+			return fmt.Errorf("%w: more than %d %s in %s; retry in %s", mail.ErrRateLimited, limit, what, window, retry.Round(time.Second))
+		}
+		return nil
+	}
+	if err := check("send:msg:"+accountID, SendLimit, SendWindow, "messages"); err != nil {
+		return err
+	}
+	for range n {
+		if err := check("send:rcpt:"+accountID, RecipientLimit, RecipientWindow, "recipients"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SubmitMessage sends a message a mail client composed: the envelope
+// sender must be the caller, the message follows the wire rule, then it is
+// stored in Sent and routed like SendMessage's.
+func (m *MailServer) SubmitMessage(ctx context.Context, req *connect.Request[mailv1.SubmitMessageRequest]) (*connect.Response[mailv1.SubmitMessageResponse], error) {
+	c, err := callerOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r := req.Msg
+	from, err := placement.ParseAddress(r.MailFrom)
+	if err != nil || from.String() != c.account.Address {
+		return nil, fmt.Errorf("%w: not allowed to send as %q", mail.ErrDenied, r.MailFrom)
+	}
+	if len(r.Recipients) == 0 {
+		return nil, invalid("no recipients")
+	}
+	if len(r.Recipients) > MaxRecipients {
+		return nil, fmt.Errorf("%w: more than %d recipients", mail.ErrLimit, MaxRecipients)
+	}
+	var rcpts []string
+	seen := map[string]bool{}
+	for _, rc := range r.Recipients {
+		pa, err := placement.ParseAddress(rc)
+		if err != nil {
+			return nil, invalid("recipient %q: %v", rc, err)
+		}
+		if !seen[pa.String()] {
+			seen[pa.String()] = true
+			rcpts = append(rcpts, pa.String())
+		}
+	}
+	if int64(len(r.Raw)) > m.limits.MaxSize {
+		return nil, fmt.Errorf("%w: message over %d bytes", mail.ErrLimit, m.limits.MaxSize)
+	}
+	if werr := wire.Check(r.Raw); werr != nil {
+		return nil, invalid("%s", werr.Message)
+	}
+	if err := m.sendAllowed(ctx, c.account.ID, len(rcpts)); err != nil {
+		return nil, err
+	}
+	sent, err := m.store.MailboxByUse(ctx, c.account.ID, mail.UseSent)
+	if err != nil {
+		return nil, err
+	}
+	copyInSent, err := m.deliver.Deliver(ctx, c.account.ID, sent.ID, r.Raw, delivery.Options{Flags: mail.Flags{Seen: true}, Lenient: true})
+	if err != nil {
+		return nil, err
+	}
+	out := &mailv1.SubmitMessageResponse{MessageId: copyInSent.ID}
+	out.Recipients = m.route(ctx, c.account.ID, c.account.Address, rcpts, r.Raw)
+	return connect.NewResponse(out), nil
 }

@@ -76,6 +76,9 @@ const (
 	MailServiceDeleteMessagesProcedure = "/cellmail.mail.v1.MailService/DeleteMessages"
 	// MailServiceSendMessageProcedure is the fully-qualified name of the MailService's SendMessage RPC.
 	MailServiceSendMessageProcedure = "/cellmail.mail.v1.MailService/SendMessage"
+	// MailServiceSubmitMessageProcedure is the fully-qualified name of the MailService's SubmitMessage
+	// RPC.
+	MailServiceSubmitMessageProcedure = "/cellmail.mail.v1.MailService/SubmitMessage"
 	// MailServiceGetChangesProcedure is the fully-qualified name of the MailService's GetChanges RPC.
 	MailServiceGetChangesProcedure = "/cellmail.mail.v1.MailService/GetChanges"
 	// MailServiceListFiltersProcedure is the fully-qualified name of the MailService's ListFilters RPC.
@@ -103,6 +106,10 @@ type MailServiceClient interface {
 	MoveMessages(context.Context, *connect.Request[mailv1.MoveMessagesRequest]) (*connect.Response[mailv1.MoveMessagesResponse], error)
 	DeleteMessages(context.Context, *connect.Request[mailv1.DeleteMessagesRequest]) (*connect.Response[mailv1.DeleteMessagesResponse], error)
 	SendMessage(context.Context, *connect.Request[mailv1.SendMessageRequest]) (*connect.Response[mailv1.SendMessageResponse], error)
+	// SubmitMessage sends a message a mail client composed (SMTP submission
+	// through the router): the same path as SendMessage from the Sent copy
+	// on. The envelope sender must be the caller's address.
+	SubmitMessage(context.Context, *connect.Request[mailv1.SubmitMessageRequest]) (*connect.Response[mailv1.SubmitMessageResponse], error)
 	GetChanges(context.Context, *connect.Request[mailv1.GetChangesRequest]) (*connect.Response[mailv1.GetChangesResponse], error)
 	// The caller's rules for inbound mail, applied in order by the cell's
 	// inbound pipeline after the spam step.
@@ -206,6 +213,12 @@ func NewMailServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(mailServiceMethods.ByName("SendMessage")),
 			connect.WithClientOptions(opts...),
 		),
+		submitMessage: connect.NewClient[mailv1.SubmitMessageRequest, mailv1.SubmitMessageResponse](
+			httpClient,
+			baseURL+MailServiceSubmitMessageProcedure,
+			connect.WithSchema(mailServiceMethods.ByName("SubmitMessage")),
+			connect.WithClientOptions(opts...),
+		),
 		getChanges: connect.NewClient[mailv1.GetChangesRequest, mailv1.GetChangesResponse](
 			httpClient,
 			baseURL+MailServiceGetChangesProcedure,
@@ -243,6 +256,7 @@ type mailServiceClient struct {
 	moveMessages   *connect.Client[mailv1.MoveMessagesRequest, mailv1.MoveMessagesResponse]
 	deleteMessages *connect.Client[mailv1.DeleteMessagesRequest, mailv1.DeleteMessagesResponse]
 	sendMessage    *connect.Client[mailv1.SendMessageRequest, mailv1.SendMessageResponse]
+	submitMessage  *connect.Client[mailv1.SubmitMessageRequest, mailv1.SubmitMessageResponse]
 	getChanges     *connect.Client[mailv1.GetChangesRequest, mailv1.GetChangesResponse]
 	listFilters    *connect.Client[mailv1.ListFiltersRequest, mailv1.ListFiltersResponse]
 	setFilters     *connect.Client[mailv1.SetFiltersRequest, mailv1.SetFiltersResponse]
@@ -318,6 +332,11 @@ func (c *mailServiceClient) SendMessage(ctx context.Context, req *connect.Reques
 	return c.sendMessage.CallUnary(ctx, req)
 }
 
+// SubmitMessage calls cellmail.mail.v1.MailService.SubmitMessage.
+func (c *mailServiceClient) SubmitMessage(ctx context.Context, req *connect.Request[mailv1.SubmitMessageRequest]) (*connect.Response[mailv1.SubmitMessageResponse], error) {
+	return c.submitMessage.CallUnary(ctx, req)
+}
+
 // GetChanges calls cellmail.mail.v1.MailService.GetChanges.
 func (c *mailServiceClient) GetChanges(ctx context.Context, req *connect.Request[mailv1.GetChangesRequest]) (*connect.Response[mailv1.GetChangesResponse], error) {
 	return c.getChanges.CallUnary(ctx, req)
@@ -350,6 +369,10 @@ type MailServiceHandler interface {
 	MoveMessages(context.Context, *connect.Request[mailv1.MoveMessagesRequest]) (*connect.Response[mailv1.MoveMessagesResponse], error)
 	DeleteMessages(context.Context, *connect.Request[mailv1.DeleteMessagesRequest]) (*connect.Response[mailv1.DeleteMessagesResponse], error)
 	SendMessage(context.Context, *connect.Request[mailv1.SendMessageRequest]) (*connect.Response[mailv1.SendMessageResponse], error)
+	// SubmitMessage sends a message a mail client composed (SMTP submission
+	// through the router): the same path as SendMessage from the Sent copy
+	// on. The envelope sender must be the caller's address.
+	SubmitMessage(context.Context, *connect.Request[mailv1.SubmitMessageRequest]) (*connect.Response[mailv1.SubmitMessageResponse], error)
 	GetChanges(context.Context, *connect.Request[mailv1.GetChangesRequest]) (*connect.Response[mailv1.GetChangesResponse], error)
 	// The caller's rules for inbound mail, applied in order by the cell's
 	// inbound pipeline after the spam step.
@@ -449,6 +472,12 @@ func NewMailServiceHandler(svc MailServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(mailServiceMethods.ByName("SendMessage")),
 		connect.WithHandlerOptions(opts...),
 	)
+	mailServiceSubmitMessageHandler := connect.NewUnaryHandler(
+		MailServiceSubmitMessageProcedure,
+		svc.SubmitMessage,
+		connect.WithSchema(mailServiceMethods.ByName("SubmitMessage")),
+		connect.WithHandlerOptions(opts...),
+	)
 	mailServiceGetChangesHandler := connect.NewUnaryHandler(
 		MailServiceGetChangesProcedure,
 		svc.GetChanges,
@@ -497,6 +526,8 @@ func NewMailServiceHandler(svc MailServiceHandler, opts ...connect.HandlerOption
 			mailServiceDeleteMessagesHandler.ServeHTTP(w, r)
 		case MailServiceSendMessageProcedure:
 			mailServiceSendMessageHandler.ServeHTTP(w, r)
+		case MailServiceSubmitMessageProcedure:
+			mailServiceSubmitMessageHandler.ServeHTTP(w, r)
 		case MailServiceGetChangesProcedure:
 			mailServiceGetChangesHandler.ServeHTTP(w, r)
 		case MailServiceListFiltersProcedure:
@@ -566,6 +597,10 @@ func (UnimplementedMailServiceHandler) DeleteMessages(context.Context, *connect.
 
 func (UnimplementedMailServiceHandler) SendMessage(context.Context, *connect.Request[mailv1.SendMessageRequest]) (*connect.Response[mailv1.SendMessageResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("cellmail.mail.v1.MailService.SendMessage is not implemented"))
+}
+
+func (UnimplementedMailServiceHandler) SubmitMessage(context.Context, *connect.Request[mailv1.SubmitMessageRequest]) (*connect.Response[mailv1.SubmitMessageResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("cellmail.mail.v1.MailService.SubmitMessage is not implemented"))
 }
 
 func (UnimplementedMailServiceHandler) GetChanges(context.Context, *connect.Request[mailv1.GetChangesRequest]) (*connect.Response[mailv1.GetChangesResponse], error) {

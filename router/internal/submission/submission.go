@@ -1,0 +1,316 @@
+// Package submission is the router's message submission service (RFC
+// 6409) for mail clients: port 587 with STARTTLS (RFC 3207) required before
+// AUTH, and port 465 with implicit TLS (RFC 8314 §3.3). Implementation
+// notes:
+//
+//   - AUTH PLAIN (RFC 4616) and LOGIN (draft-murchison-sasl-login): the
+//     username is the user's address; the router finds its owning cell and
+//     logs in there (the cell checks the password and rate-limits); the
+//     session then holds that cell's access token. A failure answers 535
+//     5.7.8, the same for an unknown user and a wrong password.
+//   - MAIL FROM must be the authenticated user's own address (553 5.7.1);
+//     the cell checks it again.
+//   - RCPT accepts any syntactically valid address (relaying is what an
+//     authenticated submission is for); at most 100.
+//   - DATA follows the same wire rule as the MX (package internal/wire),
+//     then the message goes to the cell's SubmitMessage: a copy in Sent, our
+//     own recipients delivered to their cells, remote ones queued; 250 only
+//     after that is durable. The cell's sending limits answer 451 4.7.1.
+package submission
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
+	"github.com/cellmail/cellmail/cell/gen/mailv1/mailv1connect"
+	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/internal/wire"
+	"github.com/cellmail/cellmail/router/internal/route"
+)
+
+// Resolver finds the owning cell of an address.
+type Resolver interface {
+	Resolve(address string) (route.Target, error)
+	Refresh(ctx context.Context, address string) (route.Target, error)
+}
+
+// Config tunes the service.
+type Config struct {
+	Domain          string
+	TLS             *tls.Config // required: AUTH only over TLS
+	MaxMessageBytes int64
+	HTTP            *http.Client // to the cells' APIs (HTTP/2)
+	Logger          *slog.Logger
+}
+
+// Server is the submission service.
+type Server struct {
+	routes Resolver
+	cfg    Config
+	srv    *smtp.Server
+}
+
+// New makes the service.
+func New(routes Resolver, cfg Config) *Server {
+	if cfg.MaxMessageBytes == 0 {
+		cfg.MaxMessageBytes = 35 << 20
+	}
+	if cfg.Domain == "" {
+		cfg.Domain = "submit.cellmail.local"
+	}
+	s := &Server{routes: routes, cfg: cfg}
+	srv := smtp.NewServer(s)
+	srv.Domain = cfg.Domain
+	srv.MaxMessageBytes = cfg.MaxMessageBytes
+	srv.MaxRecipients = 100
+	srv.MaxLineLength = 1000
+	srv.ReadTimeout = 5 * time.Minute
+	srv.WriteTimeout = time.Minute
+	srv.EnableSMTPUTF8 = true
+	srv.TLSConfig = cfg.TLS
+	srv.AllowInsecureAuth = false
+	srv.ErrorLog = logAdapter{cfg.Logger}
+	s.srv = srv
+	return s
+}
+
+type logAdapter struct{ l *slog.Logger }
+
+func (a logAdapter) Printf(format string, v ...any) { a.l.Warn(fmt.Sprintf(format, v...)) }
+func (a logAdapter) Println(v ...any)               { a.l.Warn(fmt.Sprint(v...)) }
+
+// Serve serves port 587 style (STARTTLS) on ln.
+func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+
+// ServeTLS serves port 465 style (implicit TLS) on ln.
+func (s *Server) ServeTLS(ln net.Listener) error { return s.srv.Serve(tls.NewListener(ln, s.cfg.TLS)) }
+
+// Close stops the service.
+func (s *Server) Close() error { return s.srv.Close() }
+
+// NewSession implements smtp.Backend.
+func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &session{s: s, ctx: ctx, cancel: cancel, remote: c.Conn().RemoteAddr().String()}, nil
+}
+
+type session struct {
+	s      *Server
+	ctx    context.Context
+	cancel context.CancelFunc
+	remote string
+	user   string // canonical address, once authenticated
+	token  string
+	client mailv1connect.MailServiceClient
+	from   string
+	rcpts  []string
+}
+
+var _ smtp.AuthSession = (*session)(nil)
+
+func (se *session) Reset()        { se.from, se.rcpts = "", nil }
+// Logout ends the SMTP session and the cell session its login opened.
+func (se *session) Logout() error {
+	se.cancel()
+	if se.token != "" && se.client != nil {
+		c, token := se.client, se.token
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			req := connect.NewRequest(&mailv1.LogoutRequest{})
+			req.Header().Set("Authorization", "Bearer "+token)
+			_, _ = c.Logout(ctx, req)
+		}()
+	}
+	return nil
+}
+
+func (se *session) AuthMechanisms() []string { return []string{sasl.Plain, sasl.Login} }
+
+func (se *session) Auth(mech string) (sasl.Server, error) {
+	if se.user != "" {
+		return nil, &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "Already authenticated"}
+	}
+	switch mech {
+	case sasl.Plain:
+		return sasl.NewPlainServer(func(identity, username, password string) error {
+			if identity != "" && identity != username {
+				return authFailed
+			}
+			return se.login(username, password)
+		}), nil
+	case sasl.Login:
+		return &loginServer{check: se.login}, nil
+	}
+	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+var authFailed = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
+
+// login authenticates at the user's owning cell.
+func (se *session) login(username, password string) error {
+	a, err := placement.ParseAddress(username)
+	if err != nil {
+		return authFailed
+	}
+	ctx, cancel := context.WithTimeout(se.ctx, 30*time.Second)
+	defer cancel()
+	var resp *connect.Response[mailv1.LoginResponse]
+	err = se.atOwner(ctx, a.String(), func(c mailv1connect.MailServiceClient) error {
+		req := connect.NewRequest(&mailv1.LoginRequest{Address: a.String(), Password: password})
+		req.Header().Set("X-Forwarded-For", hostOf(se.remote)) // the cell rate-limits per source
+		var err error
+		resp, err = c.Login(ctx, req)
+		return err
+	})
+	switch {
+	case err == nil:
+		se.user, se.token = a.String(), resp.Msg.AccessToken
+		return nil
+	case connect.CodeOf(err) == connect.CodeUnauthenticated, connect.CodeOf(err) == connect.CodeNotFound,
+		errors.Is(err, placement.ErrUnknownDomain):
+		return authFailed
+	case connect.CodeOf(err) == connect.CodeResourceExhausted:
+		return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many login attempts, try later"}
+	}
+	se.s.cfg.Logger.Warn("submission login failed at the cell", "err", err)
+	return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure"}
+}
+
+// atOwner calls f with a client of the address's owning cell; a cell that
+// says it is not the owner (any more) makes it refresh and try once more.
+func (se *session) atOwner(ctx context.Context, addr string, f func(mailv1connect.MailServiceClient) error) error {
+	tgt, err := se.s.routes.Resolve(addr)
+	if err != nil {
+		return err
+	}
+	c := mailv1connect.NewMailServiceClient(se.s.cfg.HTTP, tgt.Cell.APIURL)
+	err = f(c)
+	if connect.CodeOf(err) == connect.CodeFailedPrecondition {
+		if tgt, rerr := se.s.routes.Refresh(ctx, addr); rerr == nil {
+			c = mailv1connect.NewMailServiceClient(se.s.cfg.HTTP, tgt.Cell.APIURL)
+			err = f(c)
+		}
+	}
+	if err == nil {
+		se.client = c
+	}
+	return err
+}
+
+func hostOf(addr string) string {
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
+	}
+	return addr
+}
+
+func (se *session) Mail(from string, _ *smtp.MailOptions) error {
+	if se.user == "" {
+		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
+	}
+	a, err := placement.ParseAddress(from)
+	if err != nil || a.String() != se.user {
+		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: fmt.Sprintf("Not allowed to send as <%s>", from)}
+	}
+	se.from = a.String()
+	return nil
+}
+
+func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if se.user == "" {
+		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
+	}
+	a, err := placement.ParseAddress(to)
+	if err != nil {
+		return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad recipient address syntax"}
+	}
+	se.rcpts = append(se.rcpts, a.String())
+	return nil
+}
+
+func (se *session) Data(r io.Reader) error {
+	raw, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	if werr := wire.Check(raw); werr != nil {
+		return werr
+	}
+	ctx, cancel := context.WithTimeout(se.ctx, 2*time.Minute)
+	defer cancel()
+	req := connect.NewRequest(&mailv1.SubmitMessageRequest{MailFrom: se.from, Recipients: se.rcpts, Raw: raw})
+	req.Header().Set("Authorization", "Bearer "+se.token)
+	resp, err := se.client.SubmitMessage(ctx, req)
+	if err != nil {
+		var ce *connect.Error
+		msg := err.Error()
+		if errors.As(err, &ce) {
+			msg = ce.Message()
+		}
+		switch connect.CodeOf(err) {
+		case connect.CodePermissionDenied:
+			return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Not allowed to send as this sender"}
+		case connect.CodeResourceExhausted:
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: oneLine(msg)}
+		case connect.CodeInvalidArgument:
+			return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: oneLine(msg)}
+		}
+		se.s.cfg.Logger.Warn("submission failed at the cell", "err", err)
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure, try again"}
+	}
+	for _, st := range resp.Msg.Recipients {
+		if st.Status == "failed" {
+			se.s.cfg.Logger.Info("submitted message not delivered to a recipient", "detail", st.Detail)
+		}
+	}
+	return nil
+}
+
+func oneLine(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 200 {
+		s = s[:200]
+	}
+	return s
+}
+
+// loginServer is the LOGIN SASL mechanism (draft-murchison-sasl-login):
+// the server asks "Username:" then "Password:".
+type loginServer struct {
+	check    func(user, pass string) error
+	step     int
+	username string
+}
+
+func (l *loginServer) Next(response []byte) (challenge []byte, done bool, err error) {
+	switch l.step {
+	case 0:
+		l.step = 1
+		if len(response) > 0 { // initial response: the username
+			l.username, l.step = string(response), 2
+			return []byte("Password:"), false, nil
+		}
+		return []byte("Username:"), false, nil
+	case 1:
+		l.username, l.step = string(response), 2
+		return []byte("Password:"), false, nil
+	case 2:
+		l.step = 3
+		return nil, true, l.check(l.username, string(response))
+	}
+	return nil, true, errors.New("unexpected response")
+}

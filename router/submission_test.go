@@ -1,0 +1,109 @@
+package router_test
+
+import (
+	"crypto/tls"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
+)
+
+// A mail client submits on 587 (STARTTLS, AUTH) to a user in another cell
+// and to a remote domain; the message is in the sender's Sent, the other
+// user's INBOX and at the remote MX. Sending as someone else, AUTH before
+// TLS, and a wrong password are refused.
+func TestSubmission(t *testing.T) {
+	s := newStack(t)
+	url := s.startRouter(nil)
+	alice := s.user(t, url, "alice@eu.example")
+	bob := s.user(t, url, "bob@us.example")
+	tlsConf := &tls.Config{InsecureSkipVerify: true}
+
+	// AUTH before STARTTLS is not offered.
+	c, err := smtp.Dial(s.submission)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Hello("client.test"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := c.Extension("AUTH"); ok {
+		t.Fatal("AUTH offered before STARTTLS")
+	}
+	if err := c.Mail("alice@eu.example", nil); smtpCode(err) != 530 {
+		t.Fatalf("MAIL without AUTH: %v, want 530", err)
+	}
+	c.Close()
+
+	dial := func() *smtp.Client {
+		c, err := smtp.Dial(s.submission)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Hello("client.test"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.StartTLS(tlsConf); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c = dial()
+	if err := c.Auth(sasl.NewPlainClient("", "alice@eu.example", "wrong password")); smtpCode(err) != 535 {
+		t.Fatalf("wrong password: %v, want 535", err)
+	}
+	c.Close()
+	c = dial()
+	if err := c.Auth(sasl.NewLoginClient("nobody@eu.example", "x")); smtpCode(err) != 535 {
+		t.Fatalf("unknown user: %v, want 535", err)
+	}
+	c.Close()
+
+	c = dial()
+	defer c.Close()
+	if err := c.Auth(sasl.NewPlainClient("", "alice@eu.example", "correct horse battery")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mail("bob@us.example", nil); smtpCode(err) != 553 {
+		t.Fatalf("MAIL FROM another user: %v, want 553", err)
+	}
+	msg := "From: Alice <alice@eu.example>\r\nTo: bob@us.example, ann@remote.test\r\nSubject: submitted\r\n" +
+		"Date: Mon, 23 Nov 2026 10:00:00 +0000\r\nMessage-ID: <sub1@eu.example>\r\n\r\nFrom my mail client.\r\n"
+	if err := c.SendMail("alice@eu.example", []string{"bob@us.example", "ann2@remote.test"}, strings.NewReader(msg)); err != nil {
+		t.Fatal(err)
+	}
+	if in := waitInbox(t, bob, 1); in[0].Subject != "submitted" {
+		t.Fatalf("bob's INBOX: %v", in)
+	}
+	sent := alice.list(t, alice.box(t, mailv1.SpecialUse_SPECIAL_USE_SENT).Id)
+	if len(sent) != 1 || sent[0].Subject != "submitted" {
+		t.Fatalf("alice's Sent: %v", sent)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for remoteMX.message("ann2@remote.test") == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the remote MX never got the submitted message")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// Implicit TLS (465) works the same.
+	tc, err := smtp.DialTLS(s.submissions, tlsConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	if err := tc.Auth(sasl.NewLoginClient("bob@us.example", "correct horse battery")); err != nil {
+		t.Fatalf("AUTH LOGIN on 465: %v", err)
+	}
+	if err := tc.SendMail("bob@us.example", []string{"alice@eu.example"}, strings.NewReader("Subject: via 465\r\n\r\nhi\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if in := waitInbox(t, alice, 1); in[0].Subject != "via 465" {
+		t.Fatalf("alice's INBOX: %v", in)
+	}
+}
