@@ -121,7 +121,8 @@ type session struct {
 
 var _ smtp.AuthSession = (*session)(nil)
 
-func (se *session) Reset()        { se.from, se.rcpts = "", nil }
+func (se *session) Reset() { se.from, se.rcpts = "", nil }
+
 // Logout ends the SMTP session and the cell session its login opened.
 func (se *session) Logout() error {
 	se.cancel()
