@@ -240,6 +240,7 @@ func Run(ctx context.Context, cfg Config) error {
 	mux.Handle(mailv1connect.NewDeliveryServiceHandler(mailSrv, connect.WithReadMaxBytes(api.MaxRequestBytes),
 		connect.WithInterceptors(api.AgentAuthInterceptor(cfg.AgentToken), srv.FenceInterceptor())))
 	mux.HandleFunc("GET /v1/messages/{id}/raw", mailSrv.ServeDownload)
+	mux.HandleFunc("GET /v1/dkim/{domain}", mailSrv.ServeDKIM(DKIMSelector(cfg.Name)))
 	mux.HandleFunc("GET /v1/messages/{id}/attachments/{part}", mailSrv.ServeDownload)
 	serve.Probes(mux, func() error {
 		if maps.Map() == nil {

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -63,9 +65,35 @@ print("ok")
 	if out := run("python3", "-c", py, st.Router.SMTP, st.TLSCert); !strings.Contains(out, "ok") {
 		t.Fatalf("python: %s", out)
 	}
+	// Submission (issue 5's done-when): alice on the 587-style port with
+	// STARTTLS and AUTH, to bob (another cell), to the test remote domain's
+	// sink, and to an address the sink refuses for good.
+	out = run("swaks", "--server", st.Router.Submission, "--tls", "--auth", "PLAIN", "--auth-user", "alice@demo-eu.example",
+		"--auth-password", acct["alice@demo-eu.example"].Password, "--from", "alice@demo-eu.example",
+		"--to", "bob@demo-us.example,ann@remote.example,reject@remote.example", "--header", "Subject: swaks-submission")
+	if !strings.Contains(out, "235 2.0.0") {
+		t.Fatalf("swaks AUTH:\n%s", out)
+	}
+	refused, _ := exec.Command("swaks", "--server", st.Router.Submission, "--tls", "--auth", "LOGIN", "--auth-user", "alice@demo-eu.example",
+		"--auth-password", acct["alice@demo-eu.example"].Password, "--from", "bob@demo-us.example", "--to", "ann@remote.example",
+		"--quit-after", "MAIL").CombinedOutput() // swaks exits non-zero on the refusal
+	if out := string(refused); !strings.Contains(out, "553 5.7.1") {
+		t.Fatalf("sending as another user was not refused:\n%s", out)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		log, _ := os.ReadFile(filepath.Join(st.Logs, "sink.log"))
+		if strings.Contains(string(log), `dkim="pass (d=demo-eu.example)"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the sink never got a DKIM-signed message that verifies:\n%s", log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	want := map[string][]string{
-		"bob@demo-us.example":   {"swaks-tls", "swaks-two-jurisdictions"},
-		"alice@demo-eu.example": {"swaks-two-jurisdictions"},
+		"alice@demo-eu.example": {"swaks-two-jurisdictions", "Undelivered Mail Returned to Sender"},
+		"bob@demo-us.example":   {"swaks-tls", "swaks-two-jurisdictions", "swaks-submission"},
 		"carol@acme-eu.example": {"smtplib-tls"},
 	}
 	for addr, subjects := range want {

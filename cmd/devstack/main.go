@@ -91,7 +91,8 @@ type Stack struct {
 		HTTP       string `json:"http"`
 		URL        string `json:"url"`
 		SMTP       string `json:"smtp"`
-		Submission string `json:"submission"`
+		Submission  string `json:"submission"`
+		Submissions string `json:"submissions"`
 		IMAP       string `json:"imap"`
 		PID        int    `json:"pid"`
 	} `json:"router"`
@@ -102,6 +103,10 @@ type Stack struct {
 	Redis    string       `json:"redis"`
 	DNS      string       `json:"dns"`
 	Clamd    string       `json:"clamd,omitempty"`
+	// RemoteSink is the SMTP server of the test remote domains
+	// (remote.example accepts, except reject@; messages land in SinkDir).
+	RemoteSink string `json:"remote_sink"`
+	SinkDir    string `json:"sink_dir"`
 	TLSCert  string       `json:"tls_cert"`
 	Logs     string       `json:"logs"`
 }
@@ -178,7 +183,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
 	ports := map[string]int{"control plane": *base, "etcd": *base + 1, "postgres": *base + 32, "redis": *base + 36,
-		"router http": *base + 80, "router smtp": *base + 25}
+		"router http": *base + 80, "router smtp": *base + 25, "router submission": *base + 87,
+		"router submissions": *base + 65, "remote sink": *base + 26}
 	for i, c := range demoCells {
 		ports["cell "+c.name] = *base + 10 + i
 		ports["kafka "+c.name] = *base + 90 + i
@@ -270,6 +276,15 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	st.TLSCert = certFile
+	if err := dns.Add(`remote.example. 300 IN MX 10 mx.remote.example.`, `mx.remote.example. 300 IN A 127.0.0.1`); err != nil {
+		return err
+	}
+	st.RemoteSink, st.SinkDir = fmt.Sprintf("127.0.0.1:%d", ports["remote sink"]), filepath.Join(*dir, "sink")
+	stopSink, err := startSink(st.RemoteSink, st.SinkDir, dns.Resolver(), filepath.Join(logDir, "sink.log"))
+	if err != nil {
+		return err
+	}
+	cleanups = append(cleanups, stopSink)
 	done()
 
 	done = step("kafka-protocol brokers started (devbroker: kfake, one process per cell)")
@@ -337,7 +352,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		common := []string{"-name", c.Name, "-etcd", st.Etcd, "-agent-token", "@" + secrets.agentFile,
 			"-operator-token", "@" + secrets.adminFile, "-database", "@" + dbFile, "-redis", c.Redis,
-			"-blob-dir", filepath.Join(*dir, "cells", c.Name, "blobs"), "-kafka", c.Kafka, "-dns", st.DNS, "-clamd", st.Clamd}
+			"-blob-dir", filepath.Join(*dir, "cells", c.Name, "blobs"), "-kafka", c.Kafka, "-dns", st.DNS, "-clamd", st.Clamd,
+			"-outbound-port", strconv.Itoa(ports["remote sink"])}
 		front, err := supervise(&sup, c.Name, c.Log, &c.PID, filepath.Join(*binDir, "celld"), append([]string{
 			"-role", "front", "-listen", c.API[len("http://"):], "-lmtp", c.LMTP,
 			"-data-dir", filepath.Join(*dir, "cells", c.Name)}, common...)...)
@@ -367,14 +383,32 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err := bootstrap(ctx, admin, auth); err != nil {
 		return err
 	}
+	// Publish each cell's DKIM key of each demo domain in the stack's DNS,
+	// as an operator would with mailctl domains dkim.
+	for _, d := range demoDomains {
+		for _, c := range st.Cells {
+			if c.Jurisdiction != d.Jurisdiction {
+				continue
+			}
+			rec, err := fetchDKIM(ctx, c.API, d.Name, secrets.Admin)
+			if err != nil {
+				return fmt.Errorf("dkim key of %s at %s: %w", d.Name, c.Name, err)
+			}
+			if err := dns.Add(rec.Name + `. 300 IN TXT "` + rec.TXT + `"`); err != nil {
+				return err
+			}
+		}
+	}
 
 	done = step("router started")
 	st.Router.HTTP = fmt.Sprintf("127.0.0.1:%d", ports["router http"])
 	st.Router.URL = "http://" + st.Router.HTTP
 	st.Router.SMTP = fmt.Sprintf("127.0.0.1:%d", ports["router smtp"])
+	st.Router.Submission = fmt.Sprintf("127.0.0.1:%d", ports["router submission"])
+	st.Router.Submissions = fmt.Sprintf("127.0.0.1:%d", ports["router submissions"])
 	rt, err := start("routerd", filepath.Join(logDir, "router.log"), nil, filepath.Join(*binDir, "routerd"),
 		"-http", st.Router.HTTP, "-smtp", st.Router.SMTP, "-etcd", st.Etcd, "-data-dir", filepath.Join(*dir, "router"),
-		"-tls-cert", certFile, "-tls-key", keyFile)
+		"-tls-cert", certFile, "-tls-key", keyFile, "-submission", st.Router.Submission, "-submissions", st.Router.Submissions)
 	if err != nil {
 		return err
 	}
@@ -591,10 +625,13 @@ Try it (another terminal):
   curl -s -H 'Content-Type: application/json' -d '{"address":"alice@demo-eu.example"}' \
        %s/cellmail.cell.v1.CellService/WhoAmI
   swaks --to alice@demo-eu.example --server %s --tls --body 'hello'   # inbound mail through the router
+  swaks --server %s --tls --auth PLAIN --auth-user alice@demo-eu.example --auth-password PASSWORD \
+        --from alice@demo-eu.example --to bob@demo-us.example,ann@remote.example   # submission (587-style)
+  ls %s    # what the test remote domain remote.example received (reject@remote.example bounces)
   kill -9 %d    # the cell eu-2: its users get "unavailable", everyone else is served
 
 Logs in %s. Endpoints and credentials in %s. Ctrl-C stops everything.
-`, st.Controlplane, st.AdminToken, st.Router.URL, st.Router.SMTP, st.Cells[1].PID, st.Logs, stackFile)
+`, st.Controlplane, st.AdminToken, st.Router.URL, st.Router.SMTP, st.Router.Submission, st.SinkDir, st.Cells[1].PID, st.Logs, stackFile)
 	fmt.Fprintf(w, "\nDemo accounts (passwords in %s):\n%s", stackFile, accountLines(st.Accounts))
 }
 

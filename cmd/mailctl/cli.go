@@ -156,16 +156,21 @@ func (c *cli) client(cmd *cobra.Command) (api, error) {
 	if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, usagef("control plane %q is not an http(s) URL", base)
 	}
-	token := c.token
-	if token == "" {
-		token = c.getenv("CELLMAIL_TOKEN")
-	}
-	token = strings.TrimSpace(token)
+	token := c.operatorToken()
 	if token == "" {
 		return nil, usagef("no operator token: set CELLMAIL_TOKEN or pass --token")
 	}
 	return controlplanev1connect.NewControlPlaneServiceClient(http.DefaultClient, base,
 		connect.WithInterceptors(callOptions(token, c.timeout))), nil
+}
+
+// operatorToken is --token, or CELLMAIL_TOKEN.
+func (c *cli) operatorToken() string {
+	token := c.token
+	if token == "" {
+		token = c.getenv("CELLMAIL_TOKEN")
+	}
+	return strings.TrimSpace(token)
 }
 
 // callOptions sends the bearer token and bounds each call by timeout.

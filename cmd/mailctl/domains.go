@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"strings"
 
 	"connectrpc.com/connect"
@@ -17,7 +20,7 @@ import (
 
 func (c *cli) domainsCmd() *cobra.Command {
 	return group("domains", "Host domains in a jurisdiction",
-		c.domainsAddCmd(), c.domainsListCmd(), c.domainsRemoveCmd())
+		c.domainsAddCmd(), c.domainsListCmd(), c.domainsRemoveCmd(), c.domainsDKIMCmd())
 }
 
 func (c *cli) domainsAddCmd() *cobra.Command {
@@ -128,4 +131,87 @@ func domainTable(w io.Writer, ds ...*pb.Domain) {
 	for _, d := range ds {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%t\n", d.GetName(), d.GetJurisdiction(), modeName(d.GetMode()), d.GetEpoch(), d.GetFrozen())
 	}
+}
+
+func (c *cli) domainsDKIMCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "dkim DOMAIN",
+		Short: "Print the DNS records of the domain's DKIM keys",
+		Long: `Print the TXT records to publish for DOMAIN's DKIM keys: every cell of the
+domain's jurisdiction signs its users' outbound mail with its own key
+(selector cm-<cell>), made on first use, so there is one record per cell.
+The cells are asked directly, with the same operator token.`,
+		Args: cobra.ExactArgs(1),
+		RunE: c.action(func(ctx context.Context, cp api, args []string) error {
+			domain, err := placement.CanonicalDomain(args[0])
+			if err != nil {
+				return usagef("domain %q: %v", args[0], err)
+			}
+			doms, err := cp.ListDomains(ctx, connect.NewRequest(&pb.ListDomainsRequest{}))
+			if err != nil {
+				return err
+			}
+			jur := ""
+			for _, d := range doms.Msg.Domains {
+				if d.Name == domain {
+					jur = d.Jurisdiction
+				}
+			}
+			if jur == "" {
+				return fmt.Errorf("domain %s is not hosted", domain)
+			}
+			cells, err := cp.ListCells(ctx, connect.NewRequest(&pb.ListCellsRequest{Jurisdiction: jur}))
+			if err != nil {
+				return err
+			}
+			var out dkimRecords
+			for _, cs := range cells.Msg.Cells {
+				rec, err := fetchDKIM(ctx, cs.GetCell().GetApiUrl(), domain, c.operatorToken())
+				if err != nil {
+					return fmt.Errorf("cell %s: %w", cs.GetCell().GetName(), err)
+				}
+				out.Records = append(out.Records, rec)
+			}
+			if c.output == "json" {
+				return json.NewEncoder(c.stdout).Encode(out)
+			}
+			for _, r := range out.Records {
+				fmt.Fprintf(c.stdout, "%s. IN TXT \"%s\"\n", r.Name, r.TXT)
+			}
+			return nil
+		}),
+	}
+}
+
+type dkimRecord struct {
+	Domain   string `json:"domain"`
+	Selector string `json:"selector"`
+	Name     string `json:"name"`
+	TXT      string `json:"txt"`
+}
+
+type dkimRecords struct {
+	Records []dkimRecord `json:"records"`
+}
+
+func fetchDKIM(ctx context.Context, apiURL, domain, token string) (dkimRecord, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(apiURL, "/")+"/v1/dkim/"+url.PathEscape(domain), nil)
+	if err != nil {
+		return dkimRecord{}, err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return dkimRecord{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return dkimRecord{}, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	var r dkimRecord
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&r); err != nil {
+		return dkimRecord{}, err
+	}
+	return r, nil
 }

@@ -396,14 +396,7 @@ func (s *Sender) key(ctx context.Context, domain string) (*signingKey, error) {
 	if k, ok := s.keys.Load(domain); ok {
 		return k.(*signingKey), nil
 	}
-	sel, der, err := s.Store.DKIMKey(ctx, domain, func() (string, []byte, error) {
-		k, err := rsa.GenerateKey(rand.Reader, 2048)
-		if err != nil {
-			return "", nil, err
-		}
-		der, err := x509.MarshalPKCS8PrivateKey(k)
-		return s.Selector, der, err
-	})
+	sel, der, err := s.Store.DKIMKey(ctx, domain, NewDKIMKey(s.Selector))
 	if err != nil {
 		return nil, err
 	}
@@ -414,6 +407,19 @@ func (s *Sender) key(ctx context.Context, domain string) (*signingKey, error) {
 	k := &signingKey{selector: sel, signer: priv.(crypto.Signer)}
 	s.keys.Store(domain, k)
 	return k, nil
+}
+
+// NewDKIMKey makes a 2048-bit RSA key (what every verifier accepts; RFC
+// 8301) under selector, PKCS #8 encoded.
+func NewDKIMKey(selector string) func() (string, []byte, error) {
+	return func() (string, []byte, error) {
+		k, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			return "", nil, err
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(k)
+		return selector, der, err
+	}
 }
 
 // DKIMRecord is the DNS TXT record to publish at
