@@ -88,13 +88,13 @@ type Stack struct {
 	AdminToken   string `json:"admin_token"`
 	Etcd         string `json:"etcd"`
 	Router       struct {
-		HTTP       string `json:"http"`
-		URL        string `json:"url"`
-		SMTP       string `json:"smtp"`
+		HTTP        string `json:"http"`
+		URL         string `json:"url"`
+		SMTP        string `json:"smtp"`
 		Submission  string `json:"submission"`
 		Submissions string `json:"submissions"`
-		IMAP       string `json:"imap"`
-		PID        int    `json:"pid"`
+		IMAP        string `json:"imap"`
+		PID         int    `json:"pid"`
 	} `json:"router"`
 	Cells    []cellSpec   `json:"cells"`
 	Domains  []domainSpec `json:"domains"`
@@ -107,8 +107,8 @@ type Stack struct {
 	// (remote.example accepts, except reject@; messages land in SinkDir).
 	RemoteSink string `json:"remote_sink"`
 	SinkDir    string `json:"sink_dir"`
-	TLSCert  string       `json:"tls_cert"`
-	Logs     string       `json:"logs"`
+	TLSCert    string `json:"tls_cert"`
+	Logs       string `json:"logs"`
 }
 
 var demoCells = []struct{ name, jur string }{{"eu-1", "eu"}, {"eu-2", "eu"}, {"us-1", "us"}}

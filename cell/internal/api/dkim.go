@@ -10,7 +10,6 @@ import (
 	"github.com/cellmail/cellmail/controlplane/placement"
 )
 
-
 // ServeDKIM answers an operator's GET /v1/dkim/{domain}: the DNS record to
 // publish for this cell's DKIM key of the domain, making the key if the
 // cell has none yet. Operator token only.
