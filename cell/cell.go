@@ -204,10 +204,23 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	var wakeOutbound func()
+	fence := ownership.New(cfg.Name, maps)
+	srv := api.NewServer(fence, maps, counter{store}, log)
+	var sender *outbound.Sender
+	mailSrv := api.NewMailServer(api.MailConfig{
+		Server: srv, Fence: fence, Maps: maps, Store: store, Blobs: blobs, Cache: kv,
+		Hasher: auth.NewHasher(auth.OWASP), Limits: message.DefaultLimits(), OperatorToken: cfg.OperatorToken,
+		Peers: api.PeerClient{HTTP: &http.Client{Timeout: 2 * time.Minute}, Token: cfg.AgentToken},
+		WakeOutbound: func() {
+			if sender != nil { // set before anything is served
+				sender.Wake()
+			}
+		},
+		Logger: log,
+	})
 	if cfg.Role != RoleFront {
-		s := startSender(ctx, cfg, store, blobs, log)
-		wakeOutbound = s.Wake
+		sender = newSender(cfg, store, blobs, mailSrv, log)
+		go sender.Run(ctx)
 	}
 	if cfg.Role == RoleWorker {
 		reg := prometheus.NewRegistry()
@@ -219,14 +232,6 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	go collectBlobs(ctx, blobs, store, log)
 
-	fence := ownership.New(cfg.Name, maps)
-	srv := api.NewServer(fence, maps, counter{store}, log)
-	mailSrv := api.NewMailServer(api.MailConfig{
-		Server: srv, Fence: fence, Maps: maps, Store: store, Blobs: blobs, Cache: kv,
-		Hasher: auth.NewHasher(auth.OWASP), Limits: message.DefaultLimits(), OperatorToken: cfg.OperatorToken,
-		Peers:        api.PeerClient{HTTP: &http.Client{Timeout: 2 * time.Minute}, Token: cfg.AgentToken},
-		WakeOutbound: wakeOutbound, Logger: log,
-	})
 	reg := prometheus.NewRegistry()
 	serve.MapGauges(reg, "cellmail_cell", maps)
 
@@ -268,17 +273,17 @@ func Run(ctx context.Context, cfg Config) error {
 	return serve.Run(ctx, ln, mux)
 }
 
-// startSender runs the outbound sender (remote mail by MX, with DKIM,
-// retries and bounces).
-func startSender(ctx context.Context, cfg Config, store *mailstore.Store, blobs *blobstore.FS, log *slog.Logger) *outbound.Sender {
+// newSender makes the outbound sender: remote mail by MX, with DKIM,
+// retries and bounces; mail to our own domains that could not be handed
+// to its cell at once goes through the mail API's routing.
+func newSender(cfg Config, store *mailstore.Store, blobs *blobstore.FS, mailSrv *api.MailServer, log *slog.Logger) *outbound.Sender {
 	host := cfg.Hostname
 	if host == "" {
 		host = cfg.Name + ".cellmail.local"
 	}
-	s := &outbound.Sender{Store: store, DSN: delivery.New(blobs, store, message.DefaultLimits()), Resolver: resolver(cfg.DNS),
-		Hostname: host, Port: cfg.OutboundPort, Selector: DKIMSelector(cfg.Name), Log: log.With("part", "outbound")}
-	go s.Run(ctx)
-	return s
+	return &outbound.Sender{Store: store, DSN: delivery.New(blobs, store, message.DefaultLimits()), Resolver: resolver(cfg.DNS),
+		Hostname: host, Port: cfg.OutboundPort, Selector: DKIMSelector(cfg.Name), Log: log.With("part", "outbound"),
+		IsHosted: mailSrv.IsHosted, DeliverHosted: mailSrv.DeliverHosted}
 }
 
 // DKIMSelector is the selector of the DKIM keys a cell makes: one per cell,

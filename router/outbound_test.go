@@ -117,3 +117,28 @@ func TestSendToRemoteDomain(t *testing.T) {
 		t.Fatalf("alice's INBOX: %v", msgs)
 	}
 }
+
+// A recipient of ours whose cell is down is queued, not lost: the sender
+// retries it through the routing when the cell is back. (The cell that
+// comes back here has a fresh database, so the retry finds no such user
+// and bounces: the test sees both the queueing and the final outcome.)
+func TestLocalRecipientQueuedWhileItsCellIsDown(t *testing.T) {
+	s := newStack(t)
+	url := s.startRouter(nil)
+	alice := s.user(t, url, "alice@eu.example")
+	s.user(t, url, "bob@us.example")
+	s.stops["us-1"]()
+	resp, err := alice.c.SendMessage(context.Background(), withToken(alice.access, &mailv1.SendMessageRequest{
+		To: []*mailv1.EmailAddress{{Email: "bob@us.example"}}, Subject: "while you were down", Text: "hi"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := resp.Msg.Recipients[0]; st.Status != "queued" {
+		t.Fatalf("bob's status %s (%s), want queued", st.Status, st.Detail)
+	}
+	s.startCell("us-1", "us")
+	msgs := waitInbox(t, alice, 1)
+	if msgs[0].Subject != "Undelivered Mail Returned to Sender" {
+		t.Fatalf("alice's INBOX: %v", msgs)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"mime"
 	"net/http"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -113,7 +114,7 @@ func (m *MailServer) SendMessage(ctx context.Context, req *connect.Request[mailv
 		return nil, err
 	}
 	out := &mailv1.SendMessageResponse{MessageId: copyInSent.ID}
-	out.Recipients = m.route(ctx, c.account.ID, c.account.Address, rcpts, raw.Bytes())
+	out.Recipients = m.route(ctx, c.account.ID, c.account.Address, rcpts, raw.Bytes(), false)
 	return connect.NewResponse(out), nil
 }
 
@@ -121,8 +122,68 @@ func (m *MailServer) SendMessage(ctx context.Context, req *connect.Request[mailv
 const OutboundExpiry = 5 * 24 * time.Hour
 
 // route delivers raw to each recipient's owning cell, and queues it for
-// remote recipients (durably, before the send is reported).
-func (m *MailServer) route(ctx context.Context, accountID, from string, rcpts []string, raw []byte) []*mailv1.RecipientStatus {
+// remote recipients (durably, before the send is reported). A recipient of
+// ours whose cell cannot take it now is queued too (the sender retries
+// it); one that does not exist is reported failed, or, with queueRefused
+// (a submission, already answered 250), queued so that the sender bounces
+// it to the user.
+func (m *MailServer) route(ctx context.Context, accountID, from string, rcpts []string, raw []byte, queueRefused bool) []*mailv1.RecipientStatus {
+	out := m.routeNow(ctx, from, rcpts, raw)
+	var retry []string
+	for _, st := range out {
+		if st.Status == "failed" && (queueRefused || st.Detail != noSuchUser) {
+			retry = append(retry, st.Address)
+		}
+	}
+	if len(retry) > 0 {
+		if err := m.store.EnqueueOutbound(ctx, accountID, from, retry, raw, OutboundExpiry); err != nil {
+			m.log.Error("mail for our own recipients not queued", "err", err)
+			return out
+		}
+		m.wakeOutbound()
+		for _, st := range out {
+			if slices.Contains(retry, st.Address) {
+				st.Status, st.Detail = "queued", "queued for another attempt"
+			}
+		}
+	}
+	return out
+}
+
+const noSuchUser = "no such user"
+
+// IsHosted reports whether the domain is one of ours (the sender then
+// delivers through routeNow rather than by MX).
+func (m *MailServer) IsHosted(domain string) bool {
+	_, err := m.maps.Map().Lookup("postmaster@" + domain)
+	return !errors.Is(err, placement.ErrUnknownDomain)
+}
+
+// DeliverHosted is the sender's delivery to a recipient of ours: permanent
+// when the recipient does not exist or cannot take the message.
+func (m *MailServer) DeliverHosted(ctx context.Context, from, rcpt string, raw []byte) (permanent bool, err error) {
+	st := m.routeNow(ctx, from, []string{rcpt}, raw)
+	if len(st) != 1 {
+		return false, errors.New("no delivery result")
+	}
+	switch {
+	case st[0].Status == "delivered":
+		return false, nil
+	case st[0].Detail == noSuchUser:
+		return true, errors.New("550 5.1.1 no such user")
+	case strings.Contains(st[0].Detail, "quota"):
+		return true, errors.New("552 5.2.2 mailbox full")
+	}
+	return false, errors.New(st[0].Detail)
+}
+
+// routeNow delivers raw to each recipient's owning cell at once, and
+// queues it for remote recipients.
+func (m *MailServer) routeNow(ctx context.Context, from string, rcpts []string, raw []byte) []*mailv1.RecipientStatus {
+	accountID := ""
+	if c, err := callerOf(ctx); err == nil {
+		accountID = c.account.ID
+	}
 	mp := m.maps.Map()
 	byCell := map[string][]string{}
 	var out []*mailv1.RecipientStatus
@@ -138,7 +199,11 @@ func (m *MailServer) route(ctx context.Context, accountID, from string, rcpts []
 			byCell[rt.Cell] = append(byCell[rt.Cell], rc)
 		}
 	}
-	if len(remote) > 0 {
+	if len(remote) > 0 && accountID == "" {
+		for _, rc := range remote { // the sender's own retry of a hosted recipient never reaches here
+			out = append(out, &mailv1.RecipientStatus{Address: rc, Status: "failed", Detail: "remote recipient"})
+		}
+	} else if len(remote) > 0 {
 		status, detail := "queued", "queued for delivery to the recipient's mail server"
 		if err := m.store.EnqueueOutbound(ctx, accountID, from, remote, raw, OutboundExpiry); err != nil {
 			m.log.Error("outbound mail not queued", "err", err)
@@ -187,7 +252,7 @@ func (m *MailServer) deliverLocal(ctx context.Context, from string, rcpts []stri
 		}
 		a, err := m.store.AccountByAddress(ctx, rc)
 		if err != nil {
-			st.Status, st.Detail = "failed", "no such user"
+			st.Status, st.Detail = "failed", noSuchUser
 			continue
 		}
 		inbox, err := m.store.MailboxByUse(ctx, a.ID, mail.UseInbox)
@@ -400,6 +465,6 @@ func (m *MailServer) SubmitMessage(ctx context.Context, req *connect.Request[mai
 		return nil, err
 	}
 	out := &mailv1.SubmitMessageResponse{MessageId: copyInSent.ID}
-	out.Recipients = m.route(ctx, c.account.ID, c.account.Address, rcpts, r.Raw)
+	out.Recipients = m.route(ctx, c.account.ID, c.account.Address, rcpts, r.Raw, true)
 	return connect.NewResponse(out), nil
 }

@@ -71,6 +71,11 @@ type Sender struct {
 	Log      *slog.Logger
 	// PerDomain bounds concurrent connections to one domain (default 4).
 	PerDomain int
+	// IsHosted and DeliverHosted, when set, take the entries for our own
+	// domains (queued because the recipient's cell could not take them at
+	// once): they go to the owning cell, never through public MX.
+	IsHosted      func(domain string) bool
+	DeliverHosted func(ctx context.Context, from, rcpt string, raw []byte) (permanent bool, err error)
 
 	wake  chan struct{}
 	once  sync.Once
@@ -187,7 +192,16 @@ type result struct {
 }
 
 func (s *Sender) deliver(ctx context.Context, es []mailstore.OutboundEntry) {
-	res := s.send(ctx, es)
+	var res map[string]result
+	if s.IsHosted != nil && s.DeliverHosted != nil && s.IsHosted(es[0].Domain) {
+		res = map[string]result{}
+		for _, e := range es {
+			perm, err := s.DeliverHosted(ctx, e.MailFrom, e.Rcpt, e.Body)
+			res[e.ID] = result{err: err, permanent: perm, remote: ownCell}
+		}
+	} else {
+		res = s.send(ctx, es)
+	}
 	for _, e := range es {
 		r := res[e.ID]
 		switch {
@@ -199,6 +213,9 @@ func (s *Sender) deliver(ctx context.Context, es []mailstore.OutboundEntry) {
 			s.bounce(ctx, e, r)
 		default:
 			wait := Backoff(e.Attempts)
+			if r.remote == ownCell {
+				wait = HostedBackoff(e.Attempts)
+			}
 			s.Log.Info("outbound delivery deferred", "id", e.ID, "domain", e.Domain, "attempt", e.Attempts+1, "retry_in", wait.Round(time.Second), "err", r.err)
 			if err := s.Store.RetryOutbound(ctx, e.ID, r.err.Error(), wait); err != nil {
 				s.Log.Warn("outbound retry not recorded", "id", e.ID, "err", err)
@@ -211,6 +228,18 @@ func (s *Sender) deliver(ctx context.Context, es []mailstore.OutboundEntry) {
 // most 4 hours, with ±20% jitter so retries to one domain spread out.
 func Backoff(n int) time.Duration {
 	base := min(time.Minute<<min(n, 8), 4*time.Hour)
+	j, _ := rand.Int(rand.Reader, big.NewInt(int64(base/5)*2+1))
+	return base - base/5 + time.Duration(j.Int64())
+}
+
+// ownCell marks a result of delivery to one of our own cells.
+const ownCell = "(own cell)"
+
+// HostedBackoff is the wait for a recipient of ours whose cell was not
+// reachable: cells come back in seconds to minutes, so 5 seconds doubling,
+// at most 5 minutes, with the same jitter.
+func HostedBackoff(n int) time.Duration {
+	base := min(5*time.Second<<min(n, 6), 5*time.Minute)
 	j, _ := rand.Int(rand.Reader, big.NewInt(int64(base/5)*2+1))
 	return base - base/5 + time.Duration(j.Int64())
 }
