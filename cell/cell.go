@@ -246,6 +246,7 @@ func Run(ctx context.Context, cfg Config) error {
 		connect.WithInterceptors(api.AgentAuthInterceptor(cfg.AgentToken), srv.FenceInterceptor())))
 	mux.HandleFunc("GET /v1/messages/{id}/raw", mailSrv.ServeDownload)
 	mux.HandleFunc("GET /v1/dkim/{domain}", mailSrv.ServeDKIM(DKIMSelector(cfg.Name)))
+	mailSrv.QueueHandlers(mux)
 	mux.HandleFunc("GET /v1/messages/{id}/attachments/{part}", mailSrv.ServeDownload)
 	serve.Probes(mux, func() error {
 		if maps.Map() == nil {

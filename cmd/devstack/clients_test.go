@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"os"
 	"os/exec"
@@ -91,6 +92,49 @@ print("ok")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// Mail to a domain whose MX is down waits in the queue, where an SRE
+	// sees it, retries it and drops it.
+	run("swaks", "--server", st.Router.Submission, "--tls", "--auth", "PLAIN", "--auth-user", "alice@demo-eu.example",
+		"--auth-password", acct["alice@demo-eu.example"].Password, "--from", "alice@demo-eu.example",
+		"--to", "someone@down.example", "--header", "Subject: to a dead MX")
+	mailctl := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(filepath.Join(bin, "mailctl"), args...)
+		cmd.Env = append(os.Environ(), "CELLMAIL_CONTROLPLANE="+st.Controlplane, "CELLMAIL_TOKEN="+st.AdminToken)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("mailctl %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	cell := acct["alice@demo-eu.example"].Cell
+	var id string
+	deadline = time.Now().Add(30 * time.Second)
+	for id == "" {
+		var q struct {
+			Entries []struct{ ID, Rcpt, State string } `json:"entries"`
+		}
+		if err := json.Unmarshal([]byte(mailctl("queue", "list", "--cell", cell, "-o", "json")), &q); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range q.Entries {
+			if e.Rcpt == "someone@down.example" && e.State == "pending" {
+				id = e.ID
+			}
+		}
+		if id == "" && time.Now().After(deadline) {
+			t.Fatal("the entry for down.example never showed in the queue")
+		}
+	}
+	if out := mailctl("queue", "show", id, "--cell", cell); !strings.Contains(out, "someone@down.example") {
+		t.Fatalf("queue show: %s", out)
+	}
+	mailctl("queue", "retry", id, "--cell", cell)
+	mailctl("queue", "drop", id, "--cell", cell, "--yes")
+	if out := mailctl("queue", "show", id, "--cell", cell); !strings.Contains(out, "dropped") {
+		t.Fatalf("after drop: %s", out)
+	}
+
 	want := map[string][]string{
 		"alice@demo-eu.example": {"swaks-two-jurisdictions", "Undelivered Mail Returned to Sender"},
 		"bob@demo-us.example":   {"swaks-tls", "swaks-two-jurisdictions", "swaks-submission"},

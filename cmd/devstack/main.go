@@ -276,7 +276,10 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	st.TLSCert = certFile
-	if err := dns.Add(`remote.example. 300 IN MX 10 mx.remote.example.`, `mx.remote.example. 300 IN A 127.0.0.1`); err != nil {
+	// remote.example: the sink; down.example: an MX that never answers (its
+	// mail waits in the outbound queue).
+	if err := dns.Add(`remote.example. 300 IN MX 10 mx.remote.example.`, `mx.remote.example. 300 IN A 127.0.0.1`,
+		`down.example. 300 IN MX 10 mx.down.example.`, `mx.down.example. 300 IN A 127.0.0.2`); err != nil {
 		return err
 	}
 	st.RemoteSink, st.SinkDir = fmt.Sprintf("127.0.0.1:%d", ports["remote sink"]), filepath.Join(*dir, "sink")

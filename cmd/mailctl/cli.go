@@ -107,7 +107,7 @@ Exit status: 0 on success, 1 when the API refused or the change was declined,
 	pf.StringVar(&c.token, "token", "", "operator bearer token (env CELLMAIL_TOKEN; required)")
 	pf.StringVarP(&c.output, "output", "o", "table", "output format: table or json")
 	pf.DurationVar(&c.timeout, "timeout", defaultTimeout, "time limit of each API call")
-	root.AddCommand(c.cellsCmd(), c.domainsCmd(), c.rangesCmd(), c.pinsCmd(), c.routeCmd())
+	root.AddCommand(c.cellsCmd(), c.domainsCmd(), c.rangesCmd(), c.pinsCmd(), c.routeCmd(), c.queueCmd())
 	return root
 }
 
@@ -290,7 +290,9 @@ func (c *cli) confirmed(ctx context.Context, f *changeFlags, ch change) error {
 		if err != nil {
 			return err
 		}
-		if err := c.show(cur, table); err != nil {
+		if cur == nil { // not a control plane object: the table is all there is
+			table(c.stdout)
+		} else if err := c.show(cur, table); err != nil {
 			return err
 		}
 		c.note("dry run: %s; nothing changed", plan)
@@ -298,7 +300,7 @@ func (c *cli) confirmed(ctx context.Context, f *changeFlags, ch change) error {
 	case f.yes:
 		return ch.apply(ctx)
 	case !c.interactive:
-		return usagef("%s changes the placement map and stdin is not a terminal: pass --yes to confirm, or --dry-run to preview", ch.what)
+		return usagef("%s needs confirmation and stdin is not a terminal: pass --yes to confirm, or --dry-run to preview", ch.what)
 	}
 	_, _, plan, err := ch.describe(ctx)
 	if err != nil {

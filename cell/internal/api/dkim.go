@@ -1,10 +1,7 @@
 package api
 
 import (
-	"crypto/subtle"
-	"encoding/json"
 	"net/http"
-	"strings"
 
 	"github.com/cellmail/cellmail/cell/internal/outbound"
 	"github.com/cellmail/cellmail/controlplane/placement"
@@ -14,12 +11,7 @@ import (
 // publish for this cell's DKIM key of the domain, making the key if the
 // cell has none yet. Operator token only.
 func (m *MailServer) ServeDKIM(selector string) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		tok := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if m.operatorToken == "" || subtle.ConstantTimeCompare([]byte(tok), []byte(m.operatorToken)) != 1 {
-			http.Error(w, "operator token required", http.StatusUnauthorized)
-			return
-		}
+	return m.operator(func(w http.ResponseWriter, r *http.Request) {
 		domain, err := placement.CanonicalDomain(r.PathValue("domain"))
 		if err != nil {
 			http.Error(w, "bad domain", http.StatusBadRequest)
@@ -36,8 +28,6 @@ func (m *MailServer) ServeDKIM(selector string) http.HandlerFunc {
 			http.Error(w, "key not readable", http.StatusInternalServerError)
 			return
 		}
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(map[string]string{"domain": domain, "selector": sel,
-			"name": sel + "._domainkey." + domain, "txt": txt})
-	}
+		writeJSON(w, map[string]string{"domain": domain, "selector": sel, "name": sel + "._domainkey." + domain, "txt": txt})
+	})
 }

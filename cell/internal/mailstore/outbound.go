@@ -137,3 +137,51 @@ func (s *Store) DKIMKey(ctx context.Context, domain string, create func() (selec
 	err = s.pool.QueryRow(ctx, `SELECT selector, private_key FROM dkim_keys WHERE domain = $1`, domain).Scan(&sel, &key)
 	return sel, key, err
 }
+
+// OutboundDropped: taken out of the queue by an operator, never delivered.
+const OutboundDropped int16 = 3
+
+// QueueItem is an outbound entry as operators see it.
+type QueueItem struct {
+	OutboundEntry
+	State       int16
+	NextAttempt time.Time
+	Size        int
+}
+
+// ListOutbound lists up to limit entries, pending only unless all, oldest
+// first.
+func (s *Store) ListOutbound(ctx context.Context, all bool, limit int) ([]QueueItem, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, account_id, mail_from, rcpt, domain, attempts, created_at, expires_at,
+		last_error, state, next_attempt_at, COALESCE(length(body), 0) FROM outbound
+		WHERE ($1 OR state = 0) ORDER BY created_at LIMIT $2`, all, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list outbound: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (QueueItem, error) {
+		var q QueueItem
+		err := r.Scan(&q.ID, &q.AccountID, &q.MailFrom, &q.Rcpt, &q.Domain, &q.Attempts, &q.Created, &q.Expires,
+			&q.LastError, &q.State, &q.NextAttempt, &q.Size)
+		return q, err
+	})
+}
+
+// RetryOutboundNow makes a pending entry due at once; false when there is
+// no pending entry with that id.
+func (s *Store) RetryOutboundNow(ctx context.Context, id string) (bool, error) {
+	if !validID(id) {
+		return false, nil
+	}
+	tag, err := s.pool.Exec(ctx, `UPDATE outbound SET next_attempt_at = now() WHERE id = $1 AND state = 0`, id)
+	return tag.RowsAffected() == 1, err
+}
+
+// DropOutbound takes a pending entry out of the queue (kept, marked
+// dropped, with who dropped it); false when there is no pending entry.
+func (s *Store) DropOutbound(ctx context.Context, id, reason string) (bool, error) {
+	if !validID(id) {
+		return false, nil
+	}
+	tag, err := s.pool.Exec(ctx, `UPDATE outbound SET state = 3, last_error = $2, body = NULL WHERE id = $1 AND state = 0`, id, reason)
+	return tag.RowsAffected() == 1, err
+}
