@@ -86,6 +86,9 @@ type Config struct {
 	// OutboundPort is the port remote mail exchangers are reached on (25;
 	// tests use their own).
 	OutboundPort int
+	// SendLimit is how many messages an account may send per 10 minutes
+	// (default 100; recipients: ten times as many per hour).
+	SendLimit int
 	// Instance names this process in liveness keys (host-pid when empty).
 	Instance string
 	Logger   *slog.Logger
@@ -216,7 +219,7 @@ func Run(ctx context.Context, cfg Config) error {
 				sender.Wake()
 			}
 		},
-		Logger: log,
+		SendLimit: cfg.SendLimit, Logger: log,
 	})
 	if cfg.Role != RoleFront {
 		sender = newSender(cfg, store, blobs, mailSrv, log)

@@ -43,6 +43,8 @@ var (
 	pg        *pgserver.Server
 	redisAddr string
 	dnsAddr   string
+	// benchmarking: fsync on, and no per-account sending limit.
+	benchmarking bool
 	// testDNS answers the cells' lookups; remoteMX is the mail exchanger
 	// of remote.test (and of no other domain) that cells send to.
 	testDNS  *dnstest.Server
@@ -62,7 +64,7 @@ func TestMain(m *testing.M) {
 	ctx := context.Background()
 	// Tests run PostgreSQL without fsync for speed; benchmarks keep the
 	// durability rule (fsync on), as production does.
-	benchmarking := flag.Lookup("test.bench") != nil && flag.Lookup("test.bench").Value.String() != ""
+	benchmarking = flag.Lookup("test.bench") != nil && flag.Lookup("test.bench").Value.String() != ""
 	pg, err = pgserver.Start(ctx, pgserver.Config{Dir: filepath.Join(dir, "pg"), NoFsync: !benchmarking})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start PostgreSQL:", err)
@@ -200,7 +202,7 @@ func (s *stack) startCell(name, jur string) {
 	go func() {
 		done <- cell.Run(ctx, cell.Config{Name: name, Listener: ln, Etcd: s.cp.Etcd.Endpoints, DataDir: dataDir,
 			AgentToken: cptest.AgentToken, OperatorToken: cptest.AdminToken, DatabaseURL: dsn, RedisAddr: s.redis, LMTPListener: lln,
-			DNS: dnsAddr, OutboundPort: remoteMX.port, Logger: cptest.Logger(t)})
+			DNS: dnsAddr, OutboundPort: remoteMX.port, SendLimit: sendLimit(), Logger: cptest.Logger(t)})
 	}()
 	stopped := false
 	stop := func() {
@@ -503,4 +505,13 @@ func testTLS(t testing.TB) *tls.Config {
 		t.Fatal(err)
 	}
 	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}
+}
+
+// sendLimit lifts the per-account sending limit for benchmarks, which send
+// thousands of messages from one account.
+func sendLimit() int {
+	if benchmarking {
+		return 1 << 30
+	}
+	return 0
 }

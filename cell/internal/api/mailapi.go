@@ -78,6 +78,7 @@ type MailServer struct {
 	limits        message.Limits
 	operatorToken string
 	wakeOutbound  func()
+	sendLimit     int
 	log           *slog.Logger
 }
 
@@ -101,7 +102,10 @@ type MailConfig struct {
 	// WakeOutbound tells this process's sender there is remote mail to
 	// send (nil: the sender finds it on its next pass).
 	WakeOutbound func()
-	Logger       *slog.Logger
+	// SendLimit is the messages an account may send per SendWindow
+	// (default SendLimit; recipients scale with it).
+	SendLimit int
+	Logger    *slog.Logger
 }
 
 // NewMailServer makes the mail API.
@@ -110,9 +114,12 @@ func NewMailServer(c MailConfig) *MailServer {
 	if wake == nil {
 		wake = func() {}
 	}
+	if c.SendLimit <= 0 {
+		c.SendLimit = SendLimit
+	}
 	return &MailServer{srv: c.Server, fence: c.Fence, maps: c.Maps, store: c.Store, blobs: c.Blobs,
 		deliver: delivery.New(c.Blobs, c.Store, c.Limits), cache: c.Cache, hasher: c.Hasher, peers: c.Peers,
-		limits: c.Limits, operatorToken: c.OperatorToken, wakeOutbound: wake, log: c.Logger}
+		limits: c.Limits, operatorToken: c.OperatorToken, wakeOutbound: wake, sendLimit: c.SendLimit, log: c.Logger}
 }
 
 func invalid(format string, args ...any) error {

@@ -18,6 +18,7 @@ import (
 	"github.com/cellmail/cellmail/cell/gen/mailv1/mailv1connect"
 	"github.com/cellmail/cellmail/cell/internal/delivery"
 	"github.com/cellmail/cellmail/cell/internal/mail"
+	"github.com/cellmail/cellmail/cell/internal/mailstore"
 	"github.com/cellmail/cellmail/cell/internal/message"
 	"github.com/cellmail/cellmail/controlplane/placement"
 	"github.com/cellmail/cellmail/internal/wire"
@@ -383,7 +384,7 @@ func (p PeerClient) Deliver(ctx context.Context, cell placement.Cell, from strin
 
 // Sending limits per account (the webmail's and the mail clients' sends
 // together): SendLimit messages per SendWindow, RecipientLimit recipients
-// per RecipientWindow.
+// per RecipientWindow (MailConfig.SendLimit scales both).
 const (
 	SendLimit       = 100
 	SendWindow      = 10 * time.Minute
@@ -405,11 +406,11 @@ func (m *MailServer) sendAllowed(ctx context.Context, accountID string, n int) e
 		}
 		return nil
 	}
-	if err := check("send:msg:"+accountID, SendLimit, SendWindow, "messages"); err != nil {
+	if err := check("send:msg:"+accountID, m.sendLimit, SendWindow, "messages"); err != nil {
 		return err
 	}
 	for range n {
-		if err := check("send:rcpt:"+accountID, RecipientLimit, RecipientWindow, "recipients"); err != nil {
+		if err := check("send:rcpt:"+accountID, m.sendLimit*RecipientLimit/SendLimit, RecipientWindow, "recipients"); err != nil {
 			return err
 		}
 	}
@@ -460,7 +461,9 @@ func (m *MailServer) SubmitMessage(ctx context.Context, req *connect.Request[mai
 	if err != nil {
 		return nil, err
 	}
-	copyInSent, err := m.deliver.Deliver(ctx, c.account.ID, sent.ID, r.Raw, delivery.Options{Flags: mail.Flags{Seen: true}, Lenient: true})
+	// Each submission is its own Sent copy, even of identical bytes.
+	copyInSent, err := m.deliver.Deliver(ctx, c.account.ID, sent.ID, r.Raw, delivery.Options{Flags: mail.Flags{Seen: true},
+		Lenient: true, Key: "submit:" + mailstore.NewID()})
 	if err != nil {
 		return nil, err
 	}

@@ -298,7 +298,7 @@ func (s *Store) InsertMessage(ctx context.Context, accountID, mailboxID string, 
 	if m.ReceivedAt.IsZero() {
 		m.ReceivedAt = time.Now()
 	}
-	err := s.tx(ctx, func(tx pgx.Tx) error {
+	insert := func(tx pgx.Tx) error {
 		if nm.SpoolID != "" {
 			// Locks the spool row: a second worker with the same entry
 			// waits here, then finds it delivered.
@@ -381,7 +381,12 @@ func (s *Store) InsertMessage(ctx context.Context, accountID, mailboxID string, 
 			return err
 		}
 		return journal(ctx, tx, accountID, modseq, mail.ChangeMessageAdded, mailboxID, m.ID, m.UID)
-	})
+	}
+	err := s.tx(ctx, insert)
+	if err != nil && nm.DeliveryKey != "" && isUnique(err) {
+		// The same delivery committed concurrently: this run finds it.
+		err = s.tx(ctx, insert)
+	}
 	if err != nil {
 		return mail.Message{}, fmt.Errorf("insert message: %w", err)
 	}
