@@ -341,6 +341,7 @@ func startPipeline(ctx context.Context, cfg Config, store *mailstore.Store, blob
 		wake = r.Wake
 	}
 	if cfg.Role != RoleFront {
+		go delivery.NewRescuer(p, store, log.With("part", "rescue")).Run(ctx)
 		go func() {
 			err := queue.ConsumeInbound(ctx, cfg.Kafka, "cellmail-"+cfg.Name+"-inbound", log.With("part", "worker"), p.HandleIDs)
 			if err != nil && ctx.Err() == nil {

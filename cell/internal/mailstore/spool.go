@@ -71,6 +71,29 @@ func (s *Store) ClaimSpool(ctx context.Context, n int, lease time.Duration) ([]S
 	return out, err
 }
 
+// ClaimStale leases up to n pending, due entries that were relayed to the
+// queue more than stale ago and are still not delivered: the worker then
+// processes them itself, whatever became of their records (a broker that
+// lost them, a consumer group that does not move).
+func (s *Store) ClaimStale(ctx context.Context, n int, stale, lease time.Duration) ([]SpoolEntry, error) {
+	var out []SpoolEntry
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT `+spoolCols+`, body FROM spool
+			WHERE state = 0 AND next_attempt_at <= now() AND enqueued_at < now() - $2::interval
+			ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED`, n, fmt.Sprintf("%d milliseconds", stale.Milliseconds()))
+		if err != nil {
+			return err
+		}
+		if out, err = pgx.CollectRows(rows, scanSpoolBody); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE spool SET next_attempt_at = now() + $2::interval WHERE id = ANY($1::uuid[])`,
+			spoolIDs(out), fmt.Sprintf("%d milliseconds", lease.Milliseconds()))
+		return err
+	})
+	return out, err
+}
+
 // FinishSpool marks an entry delivered.
 func (s *Store) FinishSpool(ctx context.Context, id string) error {
 	_, err := s.pool.Exec(ctx, `UPDATE spool SET state = 1, attempts = attempts + 1 WHERE id = $1`, id)

@@ -161,7 +161,7 @@ func ConsumeInbound(ctx context.Context, brokers []string, group string, log *sl
 		if !errors.Is(err, errRecreate) {
 			return err
 		}
-		log.Warn("broker no longer knows the inbound topic; rejoining with a new client")
+		log.Warn("broker no longer knows our topic or membership; rejoining with a new client")
 	}
 }
 
@@ -171,6 +171,12 @@ func consume(ctx context.Context, brokers []string, group string, log *slog.Logg
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...),
 		kgo.ConsumerGroup(group),
 		kgo.ConsumeTopics(TopicInbound),
+		// A worker killed without leaving the group holds its partitions
+		// until its session times out: keep that short (Kafka's minimum),
+		// so its records go to the others within seconds.
+		kgo.SessionTimeout(6*time.Second),
+		kgo.HeartbeatInterval(time.Second),
+		kgo.RebalanceTimeout(15*time.Second),
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
 		kgo.FetchMaxWait(200*time.Millisecond),
@@ -189,7 +195,11 @@ func consume(ctx context.Context, brokers []string, group string, log *slog.Logg
 		}
 		recreate := false
 		fetches.EachError(func(topic string, part int32, err error) {
-			recreate = recreate || errors.Is(err, kerr.UnknownTopicID)
+			// A broker that restarted (or lost its data) may no longer know
+			// our topic or our group membership; a fresh client rejoins at
+			// once instead of waiting on a session that is gone.
+			recreate = recreate || errors.Is(err, kerr.UnknownTopicID) || errors.Is(err, kerr.UnknownMemberID) ||
+				errors.Is(err, kerr.IllegalGeneration) || errors.Is(err, kerr.FencedInstanceID)
 			if !errors.Is(err, context.Canceled) {
 				log.Warn("inbound fetch failed", "partition", part, "err", err)
 			}
