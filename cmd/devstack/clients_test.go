@@ -66,6 +66,25 @@ print("ok")
 	if out := run("python3", "-c", py, st.Router.SMTP, st.TLSCert); !strings.Contains(out, "ok") {
 		t.Fatalf("python: %s", out)
 	}
+	// Submission with Python's smtplib (STARTTLS, AUTH LOGIN), a body with
+	// bare LF line endings that the router repairs: the remote MX gets it
+	// with CRLF, dot-stuffing undone, and DKIM verifying.
+	pySubmit := `
+import smtplib, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+ctx.check_hostname = False
+host, port = sys.argv[1].rsplit(":", 1)
+with smtplib.SMTP(host, int(port)) as s:
+    s.starttls(context=ctx)
+    s.login(sys.argv[3], sys.argv[4])
+    body = b"From: carol@acme-eu.example\nTo: ann@remote.example\nSubject: smtplib-submission\n\nline one\n.leading dot\n"
+    s.sendmail(sys.argv[3], ["ann@remote.example"], body)
+print("ok")
+`
+	if out := run("python3", "-c", pySubmit, st.Router.Submission, st.TLSCert, "carol@acme-eu.example",
+		acct["carol@acme-eu.example"].Password); !strings.Contains(out, "ok") {
+		t.Fatalf("python submission: %s", out)
+	}
 	// Submission (issue 5's done-when): alice on the 587-style port with
 	// STARTTLS and AUTH, to bob (another cell), to the test remote domain's
 	// sink, and to an address the sink refuses for good.
@@ -84,7 +103,7 @@ print("ok")
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		log, _ := os.ReadFile(filepath.Join(st.Logs, "sink.log"))
-		if strings.Contains(string(log), `dkim="pass (d=demo-eu.example)"`) {
+		if strings.Contains(string(log), `dkim="pass (d=demo-eu.example)"`) && strings.Contains(string(log), `dkim="pass (d=acme-eu.example)"`) {
 			break
 		}
 		if time.Now().After(deadline) {

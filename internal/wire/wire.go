@@ -43,3 +43,29 @@ func bare(what string) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
 		Message: "Message contains a bare " + what + "; lines must end with CRLF (RFC 5321 section 2.3.8)"}
 }
+
+// Normalize returns body with every bare CR and bare LF made a CRLF: what
+// a user's own client submits is repaired rather than refused (RFC 6409
+// §8 lets a submission server fix up a message), so that what is stored,
+// signed and relayed always follows the rule above. A NUL is still
+// refused by Check.
+func Normalize(body []byte) []byte {
+	if Check(body) == nil {
+		return body
+	}
+	out := make([]byte, 0, len(body)+len(body)/40)
+	for i := 0; i < len(body); i++ {
+		switch c := body[i]; c {
+		case '\r':
+			out = append(out, '\r', '\n')
+			if i+1 < len(body) && body[i+1] == '\n' {
+				i++
+			}
+		case '\n':
+			out = append(out, '\r', '\n')
+		default:
+			out = append(out, c)
+		}
+	}
+	return out
+}

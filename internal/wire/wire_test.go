@@ -16,3 +16,23 @@ func TestCheck(t *testing.T) {
 		}
 	}
 }
+
+func TestNormalize(t *testing.T) {
+	for in, want := range map[string]string{
+		"a\r\nb\r\n":      "a\r\nb\r\n",
+		"a\nb\n":          "a\r\nb\r\n",
+		"a\rb\r":          "a\r\nb\r\n",
+		"a\r\r\nb":        "a\r\n\r\nb",
+		"x\n.\ny\r\n":     "x\r\n.\r\ny\r\n",
+		"":                "",
+		"no line ending ": "no line ending ",
+	} {
+		got := Normalize([]byte(in))
+		if string(got) != want {
+			t.Errorf("Normalize(%q) = %q, want %q", in, got, want)
+		}
+		if Check(got) != nil {
+			t.Errorf("Normalize(%q) = %q breaks the rule", in, got)
+		}
+	}
+}

@@ -451,6 +451,7 @@ func (m *MailServer) SubmitMessage(ctx context.Context, req *connect.Request[mai
 	if int64(len(r.Raw)) > m.limits.MaxSize {
 		return nil, fmt.Errorf("%w: message over %d bytes", mail.ErrLimit, m.limits.MaxSize)
 	}
+	r.Raw = wire.Normalize(r.Raw)
 	if werr := wire.Check(r.Raw); werr != nil {
 		return nil, invalid("%s", werr.Message)
 	}

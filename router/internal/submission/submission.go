@@ -12,8 +12,8 @@
 //     the cell checks it again.
 //   - RCPT accepts any syntactically valid address (relaying is what an
 //     authenticated submission is for); at most 100.
-//   - DATA follows the same wire rule as the MX (package internal/wire),
-//     then the message goes to the cell's SubmitMessage: a copy in Sent, our
+//   - DATA: bare CR or LF are made CRLF (RFC 6409 §8 fix-ups), a NUL is
+//     refused (package internal/wire); then the message goes to the cell's SubmitMessage: a copy in Sent, our
 //     own recipients delivered to their cells, remote ones queued; 250 only
 //     after that is durable. The cell's sending limits answer 451 4.7.1.
 package submission
@@ -248,6 +248,8 @@ func (se *session) Data(r io.Reader) error {
 	if err != nil {
 		return err
 	}
+	// A client's bare CR or LF is repaired (RFC 6409 §8); a NUL refused.
+	raw = wire.Normalize(raw)
 	if werr := wire.Check(raw); werr != nil {
 		return werr
 	}
