@@ -203,7 +203,14 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer kv.Close()
 
-	wake, err := startPipeline(ctx, cfg, store, blobs, kv, log)
+	var prod *queue.Producer
+	if len(cfg.Kafka) > 0 {
+		if prod, err = queue.NewProducer(cfg.Kafka, log.With("part", "queue")); err != nil {
+			return fmt.Errorf("cell: %w", err)
+		}
+		defer prod.Close()
+	}
+	wake, err := startPipeline(ctx, cfg, store, blobs, kv, prod, log)
 	if err != nil {
 		return err
 	}
@@ -214,9 +221,16 @@ func Run(ctx context.Context, cfg Config) error {
 		Server: srv, Fence: fence, Maps: maps, Store: store, Blobs: blobs, Cache: kv,
 		Hasher: auth.NewHasher(auth.OWASP), Limits: message.DefaultLimits(), OperatorToken: cfg.OperatorToken,
 		Peers: api.PeerClient{HTTP: &http.Client{Timeout: 2 * time.Minute}, Token: cfg.AgentToken},
-		WakeOutbound: func() {
+		WakeOutbound: func(accountID string) {
 			if sender != nil { // set before anything is served
 				sender.Wake()
+			}
+			if prod != nil { // the senders of the cell's other processes; never delays the send
+				go func() {
+					if err := prod.NotifyOutbound(ctx, accountID); err != nil && ctx.Err() == nil {
+						log.Warn("outbound notification not published; senders find the mail on their next pass", "err", err)
+					}
+				}()
 			}
 		},
 		SendLimit: cfg.SendLimit, Logger: log,
@@ -224,6 +238,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Role != RoleFront {
 		sender = newSender(cfg, store, blobs, mailSrv, log)
 		go sender.Run(ctx)
+		if len(cfg.Kafka) > 0 {
+			go func() {
+				err := queue.ConsumeOutbound(ctx, cfg.Kafka, "cellmail-"+cfg.Name+"-outbound", log.With("part", "outbound"), sender.Wake)
+				if err != nil && ctx.Err() == nil {
+					log.Error("outbound consumer stopped", "err", err)
+				}
+			}()
+		}
 	}
 	if cfg.Role == RoleWorker {
 		reg := prometheus.NewRegistry()
@@ -312,7 +334,7 @@ func resolver(addr string) *net.Resolver {
 //   - with a broker: the relay (spool → inbound topic, and its sweeper) in
 //     front processes, the consumer group member in worker processes; both
 //     in RoleAll.
-func startPipeline(ctx context.Context, cfg Config, store *mailstore.Store, blobs *blobstore.FS, kv *cache.Cache, log *slog.Logger) (func(), error) {
+func startPipeline(ctx context.Context, cfg Config, store *mailstore.Store, blobs *blobstore.FS, kv *cache.Cache, prod *queue.Producer, log *slog.Logger) (func(), error) {
 	lim := message.DefaultLimits()
 	lim.MaxSize += 256 << 10 // the trace and verdict fields added to a message of the largest size accepted
 	p := &delivery.Pipeline{D: delivery.New(blobs, store, lim), Store: store, Notify: kv, Log: log.With("part", "pipeline")}
@@ -328,11 +350,6 @@ func startPipeline(ctx context.Context, cfg Config, store *mailstore.Store, blob
 		go w.Run(ctx)
 		return w.Wake, nil
 	}
-	prod, err := queue.NewProducer(cfg.Kafka, log.With("part", "queue"))
-	if err != nil {
-		return nil, fmt.Errorf("cell: %w", err)
-	}
-	context.AfterFunc(ctx, prod.Close)
 	p.Events = prod
 	wake := func() {}
 	if cfg.Role != RoleWorker {

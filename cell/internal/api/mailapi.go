@@ -77,7 +77,7 @@ type MailServer struct {
 	peers         Peers
 	limits        message.Limits
 	operatorToken string
-	wakeOutbound  func()
+	wakeOutbound  func(accountID string)
 	sendLimit     int
 	log           *slog.Logger
 }
@@ -99,9 +99,9 @@ type MailConfig struct {
 	Peers         Peers
 	Limits        message.Limits
 	OperatorToken string
-	// WakeOutbound tells this process's sender there is remote mail to
-	// send (nil: the sender finds it on its next pass).
-	WakeOutbound func()
+	// WakeOutbound tells the cell's senders the account queued outbound
+	// mail (nil: they find it on their next pass).
+	WakeOutbound func(accountID string)
 	// SendLimit is the messages an account may send per SendWindow
 	// (default SendLimit; recipients scale with it).
 	SendLimit int
@@ -112,7 +112,7 @@ type MailConfig struct {
 func NewMailServer(c MailConfig) *MailServer {
 	wake := c.WakeOutbound
 	if wake == nil {
-		wake = func() {}
+		wake = func(string) {}
 	}
 	if c.SendLimit <= 0 {
 		c.SendLimit = SendLimit

@@ -43,7 +43,7 @@ func (m *MailServer) QueueHandlers(mux *http.ServeMux) {
 		ok, err := m.store.RetryOutboundNow(r.Context(), r.PathValue("id"))
 		m.queueResult(w, ok, err)
 		if ok {
-			m.wakeOutbound()
+			m.wakeOutbound("")
 		}
 	}))
 	mux.HandleFunc("POST /v1/queue/{id}/drop", m.operator(func(w http.ResponseWriter, r *http.Request) {

@@ -141,7 +141,7 @@ func (m *MailServer) route(ctx context.Context, accountID, from string, rcpts []
 			m.log.Error("mail for our own recipients not queued", "err", err)
 			return out
 		}
-		m.wakeOutbound()
+		m.wakeOutbound(accountID)
 		for _, st := range out {
 			if slices.Contains(retry, st.Address) {
 				st.Status, st.Detail = "queued", "queued for another attempt"
@@ -210,7 +210,7 @@ func (m *MailServer) routeNow(ctx context.Context, from string, rcpts []string, 
 			m.log.Error("outbound mail not queued", "err", err)
 			status, detail = "failed", "could not be queued; send again"
 		} else {
-			m.wakeOutbound()
+			m.wakeOutbound(accountID)
 		}
 		for _, rc := range remote {
 			out = append(out, &mailv1.RecipientStatus{Address: rc, Status: status, Detail: detail})

@@ -9,6 +9,9 @@
 //     the search indexer, caches and push.
 //   - errors: one JSON record per failed processing attempt, with its
 //     reason (the entry itself is retried from the spool with backoff).
+//   - outbound: a notification per send with outbound mail (key: account
+//     id), so the cell's senders in other processes start at once; the
+//     outbound table holds the mail.
 //
 // Records are produced with acks from all in-sync replicas and
 // idempotently; consumption is a consumer group whose offsets are committed
@@ -156,8 +159,36 @@ type Handler func(ctx context.Context, ids []string) error
 // ends: it polls records, hands their ids to handle (again, with backoff,
 // while it fails), then commits their offsets.
 func ConsumeInbound(ctx context.Context, brokers []string, group string, log *slog.Logger, handle Handler) error {
+	return consumeTopic(ctx, brokers, group, TopicInbound, log, handle)
+}
+
+// NotifyOutbound publishes a record to the `outbound` topic saying a cell
+// committed outbound mail: the senders of the cell's group (other
+// processes) look at the outbound table at once instead of on their next
+// pass. The table is the record of truth; a lost notification only delays.
+func (p *Producer) NotifyOutbound(ctx context.Context, accountID string) error {
+	cl := p.client()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: TopicOutbound, Key: []byte(accountID), Value: []byte(accountID)}).FirstErr(); err != nil {
+		p.check(cl, err)
+		return fmt.Errorf("queue: produce outbound: %w", err)
+	}
+	return nil
+}
+
+// ConsumeOutbound runs a member of the cell's sender group until ctx ends,
+// calling wake for each batch of `outbound` records.
+func ConsumeOutbound(ctx context.Context, brokers []string, group string, log *slog.Logger, wake func()) error {
+	return consumeTopic(ctx, brokers, group, TopicOutbound, log, func(context.Context, []string) error {
+		wake()
+		return nil
+	})
+}
+
+func consumeTopic(ctx context.Context, brokers []string, group, topic string, log *slog.Logger, handle Handler) error {
 	for {
-		err := consume(ctx, brokers, group, log, handle)
+		err := consume(ctx, brokers, group, topic, log, handle)
 		if !errors.Is(err, errRecreate) {
 			return err
 		}
@@ -167,10 +198,10 @@ func ConsumeInbound(ctx context.Context, brokers []string, group string, log *sl
 
 var errRecreate = errors.New("queue: client must be recreated")
 
-func consume(ctx context.Context, brokers []string, group string, log *slog.Logger, handle Handler) error {
+func consume(ctx context.Context, brokers []string, group, topic string, log *slog.Logger, handle Handler) error {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...),
 		kgo.ConsumerGroup(group),
-		kgo.ConsumeTopics(TopicInbound),
+		kgo.ConsumeTopics(topic),
 		// A worker killed without leaving the group holds its partitions
 		// until its session times out: keep that short (Kafka's minimum),
 		// so its records go to the others within seconds.
