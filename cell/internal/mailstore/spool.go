@@ -94,12 +94,6 @@ func (s *Store) ClaimStale(ctx context.Context, n int, stale, lease time.Duratio
 	return out, err
 }
 
-// FinishSpool marks an entry delivered.
-func (s *Store) FinishSpool(ctx context.Context, id string) error {
-	_, err := s.pool.Exec(ctx, `UPDATE spool SET state = 1, attempts = attempts + 1 WHERE id = $1`, id)
-	return err
-}
-
 // CloseSpool ends an entry without a delivery of its message (state
 // SpoolQuarantined or SpoolFailed), keeping it, with the reason, and its
 // message in the blob blobRef. It applies to a pending entry or to one whose notice was just

@@ -321,6 +321,32 @@ func TestExpiredAndUnreachable(t *testing.T) {
 	if dsn := f.inbox(t); len(dsn) != 1 || !strings.Contains(dsn[0], "Status: 4.4.7") {
 		t.Fatalf("expiry DSN: %v", dsn)
 	}
+	// An MX that accepts the connection and drops it: deferred.
+	drop, err := net.Listen("tcp", "127.0.0.3:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer drop.Close()
+	go func() {
+		for {
+			c, err := drop.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	f.s.Port = drop.Addr().(*net.TCPAddr).Port
+	f.dns.MustAdd(t, `dropper.test. 300 IN MX 10 mx.dropper.test.`, `mx.dropper.test. 300 IN A 127.0.0.3`)
+	ids = f.enqueue(t, time.Hour, "x@dropper.test")
+	if _, err := f.s.Once(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if e, st, _ := f.state(t, ids["x@dropper.test"]); st != mailstore.OutboundPending || e.Attempts != 1 {
+		t.Fatalf("dropped connection: state %d attempts %d (%s)", st, e.Attempts, e.LastError)
+	}
+	f.s.Port = f.remote.port
+
 	// An MX nobody listens on: deferred, not bounced.
 	ids = f.enqueue(t, time.Hour, "x@deadmx.test")
 	if _, err := f.s.Once(t.Context()); err != nil {
