@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -321,20 +322,25 @@ func (s *Store) InsertMessage(ctx context.Context, accountID, mailboxID string, 
 				return err
 			}
 		}
-		var quota, used int64
-		if err := tx.QueryRow(ctx, `SELECT quota_bytes, used_bytes FROM accounts WHERE id = $1 FOR UPDATE`, accountID).Scan(&quota, &used); err != nil {
-			if errors.Is(err, pgx.ErrNoRows) {
-				return fmt.Errorf("%w: account", mail.ErrNotFound)
+		// Quota check, journal position and usage in one statement (one
+		// round trip, the account row locked until commit).
+		var last int64
+		err := tx.QueryRow(ctx, `UPDATE accounts SET modseq = modseq + 1, used_bytes = used_bytes + $2
+			WHERE id = $1 AND (quota_bytes <= 0 OR used_bytes + $2 <= quota_bytes) RETURNING modseq`, accountID, m.Size).Scan(&last)
+		if errors.Is(err, pgx.ErrNoRows) {
+			var quota, used int64
+			if qerr := tx.QueryRow(ctx, `SELECT quota_bytes, used_bytes FROM accounts WHERE id = $1`, accountID).Scan(&quota, &used); qerr != nil {
+				if errors.Is(qerr, pgx.ErrNoRows) {
+					return fmt.Errorf("%w: account", mail.ErrNotFound)
+				}
+				return qerr
 			}
-			return err
-		}
-		if quota > 0 && used+m.Size > quota {
 			return fmt.Errorf("%w: %d of %d bytes used, message of %d", mail.ErrOverQuota, used, quota, m.Size)
 		}
-		modseq, err := nextModseq(ctx, tx, accountID, 1)
 		if err != nil {
 			return err
 		}
+		modseq := uint64(last)
 		unread := 0
 		if !m.Flags.Seen {
 			unread = 1
@@ -362,25 +368,22 @@ func (s *Store) InsertMessage(ctx context.Context, accountID, mailboxID string, 
 		if m.Labels == nil {
 			m.Labels = []string{}
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO messages (account_id, id, mailbox_id, uid, modseq, seen, flagged, answered,
+		// The rows of the message, its attachments and its journal entry in
+		// one round trip.
+		b := &pgx.Batch{}
+		b.Queue(`INSERT INTO messages (account_id, id, mailbox_id, uid, modseq, seen, flagged, answered,
 			draft, labels, received_at, sent_at, size, subject, from_addr, to_addrs, message_id_header, thread_id, snippet,
 			has_attachments, blob_ref, delivery_key)
 			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,NULLIF($22, ''))`,
 			accountID, m.ID, mailboxID, int64(m.UID), int64(modseq), m.Flags.Seen, m.Flags.Flagged, m.Flags.Answered,
 			m.Flags.Draft, m.Labels, m.ReceivedAt, sent, m.Size, m.Subject, from, to, m.MessageID, m.ThreadID, m.Snippet,
-			m.HasAttachments, m.BlobRef, nm.DeliveryKey); err != nil {
-			return err
-		}
+			m.HasAttachments, m.BlobRef, nm.DeliveryKey)
 		for _, a := range nm.Attachments {
-			if _, err := tx.Exec(ctx, `INSERT INTO attachments (account_id, message_id, part_id, filename, content_type, size, content_id, blob_ref)
-				VALUES ($1,$2,$3,$4,$5,$6,$7,$8)`, accountID, m.ID, a.PartID, a.Filename, a.ContentType, a.Size, a.ContentID, a.BlobRef); err != nil {
-				return err
-			}
+			b.Queue(`INSERT INTO attachments (account_id, message_id, part_id, filename, content_type, size, content_id, blob_ref)
+				VALUES ($1,$2,$3,$4,$5,$6,$7,$8)`, accountID, m.ID, a.PartID, a.Filename, a.ContentType, a.Size, a.ContentID, a.BlobRef)
 		}
-		if _, err := tx.Exec(ctx, `UPDATE accounts SET used_bytes = used_bytes + $2 WHERE id = $1`, accountID, m.Size); err != nil {
-			return err
-		}
-		return journal(ctx, tx, accountID, modseq, mail.ChangeMessageAdded, mailboxID, m.ID, m.UID)
+		b.Queue(journalSQL, accountID, int64(modseq), mail.ChangeMessageAdded, mailboxID, m.ID, int64(m.UID))
+		return tx.SendBatch(ctx, b).Close()
 	}
 	err := s.tx(ctx, insert)
 	if err != nil && nm.DeliveryKey != "" && isUnique(err) {
@@ -403,6 +406,7 @@ func orEmpty(a []mail.Address) []mail.Address {
 // threadOf finds the thread of the account's earlier message named by a
 // References/In-Reply-To id, or starts a new thread.
 func threadOf(ctx context.Context, tx pgx.Tx, accountID string, refs []string) (string, error) {
+	refs = slices.DeleteFunc(slices.Clone(refs), func(r string) bool { return r == "" })
 	if len(refs) > 50 {
 		refs = refs[len(refs)-50:]
 	}

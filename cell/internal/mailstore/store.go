@@ -124,10 +124,11 @@ func nextModseq(ctx context.Context, tx pgx.Tx, accountID string, n int) (uint64
 	return uint64(last), err
 }
 
+const journalSQL = `INSERT INTO changes (account_id, modseq, kind, mailbox_id, message_id, uid)
+	VALUES ($1, $2, $3, NULLIF($4, '')::uuid, NULLIF($5, '')::uuid, NULLIF($6, 0))`
+
 func journal(ctx context.Context, tx pgx.Tx, accountID string, modseq uint64, kind, mailboxID, messageID string, uid uint32) error {
-	_, err := tx.Exec(ctx, `INSERT INTO changes (account_id, modseq, kind, mailbox_id, message_id, uid)
-		VALUES ($1, $2, $3, NULLIF($4, '')::uuid, NULLIF($5, '')::uuid, NULLIF($6, 0))`,
-		accountID, int64(modseq), kind, mailboxID, messageID, int64(uid))
+	_, err := tx.Exec(ctx, journalSQL, accountID, int64(modseq), kind, mailboxID, messageID, int64(uid))
 	return err
 }
 
