@@ -30,6 +30,7 @@ import (
 
 	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
 	"github.com/cellmail/cellmail/cell/gen/mailv1/mailv1connect"
+	"github.com/cellmail/cellmail/cmd/internal/cli"
 	"github.com/cellmail/cellmail/controlplane/cptest"
 	pb "github.com/cellmail/cellmail/controlplane/gen/controlplanev1"
 	"github.com/cellmail/cellmail/controlplane/gen/controlplanev1/controlplanev1connect"
@@ -393,7 +394,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			if c.Jurisdiction != d.Jurisdiction {
 				continue
 			}
-			rec, err := fetchDKIM(ctx, c.API, d.Name, secrets.Admin)
+			rec, err := cli.FetchDKIM(ctx, c.API, d.Name, secrets.Admin)
 			if err != nil {
 				return fmt.Errorf("dkim key of %s at %s: %w", d.Name, c.Name, err)
 			}

@@ -3,13 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -103,29 +100,4 @@ func (s *sinkSession) Data(r io.Reader) error {
 	}
 	s.k.log.Info("remote.example received a message", "from", s.from, "to", s.rcpts, "file", name, "dkim", result)
 	return nil
-}
-
-// fetchDKIM asks a cell for its DKIM record of domain (GET /v1/dkim/{domain}).
-func fetchDKIM(ctx context.Context, apiURL, domain, token string) (dkimRecord, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(apiURL, "/")+"/v1/dkim/"+url.PathEscape(domain), nil)
-	if err != nil {
-		return dkimRecord{}, err
-	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return dkimRecord{}, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return dkimRecord{}, fmt.Errorf("%s", resp.Status)
-	}
-	var r dkimRecord
-	err = json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&r)
-	return r, err
-}
-
-type dkimRecord struct {
-	Name string `json:"name"`
-	TXT  string `json:"txt"`
 }

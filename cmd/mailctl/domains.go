@@ -6,14 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"strings"
 
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/proto"
 
+	clilib "github.com/cellmail/cellmail/cmd/internal/cli"
 	pb "github.com/cellmail/cellmail/controlplane/gen/controlplanev1"
 	"github.com/cellmail/cellmail/controlplane/placement"
 )
@@ -164,9 +163,11 @@ The cells are asked directly, with the same operator token.`,
 			if err != nil {
 				return err
 			}
-			var out dkimRecords
+			var out struct {
+				Records []clilib.DKIMRecord `json:"records"`
+			}
 			for _, cs := range cells.Msg.Cells {
-				rec, err := fetchDKIM(ctx, cs.GetCell().GetApiUrl(), domain, c.operatorToken())
+				rec, err := clilib.FetchDKIM(ctx, cs.GetCell().GetApiUrl(), domain, c.operatorToken())
 				if err != nil {
 					return fmt.Errorf("cell %s: %w", cs.GetCell().GetName(), err)
 				}
@@ -181,37 +182,4 @@ The cells are asked directly, with the same operator token.`,
 			return nil
 		}),
 	}
-}
-
-type dkimRecord struct {
-	Domain   string `json:"domain"`
-	Selector string `json:"selector"`
-	Name     string `json:"name"`
-	TXT      string `json:"txt"`
-}
-
-type dkimRecords struct {
-	Records []dkimRecord `json:"records"`
-}
-
-func fetchDKIM(ctx context.Context, apiURL, domain, token string) (dkimRecord, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(apiURL, "/")+"/v1/dkim/"+url.PathEscape(domain), nil)
-	if err != nil {
-		return dkimRecord{}, err
-	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return dkimRecord{}, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return dkimRecord{}, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
-	}
-	var r dkimRecord
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&r); err != nil {
-		return dkimRecord{}, err
-	}
-	return r, nil
 }

@@ -54,21 +54,8 @@ func (s *Store) Spool(ctx context.Context, entries []SpoolEntry) error {
 // due again until the lease ends, so a crashed worker's entries are picked
 // up again (the sweeper is this same query).
 func (s *Store) ClaimSpool(ctx context.Context, n int, lease time.Duration) ([]SpoolEntry, error) {
-	var out []SpoolEntry
-	err := s.tx(ctx, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT `+spoolCols+`, body FROM spool
-			WHERE state = 0 AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED`, n)
-		if err != nil {
-			return err
-		}
-		if out, err = pgx.CollectRows(rows, scanSpoolBody); err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, `UPDATE spool SET next_attempt_at = now() + $2::interval WHERE id = ANY($1::uuid[])`,
-			spoolIDs(out), fmt.Sprintf("%d milliseconds", lease.Milliseconds()))
-		return err
-	})
-	return out, err
+	return s.leaseSpool(ctx, lease, `SELECT `+spoolCols+`, body FROM spool
+		WHERE state = 0 AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED`, n)
 }
 
 // ClaimStale leases up to n pending, due entries that were relayed to the
@@ -76,11 +63,17 @@ func (s *Store) ClaimSpool(ctx context.Context, n int, lease time.Duration) ([]S
 // processes them itself, whatever became of their records (a broker that
 // lost them, a consumer group that does not move).
 func (s *Store) ClaimStale(ctx context.Context, n int, stale, lease time.Duration) ([]SpoolEntry, error) {
+	return s.leaseSpool(ctx, lease, `SELECT `+spoolCols+`, body FROM spool
+		WHERE state = 0 AND next_attempt_at <= now() AND enqueued_at < now() - $2::interval
+		ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED`, n, fmt.Sprintf("%d milliseconds", stale.Milliseconds()))
+}
+
+// leaseSpool selects entries with query (which locks them) and makes them
+// due again only after lease, in one transaction.
+func (s *Store) leaseSpool(ctx context.Context, lease time.Duration, query string, args ...any) ([]SpoolEntry, error) {
 	var out []SpoolEntry
 	err := s.tx(ctx, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT `+spoolCols+`, body FROM spool
-			WHERE state = 0 AND next_attempt_at <= now() AND enqueued_at < now() - $2::interval
-			ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED`, n, fmt.Sprintf("%d milliseconds", stale.Milliseconds()))
+		rows, err := tx.Query(ctx, query, args...)
 		if err != nil {
 			return err
 		}

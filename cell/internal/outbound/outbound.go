@@ -227,7 +227,11 @@ func (s *Sender) deliver(ctx context.Context, es []mailstore.OutboundEntry) {
 // Backoff is the wait after n failed attempts: one minute doubling, at
 // most 4 hours, with ±20% jitter so retries to one domain spread out.
 func Backoff(n int) time.Duration {
-	base := min(time.Minute<<min(n, 8), 4*time.Hour)
+	return jitter(min(time.Minute<<min(n, 8), 4*time.Hour))
+}
+
+// jitter returns base ±20%, uniformly.
+func jitter(base time.Duration) time.Duration {
 	j, _ := rand.Int(rand.Reader, big.NewInt(int64(base/5)*2+1))
 	return base - base/5 + time.Duration(j.Int64())
 }
@@ -239,9 +243,7 @@ const ownCell = "(own cell)"
 // reachable: cells come back in seconds to minutes, so 5 seconds doubling,
 // at most 5 minutes, with the same jitter.
 func HostedBackoff(n int) time.Duration {
-	base := min(5*time.Second<<min(n, 6), 5*time.Minute)
-	j, _ := rand.Int(rand.Reader, big.NewInt(int64(base/5)*2+1))
-	return base - base/5 + time.Duration(j.Int64())
+	return jitter(min(5*time.Second<<min(n, 6), 5*time.Minute))
 }
 
 // send makes one SMTP transaction for the entries (same domain, sender and
