@@ -25,6 +25,7 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/cache"
 	"github.com/cellmail/cellmail/cell/internal/clamd"
 	"github.com/cellmail/cellmail/cell/internal/delivery"
+	"github.com/cellmail/cellmail/cell/internal/imapd"
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
 	"github.com/cellmail/cellmail/cell/internal/message"
 	"github.com/cellmail/cellmail/cell/internal/msgauth"
@@ -64,6 +65,11 @@ type Config struct {
 	// edge); ignored when LMTPListener is set. Empty: no LMTP.
 	LMTPListen   string
 	LMTPListener net.Listener
+	// IMAPListen is the cell's internal IMAP endpoint (the router's IMAP
+	// proxy splices clients to it); ignored when IMAPListener is set.
+	// Empty: no IMAP.
+	IMAPListen   string
+	IMAPListener net.Listener
 	// Kafka lists the brokers of the cell's queue (DESIGN.md §4); empty: the
 	// pipeline runs straight from the spool table.
 	Kafka []string
@@ -215,11 +221,12 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	fence := ownership.New(cfg.Name, maps)
+	hasher := auth.NewHasher(auth.OWASP)
 	srv := api.NewServer(fence, maps, counter{store}, log)
 	var sender *outbound.Sender
 	mailSrv := api.NewMailServer(api.MailConfig{
 		Server: srv, Fence: fence, Maps: maps, Store: store, Blobs: blobs, Cache: kv,
-		Hasher: auth.NewHasher(auth.OWASP), Limits: message.DefaultLimits(), OperatorToken: cfg.OperatorToken,
+		Hasher: hasher, Limits: message.DefaultLimits(), OperatorToken: cfg.OperatorToken,
 		Peers: api.PeerClient{HTTP: &http.Client{Timeout: 2 * time.Minute}, Token: cfg.AgentToken},
 		WakeOutbound: func(accountID string) {
 			if sender != nil { // set before anything is served
@@ -294,6 +301,23 @@ func Run(ctx context.Context, cfg Config) error {
 		go func() { _ = lmtp.Serve(lln) }()
 		defer lmtp.Close()
 		log.Info("cell LMTP serving", "lmtp", lln.Addr().String())
+	}
+	if cfg.IMAPListener != nil || cfg.IMAPListen != "" {
+		iln, err := serve.Listen(cfg.IMAPListener, cfg.IMAPListen)
+		if err != nil {
+			return fmt.Errorf("cell: imap: %w", err)
+		}
+		hub := imapd.NewHub()
+		go func() {
+			if err := hub.Run(ctx, kv); err != nil && ctx.Err() == nil {
+				log.Error("imap wake-ups stopped; IDLE falls back to polling", "err", err)
+			}
+		}()
+		imapSrv := imapd.New(imapd.Config{Store: store, Blobs: blobs, Append: delivery.New(blobs, store, message.DefaultLimits()),
+			Hasher: hasher, Fence: fence, Limiter: kv, Publish: kv, Hub: hub, Logger: log.With("part", "imap")})
+		go func() { _ = imapSrv.Serve(iln) }()
+		defer imapSrv.Close()
+		log.Info("cell IMAP serving", "imap", iln.Addr().String())
 	}
 	log.Info("cell serving", "api", apiURL, "instance", cfg.Instance)
 	return serve.Run(ctx, ln, mux)

@@ -21,6 +21,7 @@ import (
 	"github.com/cellmail/cellmail/controlplane/client"
 	"github.com/cellmail/cellmail/internal/serve"
 	"github.com/cellmail/cellmail/router/internal/httpproxy"
+	"github.com/cellmail/cellmail/router/internal/imapproxy"
 	"github.com/cellmail/cellmail/router/internal/route"
 	"github.com/cellmail/cellmail/router/internal/smtpedge"
 	"github.com/cellmail/cellmail/router/internal/submission"
@@ -42,6 +43,14 @@ type Config struct {
 	SubmissionListener  net.Listener
 	SubmissionsListen   string
 	SubmissionsListener net.Listener
+	// IMAPListen is IMAP with STARTTLS (port 143); IMAPSListen with
+	// implicit TLS (port 993). Both need TLS (LOGIN is refused in the
+	// clear), except with IMAPAllowPlaintext (tests).
+	IMAPListen         string
+	IMAPListener       net.Listener
+	IMAPSListen        string
+	IMAPSListener      net.Listener
+	IMAPAllowPlaintext bool
 	// Etcd endpoints and key prefix of the placement map.
 	Etcd   []string
 	Prefix string
@@ -146,6 +155,31 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 			go func() { _ = sub.ServeTLS(serve.LimitListener(ln, 2000, 64)) }()
 			log.Info("router submission serving (implicit TLS)", "addr", ln.Addr().String())
+		}
+	}
+
+	if cfg.IMAPListener != nil || cfg.IMAPListen != "" || cfg.IMAPSListener != nil || cfg.IMAPSListen != "" {
+		ip := imapproxy.New(table, imapproxy.Config{TLS: cfg.TLS, AllowPlaintextLogin: cfg.IMAPAllowPlaintext,
+			Logger: log.With("part", "imap")})
+		defer ip.Close()
+		if cfg.IMAPListener != nil || cfg.IMAPListen != "" {
+			ln, err := serve.Listen(cfg.IMAPListener, cfg.IMAPListen)
+			if err != nil {
+				return fmt.Errorf("router: imap: %w", err)
+			}
+			go func() { _ = ip.Serve(serve.LimitListener(ln, 20000, 256)) }()
+			log.Info("router IMAP serving (STARTTLS)", "addr", ln.Addr().String())
+		}
+		if cfg.IMAPSListener != nil || cfg.IMAPSListen != "" {
+			if cfg.TLS == nil {
+				return errors.New("router: IMAP with implicit TLS needs a certificate")
+			}
+			ln, err := serve.Listen(cfg.IMAPSListener, cfg.IMAPSListen)
+			if err != nil {
+				return fmt.Errorf("router: imaps: %w", err)
+			}
+			go func() { _ = ip.ServeTLS(serve.LimitListener(ln, 20000, 256)) }()
+			log.Info("router IMAP serving (implicit TLS)", "addr", ln.Addr().String())
 		}
 	}
 

@@ -112,6 +112,8 @@ type stack struct {
 	smtp  string            // the last started router's SMTP address
 	// The last started router's submission addresses (STARTTLS, implicit TLS).
 	submission, submissions string
+	// The last started router's IMAP addresses (STARTTLS, implicit TLS).
+	imap, imaps string
 }
 
 func call[T any](t testing.TB, req *connect.Request[T]) *connect.Request[T] {
@@ -189,7 +191,12 @@ func (s *stack) startCell(name, jur string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.admin.RegisterCell(context.Background(), call(t, connect.NewRequest(&pb.RegisterCellRequest{Name: name, Jurisdiction: jur, ApiUrl: url, LmtpAddr: lln.Addr().String()}))); err != nil {
+	iln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.admin.RegisterCell(context.Background(), call(t, connect.NewRequest(&pb.RegisterCellRequest{Name: name, Jurisdiction: jur,
+		ApiUrl: url, LmtpAddr: lln.Addr().String(), ImapAddr: iln.Addr().String()}))); err != nil {
 		t.Fatalf("register %s: %v", name, err)
 	}
 	dsn, err := pg.NewDB()
@@ -201,7 +208,7 @@ func (s *stack) startCell(name, jur string) {
 	done := make(chan error, 1)
 	go func() {
 		done <- cell.Run(ctx, cell.Config{Name: name, Listener: ln, Etcd: s.cp.Etcd.Endpoints, DataDir: dataDir,
-			AgentToken: cptest.AgentToken, OperatorToken: cptest.AdminToken, DatabaseURL: dsn, RedisAddr: s.redis, LMTPListener: lln,
+			AgentToken: cptest.AgentToken, OperatorToken: cptest.AdminToken, DatabaseURL: dsn, RedisAddr: s.redis, LMTPListener: lln, IMAPListener: iln,
 			DNS: dnsAddr, OutboundPort: remoteMX.port, SendLimit: sendLimit(), Logger: cptest.Logger(t)})
 	}()
 	stopped := false
@@ -258,11 +265,20 @@ func (s *stack) startRouter(maps *client.Client) string {
 		t.Fatal(err)
 	}
 	s.submission, s.submissions = subLn.Addr().String(), subsLn.Addr().String()
+	imapLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	imapsLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.imap, s.imaps = imapLn.Addr().String(), imapsLn.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
 		done <- router.Run(ctx, router.Config{HTTPListener: ln, SMTPListener: sln, Etcd: s.cp.Etcd.Endpoints, DataDir: t.TempDir(),
-			SubmissionListener: subLn, SubmissionsListener: subsLn, TLS: testTLS(t),
+			SubmissionListener: subLn, SubmissionsListener: subsLn, TLS: testTLS(t), IMAPListener: imapLn, IMAPSListener: imapsLn,
 			Maps: maps, Logger: cptest.Logger(t)})
 	}()
 	t.Cleanup(func() {

@@ -31,6 +31,7 @@ func run(args []string) error {
 	db := fs.String("database", cli.Env("CELLMAIL_DATABASE", ""), "PostgreSQL/YugabyteDB URL, or @file (env CELLMAIL_DATABASE)")
 	redis := fs.String("redis", cli.Env("CELLMAIL_REDIS", "127.0.0.1:6379"), "Redis address (env CELLMAIL_REDIS)")
 	lmtp := fs.String("lmtp", cli.Env("CELLMAIL_LMTP", ""), "LMTP address for inbound mail from the router (env CELLMAIL_LMTP)")
+	imapAddr := fs.String("imap", cli.Env("CELLMAIL_IMAP", ""), "internal IMAP address the router's IMAP proxy connects to (env CELLMAIL_IMAP)")
 	blobs := fs.String("blob-dir", cli.Env("CELLMAIL_BLOB_DIR", ""), "blob store directory (default <data-dir>/blobs; env CELLMAIL_BLOB_DIR)")
 	kafka := fs.String("kafka", cli.Env("CELLMAIL_KAFKA", ""), "Kafka/Redpanda brokers, comma-separated; empty: the pipeline reads the spool table (env CELLMAIL_KAFKA)")
 	role := fs.String("role", cli.Env("CELLMAIL_ROLE", cell.RoleAll), "all, front (API, LMTP, relay) or worker (inbound pipeline) (env CELLMAIL_ROLE)")
@@ -48,7 +49,7 @@ func run(args []string) error {
 		return err
 	}
 	cfg := cell.Config{Name: *name, Listen: *listen, Etcd: cli.List(*etcd), DataDir: *dataDir, RedisAddr: *redis,
-		BlobDir: *blobs, LMTPListen: *lmtp, Kafka: cli.List(*kafka), Role: *role, DNS: *dns, Clamd: *clamd,
+		BlobDir: *blobs, LMTPListen: *lmtp, IMAPListen: *imapAddr, Kafka: cli.List(*kafka), Role: *role, DNS: *dns, Clamd: *clamd,
 		AuthServID: *authserv, Hostname: *hostname, OutboundPort: *outPort, Logger: log}
 	if cfg.AgentToken, err = cli.Secret(*agent); err != nil {
 		return err

@@ -27,6 +27,8 @@ func run(args []string) error {
 	smtpAddr := fs.String("smtp", cli.Env("CELLMAIL_SMTP", ""), "MX SMTP address, empty for none (env CELLMAIL_SMTP)")
 	subAddr := fs.String("submission", cli.Env("CELLMAIL_SUBMISSION", ""), "submission address with STARTTLS (587), empty for none; needs -tls-cert (env CELLMAIL_SUBMISSION)")
 	subsAddr := fs.String("submissions", cli.Env("CELLMAIL_SUBMISSIONS", ""), "submission address with implicit TLS (465), empty for none (env CELLMAIL_SUBMISSIONS)")
+	imapAddr := fs.String("imap", cli.Env("CELLMAIL_IMAP", ""), "IMAP address with STARTTLS (143), empty for none (env CELLMAIL_IMAP)")
+	imapsAddr := fs.String("imaps", cli.Env("CELLMAIL_IMAPS", ""), "IMAP address with implicit TLS (993), empty for none (env CELLMAIL_IMAPS)")
 	etcd := fs.String("etcd", cli.Env("CELLMAIL_ETCD", "http://127.0.0.1:2379"), "etcd endpoints, comma-separated (env CELLMAIL_ETCD)")
 	dataDir := fs.String("data-dir", cli.Env("CELLMAIL_DATA_DIR", ""), "map snapshot directory (env CELLMAIL_DATA_DIR)")
 	cert := fs.String("tls-cert", cli.Env("CELLMAIL_TLS_CERT", ""), "PEM certificate chain for STARTTLS (env CELLMAIL_TLS_CERT)")
@@ -41,7 +43,7 @@ func run(args []string) error {
 		return err
 	}
 	cfg := router.Config{HTTPListen: *listen, SMTPListen: *smtpAddr, Etcd: cli.List(*etcd), DataDir: *dataDir,
-		SubmissionListen: *subAddr, SubmissionsListen: *subsAddr, Hostname: *hostname, Logger: log}
+		SubmissionListen: *subAddr, SubmissionsListen: *subsAddr, IMAPListen: *imapAddr, IMAPSListen: *imapsAddr, Hostname: *hostname, Logger: log}
 	if *cert != "" || *key != "" {
 		pair, err := tls.LoadX509KeyPair(*cert, *key)
 		if err != nil {

@@ -57,6 +57,13 @@ type Cache interface {
 	Get(ctx context.Context, key string) ([]byte, error)
 	Set(ctx context.Context, key string, val []byte, ttl time.Duration) error
 	Allow(ctx context.Context, key string, limit int, window time.Duration) (bool, time.Duration, error)
+	Publish(ctx context.Context, channel string, msg []byte) error
+}
+
+// changed wakes the account's IMAP IDLE sessions and other listeners
+// after a change the API made; at most once (they also poll).
+func (m *MailServer) changed(ctx context.Context, accountID string) {
+	_ = m.cache.Publish(ctx, delivery.ChangesChannel(accountID), []byte("api"))
 }
 
 // Peers delivers to the cell that owns a recipient.
@@ -561,6 +568,9 @@ func (m *MailServer) UpdateFlags(ctx context.Context, req *connect.Request[mailv
 	if err != nil {
 		return nil, err
 	}
+	if n > 0 {
+		m.changed(ctx, c.account.ID)
+	}
 	return connect.NewResponse(&mailv1.UpdateFlagsResponse{Updated: uint32(n)}), nil
 }
 
@@ -577,6 +587,7 @@ func (m *MailServer) MoveMessages(ctx context.Context, req *connect.Request[mail
 	if err != nil {
 		return nil, err
 	}
+	m.changed(ctx, c.account.ID)
 	return connect.NewResponse(&mailv1.MoveMessagesResponse{MessageIds: ids}), nil
 }
 
@@ -625,6 +636,7 @@ func (m *MailServer) DeleteMessages(ctx context.Context, req *connect.Request[ma
 		}
 		out.Expunged = uint32(n)
 	}
+	m.changed(ctx, c.account.ID)
 	return connect.NewResponse(out), nil
 }
 

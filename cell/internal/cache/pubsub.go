@@ -40,6 +40,21 @@ func (c *Cache) Publish(ctx context.Context, channel string, msg []byte) error {
 // resubscribes); but connections are not free, so subscribe once per process
 // and fan out in process rather than once per IMAP session.
 func (c *Cache) Subscribe(ctx context.Context, channel string, fn func(msg []byte)) error {
+	return c.subscribe(ctx, channel, func(dc rueidis.DedicatedClient) rueidis.Completed {
+		return dc.B().Subscribe().Channel(channel).Build()
+	}, func(m rueidis.PubSubMessage) { fn([]byte(m.Message)) })
+}
+
+// PSubscribe is Subscribe for the channels matching a glob pattern (Redis
+// PSUBSCRIBE); fn also gets the channel. One pattern subscription per
+// process fans out to every IMAP session of the process.
+func (c *Cache) PSubscribe(ctx context.Context, pattern string, fn func(channel string, msg []byte)) error {
+	return c.subscribe(ctx, pattern, func(dc rueidis.DedicatedClient) rueidis.Completed {
+		return dc.B().Psubscribe().Pattern(pattern).Build()
+	}, func(m rueidis.PubSubMessage) { fn(m.Channel, []byte(m.Message)) })
+}
+
+func (c *Cache) subscribe(ctx context.Context, channel string, build func(rueidis.DedicatedClient) rueidis.Completed, fn func(rueidis.PubSubMessage)) error {
 	subCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stop := context.AfterFunc(c.life, cancel) // Close ends the subscription
@@ -60,7 +75,7 @@ func (c *Cache) Subscribe(ctx context.Context, channel string, fn func(msg []byt
 			return end()
 		}
 		started := time.Now()
-		err = c.receive(subCtx, client, channel, fn)
+		err = c.receive(subCtx, client, build, fn)
 		if subCtx.Err() != nil {
 			return end()
 		}
@@ -87,7 +102,7 @@ func (c *Cache) Subscribe(ctx context.Context, channel string, fn func(msg []byt
 }
 
 // receive runs one subscription on a dedicated connection until it ends.
-func (c *Cache) receive(ctx context.Context, client rueidis.Client, channel string, fn func(msg []byte)) error {
+func (c *Cache) receive(ctx context.Context, client rueidis.Client, build func(rueidis.DedicatedClient) rueidis.Completed, fn func(rueidis.PubSubMessage)) error {
 	// A dedicated connection: on the shared pipeline, rueidis hands
 	// messages to Receive through a 16-slot channel filled by the
 	// connection's reader, so a slow fn would stall every Get and Set
@@ -95,7 +110,5 @@ func (c *Cache) receive(ctx context.Context, client rueidis.Client, channel stri
 	// Receive alone does not do.
 	dc, release := client.Dedicate()
 	defer release()
-	return dc.Receive(ctx, dc.B().Subscribe().Channel(channel).Build(), func(m rueidis.PubSubMessage) {
-		fn([]byte(m.Message))
-	})
+	return dc.Receive(ctx, build(dc), fn)
 }

@@ -62,6 +62,7 @@ type Mailbox struct {
 	HighestModseq uint64
 	Total         int
 	Unread        int
+	Subscribed    bool // IMAP SUBSCRIBE (RFC 9051 §6.3.7)
 }
 
 // Address is a display name and an email address.
@@ -73,6 +74,8 @@ type Address struct {
 // Flags are a message's system flags.
 type Flags struct {
 	Seen, Flagged, Answered, Draft bool
+	// Deleted is IMAP's \Deleted: marked for EXPUNGE (RFC 9051 §2.3.2).
+	Deleted bool
 }
 
 // Message is what the store keeps of a message (the body is a blob).
@@ -123,8 +126,13 @@ type NewMessage struct {
 
 // FlagChange changes flags of messages; nil fields are left as they are.
 type FlagChange struct {
-	Seen, Flagged, Answered *bool
-	AddLabels, RemoveLabels []string
+	Seen, Flagged, Answered, Draft, Deleted *bool
+	AddLabels, RemoveLabels                 []string
+	// ReplaceLabels makes AddLabels the whole new set (IMAP STORE FLAGS).
+	ReplaceLabels bool
+	// UnchangedSince, when not 0, leaves alone the messages whose modseq is
+	// above it (RFC 7162 §3.1.3, STORE UNCHANGEDSINCE).
+	UnchangedSince uint64
 }
 
 // Change kinds of the journal.

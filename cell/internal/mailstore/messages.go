@@ -14,12 +14,12 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/mail"
 )
 
-const mailboxCols = `id, name, special_use, uidvalidity, uidnext, highest_modseq, total, unread`
+const mailboxCols = `id, name, special_use, uidvalidity, uidnext, highest_modseq, total, unread, subscribed`
 
 func scanMailbox(row pgx.Row) (mail.Mailbox, error) {
 	var m mail.Mailbox
 	var uv, un, hm int64
-	err := row.Scan(&m.ID, &m.Name, &m.SpecialUse, &uv, &un, &hm, &m.Total, &m.Unread)
+	err := row.Scan(&m.ID, &m.Name, &m.SpecialUse, &uv, &un, &hm, &m.Total, &m.Unread, &m.Subscribed)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return m, fmt.Errorf("%w: mailbox", mail.ErrNotFound)
 	}
@@ -79,10 +79,17 @@ func (s *Store) MailboxByUse(ctx context.Context, accountID string, use mail.Spe
 func (s *Store) CreateMailbox(ctx context.Context, accountID, name string) (mail.Mailbox, error) {
 	m := mail.Mailbox{ID: NewID(), Name: name, UIDValidity: uint32(time.Now().Unix()), UIDNext: 1}
 	err := s.tx(ctx, func(tx pgx.Tx) error {
-		modseq, err := nextModseq(ctx, tx, accountID, 1)
+		var last, uv int64
+		err := tx.QueryRow(ctx, `UPDATE accounts SET modseq = modseq + 1, uidvalidity_last = greatest(uidvalidity_last + 1, $2)
+			WHERE id = $1 RETURNING modseq, uidvalidity_last`, accountID, int64(m.UIDValidity)).Scan(&last, &uv)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("%w: account", mail.ErrNotFound)
+		}
 		if err != nil {
 			return err
 		}
+		modseq := uint64(last)
+		m.UIDValidity = uint32(uv)
 		if _, err := tx.Exec(ctx, `INSERT INTO mailboxes (account_id, id, name, uidvalidity, highest_modseq) VALUES ($1,$2,$3,$4,$5)`,
 			accountID, m.ID, name, int64(m.UIDValidity), int64(modseq)); err != nil {
 			return err
@@ -189,7 +196,7 @@ func idsIn(ctx context.Context, tx pgx.Tx, sql string, args ...any) ([]string, e
 	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
-const messageCols = `id, mailbox_id, uid, modseq, seen, flagged, answered, draft, labels, received_at,
+const messageCols = `id, mailbox_id, uid, modseq, seen, flagged, answered, draft, deleted, labels, received_at,
 	coalesce(sent_at, received_at), size, subject, from_addr, to_addrs, message_id_header, thread_id, snippet,
 	has_attachments, blob_ref`
 
@@ -198,7 +205,7 @@ func scanMessage(row pgx.Row) (mail.Message, error) {
 	var uid, modseq int64
 	var from, to []byte
 	err := row.Scan(&m.ID, &m.MailboxID, &uid, &modseq, &m.Flags.Seen, &m.Flags.Flagged, &m.Flags.Answered,
-		&m.Flags.Draft, &m.Labels, &m.ReceivedAt, &m.SentAt, &m.Size, &m.Subject, &from, &to, &m.MessageID,
+		&m.Flags.Draft, &m.Flags.Deleted, &m.Labels, &m.ReceivedAt, &m.SentAt, &m.Size, &m.Subject, &from, &to, &m.MessageID,
 		&m.ThreadID, &m.Snippet, &m.HasAttachments, &m.BlobRef)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return m, fmt.Errorf("%w: message", mail.ErrNotFound)
@@ -373,11 +380,11 @@ func (s *Store) InsertMessage(ctx context.Context, accountID, mailboxID string, 
 		b := &pgx.Batch{}
 		b.Queue(`INSERT INTO messages (account_id, id, mailbox_id, uid, modseq, seen, flagged, answered,
 			draft, labels, received_at, sent_at, size, subject, from_addr, to_addrs, message_id_header, thread_id, snippet,
-			has_attachments, blob_ref, delivery_key)
-			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,NULLIF($22, ''))`,
+			has_attachments, blob_ref, delivery_key, deleted)
+			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,NULLIF($22, ''),$23)`,
 			accountID, m.ID, mailboxID, int64(m.UID), int64(modseq), m.Flags.Seen, m.Flags.Flagged, m.Flags.Answered,
 			m.Flags.Draft, m.Labels, m.ReceivedAt, sent, m.Size, m.Subject, from, to, m.MessageID, m.ThreadID, m.Snippet,
-			m.HasAttachments, m.BlobRef, nm.DeliveryKey)
+			m.HasAttachments, m.BlobRef, nm.DeliveryKey, m.Flags.Deleted)
 		for _, a := range nm.Attachments {
 			b.Queue(`INSERT INTO attachments (account_id, message_id, part_id, filename, content_type, size, content_id, blob_ref)
 				VALUES ($1,$2,$3,$4,$5,$6,$7,$8)`, accountID, m.ID, a.PartID, a.Filename, a.ContentType, a.Size, a.ContentID, a.BlobRef)
@@ -460,9 +467,17 @@ func (s *Store) MailboxesOf(ctx context.Context, accountID string, ids []string)
 // UpdateFlags changes flags and labels of the account's messages; it
 // returns how many messages changed. Unknown ids are passed over.
 func (s *Store) UpdateFlags(ctx context.Context, accountID string, ids []string, fc mail.FlagChange) (int, error) {
-	changed := 0
-	err := s.tx(ctx, func(tx pgx.Tx) error {
-		changed = 0
+	changed, _, err := s.StoreFlags(ctx, accountID, ids, fc)
+	return len(changed), err
+}
+
+// StoreFlags changes flags and labels of the account's messages (unknown
+// ids are passed over) and returns the messages it changed, as they are
+// now, and those it left alone because their modseq was above
+// fc.UnchangedSince (RFC 7162 §3.1.3).
+func (s *Store) StoreFlags(ctx context.Context, accountID string, ids []string, fc mail.FlagChange) (changed, conflicts []mail.Message, err error) {
+	err = s.tx(ctx, func(tx pgx.Tx) error {
+		changed, conflicts = nil, nil
 		msgs, err := lockMessages(ctx, tx, accountID, ids)
 		if err != nil {
 			return err
@@ -471,17 +486,11 @@ func (s *Store) UpdateFlags(ctx context.Context, accountID string, ids []string,
 		perBox := map[string]*delta{}
 		var todo []mail.Message
 		for _, m := range msgs {
-			n := m
-			if fc.Seen != nil {
-				n.Flags.Seen = *fc.Seen
+			if fc.UnchangedSince != 0 && m.Modseq > fc.UnchangedSince {
+				conflicts = append(conflicts, m)
+				continue
 			}
-			if fc.Flagged != nil {
-				n.Flags.Flagged = *fc.Flagged
-			}
-			if fc.Answered != nil {
-				n.Flags.Answered = *fc.Answered
-			}
-			n.Labels = applyLabels(m.Labels, fc.AddLabels, fc.RemoveLabels)
+			n := applyFlags(m, fc)
 			if n.Flags == m.Flags && equalStrings(n.Labels, m.Labels) {
 				continue
 			}
@@ -508,27 +517,58 @@ func (s *Store) UpdateFlags(ctx context.Context, accountID string, ids []string,
 		}
 		first := last - uint64(len(todo)) + 1
 		batch := &pgx.Batch{}
-		for i, n := range todo {
-			modseq := first + uint64(i)
-			batch.Queue(`UPDATE messages SET seen = $3, flagged = $4, answered = $5, labels = $6, modseq = $7
-				WHERE account_id = $1 AND id = $2`, accountID, n.ID, n.Flags.Seen, n.Flags.Flagged, n.Flags.Answered, n.Labels, int64(modseq))
+		for i := range todo {
+			n := &todo[i]
+			n.Modseq = first + uint64(i)
+			batch.Queue(`UPDATE messages SET seen = $3, flagged = $4, answered = $5, labels = $6, modseq = $7, draft = $8, deleted = $9
+				WHERE account_id = $1 AND id = $2`, accountID, n.ID, n.Flags.Seen, n.Flags.Flagged, n.Flags.Answered, n.Labels,
+				int64(n.Modseq), n.Flags.Draft, n.Flags.Deleted)
 			batch.Queue(`INSERT INTO changes (account_id, modseq, kind, mailbox_id, message_id, uid) VALUES ($1,$2,$3,$4,$5,$6)`,
-				accountID, int64(modseq), mail.ChangeFlags, n.MailboxID, n.ID, int64(n.UID))
+				accountID, int64(n.Modseq), mail.ChangeFlags, n.MailboxID, n.ID, int64(n.UID))
 		}
-		for box, d := range perBox {
+		boxes := map[string]bool{}
+		for _, n := range todo {
+			boxes[n.MailboxID] = true
+		}
+		for box := range boxes {
+			unread := 0
+			if d := perBox[box]; d != nil {
+				unread = d.unread
+			}
 			batch.Queue(`UPDATE mailboxes SET unread = unread + $3, highest_modseq = $4 WHERE account_id = $1 AND id = $2`,
-				accountID, box, d.unread, int64(last))
+				accountID, box, unread, int64(last))
 		}
 		if err := tx.SendBatch(ctx, batch).Close(); err != nil {
 			return err
 		}
-		changed = len(todo)
+		changed = todo
 		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("update flags: %w", err)
+		return nil, nil, fmt.Errorf("update flags: %w", err)
 	}
-	return changed, nil
+	return changed, conflicts, nil
+}
+
+// applyFlags is m with fc applied.
+func applyFlags(m mail.Message, fc mail.FlagChange) mail.Message {
+	n := m
+	set := func(dst *bool, v *bool) {
+		if v != nil {
+			*dst = *v
+		}
+	}
+	set(&n.Flags.Seen, fc.Seen)
+	set(&n.Flags.Flagged, fc.Flagged)
+	set(&n.Flags.Answered, fc.Answered)
+	set(&n.Flags.Draft, fc.Draft)
+	set(&n.Flags.Deleted, fc.Deleted)
+	if fc.ReplaceLabels {
+		n.Labels = applyLabels(nil, fc.AddLabels, nil)
+	} else {
+		n.Labels = applyLabels(m.Labels, fc.AddLabels, fc.RemoveLabels)
+	}
+	return n
 }
 
 func applyLabels(have, add, remove []string) []string {
@@ -563,7 +603,26 @@ func equalStrings(a, b []string) bool {
 // (new UIDs there, as IMAP MOVE does) and returns the new ids in order;
 // an unknown id answers ErrNotFound and moves nothing.
 func (s *Store) MoveMessages(ctx context.Context, accountID string, ids []string, toMailbox string) ([]string, error) {
-	var out []string
+	moved, err := s.Move(ctx, accountID, ids, toMailbox)
+	out := make([]string, len(moved))
+	for i, m := range moved {
+		out[i] = m.ID
+	}
+	return out, err
+}
+
+// Moved is one message moved by Move: its UID in the mailbox it left and
+// in the one it entered (equal when it was there already).
+type Moved struct {
+	ID             string
+	FromUID, ToUID uint32
+	FromMailbox    string
+}
+
+// Move is MoveMessages that also tells the UIDs (IMAP MOVE's COPYUID,
+// RFC 6851 §4.3).
+func (s *Store) Move(ctx context.Context, accountID string, ids []string, toMailbox string) ([]Moved, error) {
+	var out []Moved
 	err := s.tx(ctx, func(tx pgx.Tx) error {
 		out = out[:0]
 		if _, err := s.lockMailbox(ctx, tx, accountID, toMailbox); err != nil {
@@ -585,7 +644,7 @@ func (s *Store) MoveMessages(ctx context.Context, accountID string, ids []string
 		for _, id := range ids {
 			m := byID[id]
 			if m.MailboxID == toMailbox {
-				out = append(out, m.ID)
+				out = append(out, Moved{ID: m.ID, FromUID: m.UID, ToUID: m.UID, FromMailbox: m.MailboxID})
 				continue
 			}
 			last, err := nextModseq(ctx, tx, accountID, 2)
@@ -617,7 +676,7 @@ func (s *Store) MoveMessages(ctx context.Context, accountID string, ids []string
 			if err := journal(ctx, tx, accountID, last, mail.ChangeMessageAdded, toMailbox, m.ID, uint32(uidnext-1)); err != nil {
 				return err
 			}
-			out = append(out, m.ID)
+			out = append(out, Moved{ID: m.ID, FromUID: m.UID, ToUID: uint32(uidnext - 1), FromMailbox: m.MailboxID})
 		}
 		return nil
 	})

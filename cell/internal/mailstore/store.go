@@ -143,14 +143,15 @@ func (s *Store) CreateAccount(ctx context.Context, a mail.Account) (mail.Account
 		if err != nil {
 			return err
 		}
-		uidvalidity := uint32(time.Now().Unix())
+		uidvalidity := int64(uint32(time.Now().Unix()))
 		for _, mb := range mail.DefaultMailboxes {
 			if _, err := tx.Exec(ctx, `INSERT INTO mailboxes (account_id, id, name, special_use, uidvalidity)
-				VALUES ($1, $2, $3, $4, $5)`, a.ID, NewID(), mb.Name, int16(mb.Use), int64(uidvalidity)); err != nil {
+				VALUES ($1, $2, $3, $4, $5)`, a.ID, NewID(), mb.Name, int16(mb.Use), uidvalidity); err != nil {
 				return err
 			}
 		}
-		return nil
+		_, err = tx.Exec(ctx, `UPDATE accounts SET uidvalidity_last = $2 WHERE id = $1`, a.ID, uidvalidity)
+		return err
 	})
 	if isUnique(err) {
 		return mail.Account{}, fmt.Errorf("%w: account %s", mail.ErrExists, a.Address)

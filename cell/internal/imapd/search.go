@@ -1,0 +1,302 @@
+package imapd
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"mime"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+	gomessage "github.com/emersion/go-message"
+	gocharset "github.com/emersion/go-message/charset"
+	"github.com/emersion/go-message/textproto"
+
+	"github.com/cellmail/cellmail/cell/internal/mail"
+)
+
+// searchable is one message as a search sees it; the header and body are
+// read from the blob only when a criterion asks for them.
+type searchable struct {
+	m      mail.Message
+	seq    uint32
+	se     *session
+	ctx    context.Context
+	raw    []byte
+	hdr    *textproto.Header
+	failed error
+}
+
+func (c *searchable) header() textproto.Header {
+	if c.hdr == nil {
+		var h textproto.Header
+		if c.raw != nil {
+			h, _ = textproto.ReadHeader(bufio.NewReader(bytes.NewReader(c.raw)))
+		} else {
+			var err error
+			h, err = c.se.readHeader(c.ctx, c.m.BlobRef)
+			if err != nil {
+				c.failed = err
+			}
+		}
+		c.hdr = &h
+	}
+	return *c.hdr
+}
+
+func (c *searchable) body() []byte {
+	if c.raw == nil && c.failed == nil {
+		c.raw, c.failed = c.se.readBlob(c.ctx, c.m.BlobRef)
+	}
+	return c.raw
+}
+
+// Search answers SEARCH and UID SEARCH (RFC 9051 §6.4.4), with ESEARCH's
+// MIN, MAX, COUNT and ALL (RFC 4731) and CONDSTORE's MODSEQ (RFC 7162
+// §3.1.5). Text criteria match case-insensitively in decoded text parts.
+func (se *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria, options *imap.SearchOptions) (*imap.SearchData, error) {
+	ctx, cancel := se.op()
+	defer cancel()
+	s := se.sel
+	all := make([]int, len(s.uids))
+	for i := range all {
+		all[i] = i
+	}
+	data := &imap.SearchData{}
+	var seqs imap.SeqSet
+	var uids imap.UIDSet
+	var modseq uint64
+	err := se.messages(ctx, s.uidsAt(all), func(msgs []mail.Message) error {
+		for _, m := range msgs {
+			c := &searchable{m: m, seq: s.seqOf(m.UID), se: se, ctx: ctx}
+			ok := match(c, criteria)
+			if c.failed != nil {
+				return se.toIMAPError("search", c.failed)
+			}
+			if !ok {
+				continue
+			}
+			seqs.AddNum(c.seq)
+			uids.AddNum(imap.UID(m.UID))
+			num := c.seq
+			if kind == imapserver.NumKindUID {
+				num = m.UID
+			}
+			if data.Count == 0 || num < data.Min {
+				data.Min = num
+			}
+			if num > data.Max {
+				data.Max = num
+			}
+			data.Count++
+			modseq = max(modseq, m.Modseq)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if kind == imapserver.NumKindUID {
+		data.All = uids
+	} else {
+		data.All = seqs
+	}
+	if hasModSeq(criteria) {
+		s.condstore = true
+		data.ModSeq = modseq
+	}
+	return data, nil
+}
+
+func hasModSeq(c *imap.SearchCriteria) bool {
+	if c.ModSeq != nil {
+		return true
+	}
+	for i := range c.Not {
+		if hasModSeq(&c.Not[i]) {
+			return true
+		}
+	}
+	for i := range c.Or {
+		if hasModSeq(&c.Or[i][0]) || hasModSeq(&c.Or[i][1]) {
+			return true
+		}
+	}
+	return false
+}
+
+func match(c *searchable, cr *imap.SearchCriteria) bool {
+	m := c.m
+	for _, set := range cr.SeqNum {
+		if !set.Contains(c.seq) && !(containsStar(set) && c.seq == uint32(len(c.se.sel.uids))) {
+			return false
+		}
+	}
+	for _, set := range cr.UID {
+		if !set.Contains(imap.UID(m.UID)) && !(containsStarUID(set) && m.UID == c.se.sel.uids[len(c.se.sel.uids)-1]) {
+			return false
+		}
+	}
+	if !matchDate(m.ReceivedAt, cr.Since, cr.Before) || !matchDate(m.SentAt, cr.SentSince, cr.SentBefore) {
+		return false
+	}
+	flags := flagsOf(m)
+	has := func(f imap.Flag) bool {
+		for _, x := range flags {
+			if strings.EqualFold(string(x), string(f)) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, f := range cr.Flag {
+		if !has(f) {
+			return false
+		}
+	}
+	for _, f := range cr.NotFlag {
+		if has(f) {
+			return false
+		}
+	}
+	if cr.Larger != 0 && m.Size <= cr.Larger || cr.Smaller != 0 && m.Size >= cr.Smaller {
+		return false
+	}
+	if cr.ModSeq != nil && m.Modseq < cr.ModSeq.ModSeq {
+		return false
+	}
+	for _, h := range cr.Header {
+		if !matchHeader(c.header(), h.Key, h.Value) {
+			return false
+		}
+	}
+	for _, t := range cr.Body {
+		if !matchEntity(c.body(), t, false) {
+			return false
+		}
+	}
+	for _, t := range cr.Text {
+		if !matchEntity(c.body(), t, true) {
+			return false
+		}
+	}
+	for i := range cr.Not {
+		if match(c, &cr.Not[i]) {
+			return false
+		}
+	}
+	for i := range cr.Or {
+		if !match(c, &cr.Or[i][0]) && !match(c, &cr.Or[i][1]) {
+			return false
+		}
+	}
+	return true
+}
+
+func containsStar(set imap.SeqSet) bool {
+	for _, r := range set {
+		if r.Start == 0 || r.Stop == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func containsStarUID(set imap.UIDSet) bool {
+	for _, r := range set {
+		if r.Start == 0 || r.Stop == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// matchDate compares dates only, ignoring time and zone (RFC 9051 §6.4.4).
+func matchDate(t, since, before time.Time) bool {
+	d := time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+	if !since.IsZero() && d.Before(since) {
+		return false
+	}
+	if !before.IsZero() && !d.Before(before) {
+		return false
+	}
+	return true
+}
+
+func matchHeader(h textproto.Header, key, pattern string) bool {
+	fields := h.FieldsByKey(key)
+	if pattern == "" {
+		return fields.Len() > 0
+	}
+	pattern = strings.ToLower(pattern)
+	for fields.Next() {
+		v := fields.Value()
+		if d, err := wordDecoder.DecodeHeader(v); err == nil {
+			v = d
+		}
+		if strings.Contains(strings.ToLower(v), pattern) {
+			return true
+		}
+	}
+	return false
+}
+
+var wordDecoder = mime.WordDecoder{CharsetReader: gocharset.Reader}
+
+// matchEntity looks for pattern in the text parts of a raw message (and
+// in its header fields with includeHeader).
+func matchEntity(raw []byte, pattern string, includeHeader bool) bool {
+	if pattern == "" {
+		return true
+	}
+	if raw == nil {
+		return false
+	}
+	e, err := gomessage.Read(bytes.NewReader(raw))
+	if e == nil {
+		return false
+	}
+	_ = err // an unknown charset still gives the raw text
+	return entityContains(e, strings.ToLower(pattern), includeHeader, 0)
+}
+
+func entityContains(e *gomessage.Entity, pattern string, includeHeader bool, depth int) bool {
+	if depth > 20 {
+		return false
+	}
+	if includeHeader {
+		fields := e.Header.Fields()
+		for fields.Next() {
+			v, err := fields.Text()
+			if err != nil {
+				v = fields.Value()
+			}
+			if strings.Contains(strings.ToLower(v), pattern) {
+				return true
+			}
+		}
+	}
+	if mr := e.MultipartReader(); mr != nil {
+		for {
+			part, err := mr.NextPart()
+			if err != nil {
+				return false
+			}
+			if entityContains(part, pattern, includeHeader, depth+1) {
+				return true
+			}
+		}
+	}
+	t, _, _ := e.Header.ContentType()
+	if t != "" && !strings.HasPrefix(t, "text/") && !strings.HasPrefix(t, "message/") {
+		return false
+	}
+	buf, err := io.ReadAll(io.LimitReader(e.Body, MaxAppend))
+	if err != nil && len(buf) == 0 {
+		return false
+	}
+	return bytes.Contains(bytes.ToLower(buf), []byte(pattern))
+}

@@ -1,0 +1,322 @@
+package imapd
+
+import (
+	"context"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+
+	"github.com/cellmail/cellmail/cell/internal/delivery"
+	"github.com/cellmail/cellmail/cell/internal/mail"
+)
+
+func changesChannel(accountID string) string { return delivery.ChangesChannel(accountID) }
+
+// selected is the session's view of its selected mailbox: the UIDs it has
+// announced, ascending (message sequence number n is uids[n-1]), and the
+// journal position up to which it has reported changes.
+type selected struct {
+	box      mail.Mailbox
+	readOnly bool
+	uids     []uint32
+	modseq   uint64
+	// removed: UIDs gone from the store but still in uids, because the
+	// change was seen during FETCH, STORE or SEARCH, when EXPUNGE may not
+	// be sent (RFC 9051 §7.5.1).
+	removed map[uint32]bool
+	// own: journal positions of this session's own flag changes, already
+	// answered; Poll does not repeat them.
+	own map[uint64]bool
+	// condstore: the client used a CONDSTORE feature (RFC 7162 §3.1):
+	// flag updates carry MODSEQ.
+	condstore bool
+}
+
+// seqOf is the sequence number of uid in the view, 0 if absent.
+func (s *selected) seqOf(uid uint32) uint32 {
+	i, ok := slices.BinarySearch(s.uids, uid)
+	if !ok {
+		return 0
+	}
+	return uint32(i + 1)
+}
+
+// systemFlags are the flags every mailbox supports.
+var systemFlags = []imap.Flag{imap.FlagSeen, imap.FlagAnswered, imap.FlagFlagged, imap.FlagDeleted, imap.FlagDraft}
+
+// permanentFlags: the system flags and any keyword (\*).
+var permanentFlags = append(slices.Clone(systemFlags), imap.FlagForwarded, imap.FlagJunk, imap.FlagNotJunk, imap.FlagWildcard)
+
+// flagsOf is a message's flags as IMAP says them: system flags and the
+// labels that are IMAP atoms (keywords, RFC 9051 §2.3.2).
+func flagsOf(m mail.Message) []imap.Flag {
+	out := make([]imap.Flag, 0, 4)
+	if m.Flags.Seen {
+		out = append(out, imap.FlagSeen)
+	}
+	if m.Flags.Answered {
+		out = append(out, imap.FlagAnswered)
+	}
+	if m.Flags.Flagged {
+		out = append(out, imap.FlagFlagged)
+	}
+	if m.Flags.Deleted {
+		out = append(out, imap.FlagDeleted)
+	}
+	if m.Flags.Draft {
+		out = append(out, imap.FlagDraft)
+	}
+	for _, l := range m.Labels {
+		if isKeyword(l) {
+			out = append(out, imap.Flag(l))
+		}
+	}
+	return out
+}
+
+// isKeyword: an IMAP atom not starting with a backslash.
+func isKeyword(s string) bool {
+	if s == "" || len(s) > 100 || s[0] == '\\' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= 0x20 || c >= 0x7f || strings.IndexByte(`(){%*"\]`, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// flagChange turns a STORE into a store change (RFC 9051 §6.4.6).
+func flagChange(sf *imap.StoreFlags) (mail.FlagChange, error) {
+	var fc mail.FlagChange
+	t, f := true, false
+	val := &t
+	if sf.Op == imap.StoreFlagsDel {
+		val = &f
+	}
+	var keywords []string
+	seen := map[string]bool{}
+	for _, fl := range sf.Flags {
+		switch strings.ToLower(string(fl)) {
+		case `\seen`:
+			fc.Seen = val
+		case `\answered`:
+			fc.Answered = val
+		case `\flagged`:
+			fc.Flagged = val
+		case `\deleted`:
+			fc.Deleted = val
+		case `\draft`:
+			fc.Draft = val
+		case `\recent`:
+			// Session-only and read-only: ignored.
+		default:
+			if !isKeyword(string(fl)) {
+				return fc, imapNo(imap.ResponseCodeCannot, "Flag %q cannot be stored", string(fl))
+			}
+			if !seen[string(fl)] {
+				seen[string(fl)] = true
+				keywords = append(keywords, string(fl))
+			}
+		}
+	}
+	if len(keywords) > 50 {
+		return fc, imapNo(imap.ResponseCodeLimit, "At most 50 keywords per message")
+	}
+	switch sf.Op {
+	case imap.StoreFlagsSet:
+		for _, p := range []**bool{&fc.Seen, &fc.Answered, &fc.Flagged, &fc.Deleted, &fc.Draft} {
+			if *p == nil {
+				*p = &f
+			}
+		}
+		fc.ReplaceLabels, fc.AddLabels = true, keywords
+	case imap.StoreFlagsAdd:
+		fc.AddLabels = keywords
+	case imap.StoreFlagsDel:
+		fc.RemoveLabels = keywords
+	}
+	return fc, nil
+}
+
+// Select opens a mailbox (RFC 9051 §6.3.2).
+func (se *session) Select(name string, options *imap.SelectOptions) (*imap.SelectData, error) {
+	ctx, cancel := se.op()
+	defer cancel()
+	se.sel = nil
+	mb, err := se.mailbox(ctx, name)
+	if err != nil {
+		return nil, se.toIMAPError("select", err)
+	}
+	mb, uids, modseq, err := se.srv.cfg.Store.MailboxView(ctx, se.acct.ID, mb.ID)
+	if err != nil {
+		return nil, se.toIMAPError("select", err)
+	}
+	se.sel = &selected{box: mb, readOnly: options.ReadOnly, uids: uids, modseq: modseq,
+		removed: map[uint32]bool{}, own: map[uint64]bool{}, condstore: options.CondStore}
+	perm := permanentFlags
+	if options.ReadOnly {
+		perm = nil
+	}
+	listData := &imap.ListData{Mailbox: mb.Name, Delim: delim}
+	if a := useAttr(mb.SpecialUse); a != "" {
+		listData.Attrs = append(listData.Attrs, a)
+	}
+	return &imap.SelectData{
+		Flags:          append(slices.Clone(systemFlags), imap.FlagForwarded, imap.FlagJunk, imap.FlagNotJunk),
+		PermanentFlags: perm,
+		NumMessages:    uint32(len(uids)),
+		UIDNext:        imap.UID(mb.UIDNext),
+		UIDValidity:    mb.UIDValidity,
+		List:           listData,
+		HighestModSeq:  max(mb.HighestModseq, 1),
+	}, nil
+}
+
+func (se *session) Unselect() error {
+	se.sel = nil
+	return nil
+}
+
+// Poll reports what changed in the selected mailbox since the session last
+// looked (RFC 9051 §5.2, §7.5.1): EXPUNGE for messages gone (only when
+// allowed, else later), EXISTS for new ones, FETCH FLAGS for changed flags.
+func (se *session) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
+	if se.sel == nil {
+		return nil
+	}
+	ctx, cancel := se.op()
+	defer cancel()
+	return se.poll(ctx, w, allowExpunge)
+}
+
+// pollBatch is how many journal entries one read takes.
+const pollBatch = 5000
+
+func (se *session) poll(ctx context.Context, w *imapserver.UpdateWriter, allowExpunge bool) error {
+	s := se.sel
+	var added []uint32
+	flagged := map[uint32]bool{}
+	for {
+		changes, pos, err := se.srv.cfg.Store.MailboxChanges(ctx, se.acct.ID, s.box.ID, s.modseq, pollBatch)
+		if err != nil {
+			return se.toIMAPError("poll", err)
+		}
+		for _, c := range changes {
+			switch c.Kind {
+			case mail.ChangeMessageAdded:
+				if c.UID != 0 && s.seqOf(c.UID) == 0 && !slices.Contains(added, c.UID) {
+					added = append(added, c.UID)
+				}
+			case mail.ChangeMessageRemoved:
+				if i := slices.Index(added, c.UID); i >= 0 {
+					added = slices.Delete(added, i, i+1)
+				} else if s.seqOf(c.UID) != 0 {
+					s.removed[c.UID] = true
+				}
+			case mail.ChangeFlags:
+				if s.own[c.Modseq] {
+					delete(s.own, c.Modseq)
+				} else if c.UID != 0 {
+					flagged[c.UID] = true
+				}
+			}
+		}
+		s.modseq = pos
+		if len(changes) < pollBatch {
+			break
+		}
+	}
+	if allowExpunge && len(s.removed) > 0 {
+		gone := make([]uint32, 0, len(s.removed))
+		for uid := range s.removed {
+			gone = append(gone, uid)
+		}
+		sort.Slice(gone, func(i, j int) bool { return gone[i] > gone[j] })
+		for _, uid := range gone {
+			seq := s.seqOf(uid)
+			if seq == 0 {
+				continue
+			}
+			if err := w.WriteExpunge(seq); err != nil {
+				return err
+			}
+			s.uids = slices.Delete(s.uids, int(seq-1), int(seq))
+			delete(flagged, uid)
+		}
+		clear(s.removed)
+	}
+	if len(added) > 0 {
+		slices.Sort(added)
+		last := uint32(0)
+		if len(s.uids) > 0 {
+			last = s.uids[len(s.uids)-1]
+		}
+		for _, uid := range added {
+			if uid > last {
+				s.uids = append(s.uids, uid)
+				last = uid
+			}
+		}
+		if err := w.WriteNumMessages(uint32(len(s.uids))); err != nil {
+			return err
+		}
+	}
+	if len(flagged) > 0 {
+		uids := make([]uint32, 0, len(flagged))
+		for uid := range flagged {
+			if !s.removed[uid] && s.seqOf(uid) != 0 {
+				uids = append(uids, uid)
+			}
+		}
+		slices.Sort(uids)
+		msgs, err := se.srv.cfg.Store.MessagesByUID(ctx, se.acct.ID, s.box.ID, uids, false)
+		if err != nil {
+			return se.toIMAPError("poll", err)
+		}
+		for _, m := range msgs {
+			if err := w.WriteMessageFlags(s.seqOf(m.UID), imap.UID(m.UID), flagsOf(m)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Idle waits for changes and reports them until the client says DONE
+// (RFC 2177): woken through the Hub by every change to the account, and
+// looking every idlePoll in case a wake-up was lost.
+func (se *session) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
+	var wake <-chan struct{}
+	if se.srv.cfg.Hub != nil {
+		ch, unwatch := se.srv.cfg.Hub.Watch(se.acct.ID)
+		defer unwatch()
+		wake = ch
+	}
+	t := time.NewTicker(idlePoll)
+	defer t.Stop()
+	for {
+		if se.sel != nil {
+			ctx, cancel := se.op()
+			err := se.poll(ctx, w, true)
+			cancel()
+			if err != nil {
+				return err
+			}
+		}
+		select {
+		case <-stop:
+			return nil
+		case <-se.ctx.Done():
+			return nil
+		case <-wake:
+		case <-t.C:
+		}
+	}
+}

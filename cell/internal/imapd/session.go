@@ -1,0 +1,401 @@
+package imapd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+
+	"github.com/cellmail/cellmail/cell/internal/mail"
+)
+
+// session is one IMAP connection.
+type session struct {
+	srv    *Server
+	conn   *imapserver.Conn
+	ctx    context.Context
+	cancel context.CancelFunc
+	acct   mail.Account
+	authed bool
+	sel    *selected
+}
+
+var (
+	_ imapserver.SessionIMAP4rev2      = (*session)(nil)
+	_ imapserver.SessionUnauthenticate = (*session)(nil)
+	_ imapserver.SessionAppendLimit    = (*session)(nil)
+)
+
+const delim = '/'
+
+// op is the context of one command.
+func (se *session) op() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(se.ctx, opTimeout)
+}
+
+func (se *session) Close() error {
+	se.cancel()
+	select {
+	case <-se.srv.sem:
+	default:
+	}
+	return nil
+}
+
+// Login checks the password (argon2id) of an address this cell owns. The
+// answer is the same for an unknown address and a wrong password.
+func (se *session) Login(username, password string) error {
+	ctx, cancel := se.op()
+	defer cancel()
+	if len(password) > maxPassword || len(username) > 320 || !utf8.ValidString(username) {
+		return imapserver.ErrAuthFailed
+	}
+	rt, err := se.srv.cfg.Fence.Check(ctx, username, 0)
+	if errors.Is(err, mail.ErrNotOwner) {
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeUnavailable,
+			Text: "This mailbox is served elsewhere, reconnect"}
+	}
+	if errors.Is(err, mail.ErrUnavailable) || errors.Is(err, mail.ErrStaleMap) || errors.Is(err, mail.ErrMoving) {
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeUnavailable, Text: "Try again shortly"}
+	}
+	if err != nil {
+		return imapserver.ErrAuthFailed
+	}
+	addr := rt.Address.String()
+	if se.srv.cfg.Limiter != nil {
+		ok, _, lerr := se.srv.cfg.Limiter.Allow(ctx, "imap:login:"+addr, loginPerAccount, loginWindow)
+		if lerr == nil && !ok {
+			return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeUnavailable,
+				Text: "Too many login attempts, try again later"}
+		}
+	}
+	a, err := se.srv.cfg.Store.AccountByAddress(ctx, addr)
+	if err != nil && !errors.Is(err, mail.ErrNotFound) {
+		return se.toIMAPError("login", err)
+	}
+	if verr := se.srv.cfg.Hasher.Verify(ctx, a.PasswordHash, password); verr != nil || err != nil {
+		se.srv.log.Info("imap login failed", "address", addr, "remote", remote(se.conn))
+		return imapserver.ErrAuthFailed
+	}
+	se.acct, se.authed = a, true
+	return nil
+}
+
+func remote(c *imapserver.Conn) string {
+	if c == nil || c.NetConn() == nil {
+		return ""
+	}
+	host, _, _ := net.SplitHostPort(c.NetConn().RemoteAddr().String())
+	return host
+}
+
+func (se *session) Unauthenticate() error {
+	se.sel, se.acct, se.authed = nil, mail.Account{}, false
+	return nil
+}
+
+func (se *session) AppendLimit() uint32 { return MaxAppend }
+
+func (se *session) Namespace() (*imap.NamespaceData, error) {
+	return &imap.NamespaceData{Personal: []imap.NamespaceDescriptor{{Prefix: "", Delim: delim}}}, nil
+}
+
+// mailbox finds a mailbox by its IMAP name.
+func (se *session) mailbox(ctx context.Context, name string) (mail.Mailbox, error) {
+	name = strings.TrimSuffix(name, string(delim))
+	mb, err := se.srv.cfg.Store.MailboxByName(ctx, se.acct.ID, name)
+	if errors.Is(err, mail.ErrNotFound) {
+		return mb, &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeNonExistent, Text: "No such mailbox"}
+	}
+	return mb, err
+}
+
+// checkName applies the store's rules for a new mailbox name.
+func checkName(name string) error {
+	bad := func(text string) error {
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeCannot, Text: text}
+	}
+	switch {
+	case name == "":
+		return bad("Empty mailbox name")
+	case len(name) > 512 || strings.Count(name, "/") >= 16:
+		return bad("Mailbox name too long or too deep")
+	case strings.HasPrefix(name, "/") || strings.Contains(name, "//"):
+		return bad("Mailbox name has an empty level")
+	case strings.EqualFold(strings.Split(name, "/")[0], "INBOX"):
+		return bad("Mailboxes cannot be made under INBOX")
+	}
+	for _, r := range name {
+		if r < 0x20 || r == 0x7f || r == '*' || r == '%' {
+			return bad("Mailbox name has a character IMAP cannot name")
+		}
+	}
+	return nil
+}
+
+// Create makes a mailbox; a trailing delimiter only says the client means
+// to make mailboxes under it (RFC 9051 §6.3.4).
+func (se *session) Create(name string, _ *imap.CreateOptions) error {
+	ctx, cancel := se.op()
+	defer cancel()
+	name = strings.TrimSuffix(name, string(delim))
+	if strings.EqualFold(name, "INBOX") {
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeAlreadyExists, Text: "INBOX exists"}
+	}
+	if err := checkName(name); err != nil {
+		return err
+	}
+	_, err := se.srv.cfg.Store.CreateMailbox(ctx, se.acct.ID, name)
+	se.notify(ctx, err)
+	return se.toIMAPError("create", err)
+}
+
+func (se *session) Delete(name string) error {
+	ctx, cancel := se.op()
+	defer cancel()
+	if strings.EqualFold(name, "INBOX") {
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeCannot, Text: "INBOX cannot be deleted"}
+	}
+	mb, err := se.mailbox(ctx, name)
+	if err != nil {
+		return se.toIMAPError("delete", err)
+	}
+	if mb.SpecialUse != mail.UseNone {
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeCannot, Text: "A special-use mailbox stays"}
+	}
+	err = se.srv.cfg.Store.DeleteMailbox(ctx, se.acct.ID, mb.ID)
+	if errors.Is(err, mail.ErrInvalid) {
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeHasChildren, Text: "Delete the mailboxes under it first"}
+	}
+	se.notify(ctx, err)
+	return se.toIMAPError("delete", err)
+}
+
+func (se *session) Rename(name, newName string, _ *imap.RenameOptions) error {
+	ctx, cancel := se.op()
+	defer cancel()
+	if strings.EqualFold(name, "INBOX") {
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeCannot,
+			Text: "INBOX cannot be renamed; move its messages instead"}
+	}
+	newName = strings.TrimSuffix(newName, string(delim))
+	if err := checkName(newName); err != nil {
+		return err
+	}
+	mb, err := se.mailbox(ctx, name)
+	if err != nil {
+		return se.toIMAPError("rename", err)
+	}
+	_, err = se.srv.cfg.Store.RenameMailbox(ctx, se.acct.ID, mb.ID, newName)
+	se.notify(ctx, err)
+	return se.toIMAPError("rename", err)
+}
+
+func (se *session) Subscribe(name string) error   { return se.subscribe(name, true) }
+func (se *session) Unsubscribe(name string) error { return se.subscribe(name, false) }
+
+func (se *session) subscribe(name string, on bool) error {
+	ctx, cancel := se.op()
+	defer cancel()
+	mb, err := se.mailbox(ctx, name)
+	if err != nil {
+		return se.toIMAPError("subscribe", err)
+	}
+	return se.toIMAPError("subscribe", se.srv.cfg.Store.SetSubscribed(ctx, se.acct.ID, mb.ID, on))
+}
+
+// useAttr is the RFC 6154 attribute of a special-use mailbox.
+func useAttr(u mail.SpecialUse) imap.MailboxAttr {
+	switch u {
+	case mail.UseSent:
+		return imap.MailboxAttrSent
+	case mail.UseDrafts:
+		return imap.MailboxAttrDrafts
+	case mail.UseTrash:
+		return imap.MailboxAttrTrash
+	case mail.UseJunk:
+		return imap.MailboxAttrJunk
+	case mail.UseArchive:
+		return imap.MailboxAttrArchive
+	}
+	return ""
+}
+
+// List answers LIST and LSUB (RFC 9051 §6.3.9, RFC 5258, RFC 6154,
+// RFC 5819 LIST-STATUS). A level with no mailbox of its own but mailboxes
+// under it is listed \NonExistent (\Noselect).
+func (se *session) List(w *imapserver.ListWriter, ref string, patterns []string, options *imap.ListOptions) error {
+	ctx, cancel := se.op()
+	defer cancel()
+	if len(patterns) == 1 && patterns[0] == "" {
+		// The hierarchy delimiter query (RFC 9051 §6.3.9).
+		return w.WriteList(&imap.ListData{Attrs: []imap.MailboxAttr{imap.MailboxAttrNoSelect}, Delim: delim})
+	}
+	boxes, _, err := se.srv.cfg.Store.ListMailboxes(ctx, se.acct.ID)
+	if err != nil {
+		return se.toIMAPError("list", err)
+	}
+	if options == nil {
+		options = &imap.ListOptions{}
+	}
+	names := map[string]mail.Mailbox{}
+	implied := map[string]bool{}
+	parents := map[string]bool{}
+	for _, mb := range boxes {
+		names[mb.Name] = mb
+		parts := strings.Split(mb.Name, string(delim))
+		for i := 1; i < len(parts); i++ {
+			p := strings.Join(parts[:i], string(delim))
+			parents[p] = true
+			implied[p] = true
+		}
+	}
+	all := make([]string, 0, len(names)+len(implied))
+	for n := range names {
+		all = append(all, n)
+	}
+	for n := range implied {
+		if _, ok := names[n]; !ok {
+			all = append(all, n)
+		}
+	}
+	sortNames(all)
+	for _, name := range all {
+		match := false
+		for _, p := range patterns {
+			if imapserver.MatchList(name, delim, ref, p) {
+				match = true
+				break
+			}
+		}
+		if !match {
+			continue
+		}
+		mb, exists := names[name]
+		if options.SelectSubscribed && (!exists || !mb.Subscribed) {
+			continue
+		}
+		if options.SelectSpecialUse && (!exists || mb.SpecialUse == mail.UseNone || mb.SpecialUse == mail.UseInbox) {
+			continue
+		}
+		data := &imap.ListData{Mailbox: name, Delim: delim}
+		if !exists {
+			data.Attrs = append(data.Attrs, imap.MailboxAttrNonExistent, imap.MailboxAttrNoSelect)
+		}
+		if parents[name] {
+			data.Attrs = append(data.Attrs, imap.MailboxAttrHasChildren)
+		} else {
+			data.Attrs = append(data.Attrs, imap.MailboxAttrHasNoChildren)
+		}
+		if exists {
+			if a := useAttr(mb.SpecialUse); a != "" {
+				data.Attrs = append(data.Attrs, a)
+			}
+			if (options.ReturnSubscribed || options.SelectSubscribed) && mb.Subscribed {
+				data.Attrs = append(data.Attrs, imap.MailboxAttrSubscribed)
+			}
+			if options.ReturnStatus != nil {
+				st, err := se.status(ctx, mb, options.ReturnStatus)
+				if err != nil {
+					return se.toIMAPError("list", err)
+				}
+				data.Status = st
+			}
+		}
+		if err := w.WriteList(data); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sortNames puts INBOX first, then the rest by name.
+func sortNames(names []string) {
+	less := func(a, b string) bool {
+		if a == "INBOX" {
+			return b != "INBOX"
+		}
+		if b == "INBOX" {
+			return false
+		}
+		return a < b
+	}
+	for i := 1; i < len(names); i++ {
+		for j := i; j > 0 && less(names[j], names[j-1]); j-- {
+			names[j], names[j-1] = names[j-1], names[j]
+		}
+	}
+}
+
+func (se *session) Status(name string, options *imap.StatusOptions) (*imap.StatusData, error) {
+	ctx, cancel := se.op()
+	defer cancel()
+	mb, err := se.mailbox(ctx, name)
+	if err != nil {
+		return nil, se.toIMAPError("status", err)
+	}
+	st, err := se.status(ctx, mb, options)
+	return st, se.toIMAPError("status", err)
+}
+
+func (se *session) status(ctx context.Context, mb mail.Mailbox, options *imap.StatusOptions) (*imap.StatusData, error) {
+	st := &imap.StatusData{Mailbox: mb.Name}
+	u32 := func(n int) *uint32 { v := uint32(max(n, 0)); return &v }
+	if options.NumMessages {
+		st.NumMessages = u32(mb.Total)
+	}
+	if options.NumRecent {
+		st.NumRecent = u32(0)
+	}
+	if options.UIDNext {
+		st.UIDNext = imap.UID(mb.UIDNext)
+	}
+	if options.UIDValidity {
+		st.UIDValidity = mb.UIDValidity
+	}
+	if options.NumUnseen {
+		st.NumUnseen = u32(mb.Unread)
+	}
+	if options.AppendLimit {
+		st.AppendLimit = new(uint32)
+		*st.AppendLimit = MaxAppend
+	}
+	if options.HighestModSeq {
+		st.HighestModSeq = max(mb.HighestModseq, 1)
+	}
+	if options.NumDeleted || options.Size {
+		deleted, size, err := se.srv.cfg.Store.MailboxStats(ctx, se.acct.ID, mb.ID)
+		if err != nil {
+			return nil, err
+		}
+		if options.NumDeleted {
+			st.NumDeleted = u32(deleted)
+		}
+		if options.Size {
+			st.Size = &size
+		}
+	}
+	return st, nil
+}
+
+// notify tells the account's other sessions (here and in other processes)
+// that something changed, when err is nil.
+func (se *session) notify(ctx context.Context, err error) {
+	if err != nil {
+		return
+	}
+	if se.srv.cfg.Publish != nil {
+		_ = se.srv.cfg.Publish.Publish(ctx, changesChannel(se.acct.ID), []byte("imap"))
+	} else if se.srv.cfg.Hub != nil {
+		se.srv.cfg.Hub.Wake(se.acct.ID)
+	}
+}
+
+func imapNo(code imap.ResponseCode, format string, args ...any) error {
+	return &imap.Error{Type: imap.StatusResponseTypeNo, Code: code, Text: fmt.Sprintf(format, args...)}
+}
