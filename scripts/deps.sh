@@ -10,6 +10,7 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v swaks >/dev/null || need+=(swaks)
+command -v mbsync >/dev/null || need+=(isync)
 test -x /usr/sbin/clamd || need+=(clamav-daemon)
 command -v kcat >/dev/null || need+=(kcat)
 if [ ${#need[@]} -gt 0 ]; then

@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"log/slog"
 	"net/http"
 	"os"
@@ -60,6 +61,7 @@ type cellSpec struct {
 	Kafka        string `json:"kafka"`
 	Log          string `json:"log"`
 	LMTP         string `json:"lmtp"`
+	IMAP         string `json:"imap"`
 	// The cell's inbound pipeline worker (its own process, a member of the
 	// cell's consumer group) and its broker process.
 	Worker     string `json:"worker"`
@@ -95,6 +97,7 @@ type Stack struct {
 		Submission  string `json:"submission"`
 		Submissions string `json:"submissions"`
 		IMAP        string `json:"imap"`
+		IMAPS       string `json:"imaps"`
 		PID         int    `json:"pid"`
 	} `json:"router"`
 	Cells    []cellSpec   `json:"cells"`
@@ -185,11 +188,12 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 
 	ports := map[string]int{"control plane": *base, "etcd": *base + 1, "postgres": *base + 32, "redis": *base + 36,
 		"router http": *base + 80, "router smtp": *base + 25, "router submission": *base + 87,
-		"router submissions": *base + 65, "remote sink": *base + 26}
+		"router submissions": *base + 65, "remote sink": *base + 26, "router imap": *base + 43, "router imaps": *base + 93}
 	for i, c := range demoCells {
 		ports["cell "+c.name] = *base + 10 + i
 		ports["kafka "+c.name] = *base + 90 + i
 		ports["lmtp "+c.name] = *base + 20 + i
+		ports["imap "+c.name] = *base + 50 + i
 		ports["worker "+c.name] = *base + 40 + i
 	}
 	for what, p := range ports {
@@ -302,6 +306,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			Name: c.name, Jurisdiction: c.jur, API: fmt.Sprintf("http://127.0.0.1:%d", ports["cell "+c.name]),
 			Database: pg.DSN(db), Redis: st.Redis, Kafka: fmt.Sprintf("127.0.0.1:%d", ports["kafka "+c.name]),
 			Log: filepath.Join(logDir, c.name+".log"), LMTP: fmt.Sprintf("127.0.0.1:%d", ports["lmtp "+c.name]),
+			IMAP: fmt.Sprintf("127.0.0.1:%d", ports["imap "+c.name]),
 			Worker: fmt.Sprintf("http://127.0.0.1:%d", ports["worker "+c.name]), WorkerLog: filepath.Join(logDir, c.name+"-worker.log"),
 			BrokerLog: filepath.Join(logDir, c.name+"-broker.log"), brokerPort: ports["kafka "+c.name],
 		})
@@ -336,7 +341,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	admin := controlplanev1connect.NewControlPlaneServiceClient(http.DefaultClient, st.Controlplane)
 	auth := func(r connect.AnyRequest) { r.Header().Set("Authorization", "Bearer "+secrets.Admin) }
 	for _, c := range st.Cells {
-		req := connect.NewRequest(&pb.RegisterCellRequest{Name: c.Name, Jurisdiction: c.Jurisdiction, ApiUrl: c.API, LmtpAddr: c.LMTP})
+		req := connect.NewRequest(&pb.RegisterCellRequest{Name: c.Name, Jurisdiction: c.Jurisdiction, ApiUrl: c.API, LmtpAddr: c.LMTP, ImapAddr: c.IMAP})
 		auth(req)
 		if _, err := admin.RegisterCell(ctx, req); err != nil {
 			return fmt.Errorf("register cell %s: %w", c.Name, err)
@@ -359,7 +364,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			"-blob-dir", filepath.Join(*dir, "cells", c.Name, "blobs"), "-kafka", c.Kafka, "-dns", st.DNS, "-clamd", st.Clamd,
 			"-outbound-port", strconv.Itoa(ports["remote sink"])}
 		front, err := supervise(&sup, c.Name, c.Log, &c.PID, filepath.Join(*binDir, "celld"), append([]string{
-			"-role", "front", "-listen", c.API[len("http://"):], "-lmtp", c.LMTP,
+			"-role", "front", "-listen", c.API[len("http://"):], "-lmtp", c.LMTP, "-imap", c.IMAP,
 			"-data-dir", filepath.Join(*dir, "cells", c.Name)}, common...)...)
 		if err != nil {
 			return err
@@ -410,9 +415,12 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	st.Router.SMTP = fmt.Sprintf("127.0.0.1:%d", ports["router smtp"])
 	st.Router.Submission = fmt.Sprintf("127.0.0.1:%d", ports["router submission"])
 	st.Router.Submissions = fmt.Sprintf("127.0.0.1:%d", ports["router submissions"])
+	st.Router.IMAP = fmt.Sprintf("127.0.0.1:%d", ports["router imap"])
+	st.Router.IMAPS = fmt.Sprintf("127.0.0.1:%d", ports["router imaps"])
 	rt, err := start("routerd", filepath.Join(logDir, "router.log"), nil, filepath.Join(*binDir, "routerd"),
 		"-http", st.Router.HTTP, "-smtp", st.Router.SMTP, "-etcd", st.Etcd, "-data-dir", filepath.Join(*dir, "router"),
-		"-tls-cert", certFile, "-tls-key", keyFile, "-submission", st.Router.Submission, "-submissions", st.Router.Submissions)
+		"-tls-cert", certFile, "-tls-key", keyFile, "-submission", st.Router.Submission, "-submissions", st.Router.Submissions,
+		"-imap", st.Router.IMAP, "-imaps", st.Router.IMAPS)
 	if err != nil {
 		return err
 	}
@@ -611,9 +619,10 @@ cellmail dev stack is up.
   control plane  %s          (admin token in %s)
   router (API)   %s
   router (SMTP)  %s   (MX of the demo domains; STARTTLS with %s)
+  router (IMAP)  %s (STARTTLS)   %s (TLS)
   etcd           %s (embedded)
   postgres       %s   redis %s   dns %s   clamd %s
-`, st.Controlplane, stackFile, st.Router.URL, st.Router.SMTP, st.TLSCert, st.Etcd, st.Postgres, st.Redis, st.DNS, orNone(st.Clamd))
+`, st.Controlplane, stackFile, st.Router.URL, st.Router.SMTP, st.TLSCert, st.Router.IMAP, st.Router.IMAPS, st.Etcd, st.Postgres, st.Redis, st.DNS, orNone(st.Clamd))
 	for _, c := range st.Cells {
 		fmt.Fprintf(w, "  cell %-9s %-4s %s  pid %-7s worker pid %-7s broker %s pid %s\n", c.Name, c.Jurisdiction, c.API,
 			strconv.Itoa(c.PID), strconv.Itoa(c.WorkerPID), c.Kafka, strconv.Itoa(c.BrokerPID))
@@ -632,11 +641,18 @@ Try it (another terminal):
   swaks --server %s --tls --auth PLAIN --auth-user alice@demo-eu.example --auth-password PASSWORD \
         --from alice@demo-eu.example --to bob@demo-us.example,ann@remote.example   # submission (587-style)
   ls %s    # what the test remote domain remote.example received (reject@remote.example bounces)
+  python3 -c 'import imaplib,ssl; c=imaplib.IMAP4_SSL("127.0.0.1",%s,ssl_context=ssl._create_unverified_context()); c.login("alice@demo-eu.example","PASSWORD"); print(c.select("INBOX"))'
   kill -9 %d    # the cell eu-2: its users get "unavailable", everyone else is served
 
 Logs in %s. Endpoints and credentials in %s. Ctrl-C stops everything.
-`, st.Controlplane, st.AdminToken, st.Router.URL, st.Router.SMTP, st.Router.Submission, st.SinkDir, st.Cells[1].PID, st.Logs, stackFile)
+`, st.Controlplane, st.AdminToken, st.Router.URL, st.Router.SMTP, st.Router.Submission, st.SinkDir, portOf(st.Router.IMAPS),
+		st.Cells[1].PID, st.Logs, stackFile)
 	fmt.Fprintf(w, "\nDemo accounts (passwords in %s):\n%s", stackFile, accountLines(st.Accounts))
+}
+
+func portOf(addr string) string {
+	_, p, _ := net.SplitHostPort(addr)
+	return p
 }
 
 func orNone(s string) string {
