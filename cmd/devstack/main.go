@@ -16,8 +16,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -306,7 +306,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			Name: c.name, Jurisdiction: c.jur, API: fmt.Sprintf("http://127.0.0.1:%d", ports["cell "+c.name]),
 			Database: pg.DSN(db), Redis: st.Redis, Kafka: fmt.Sprintf("127.0.0.1:%d", ports["kafka "+c.name]),
 			Log: filepath.Join(logDir, c.name+".log"), LMTP: fmt.Sprintf("127.0.0.1:%d", ports["lmtp "+c.name]),
-			IMAP: fmt.Sprintf("127.0.0.1:%d", ports["imap "+c.name]),
+			IMAP:   fmt.Sprintf("127.0.0.1:%d", ports["imap "+c.name]),
 			Worker: fmt.Sprintf("http://127.0.0.1:%d", ports["worker "+c.name]), WorkerLog: filepath.Join(logDir, c.name+"-worker.log"),
 			BrokerLog: filepath.Join(logDir, c.name+"-broker.log"), brokerPort: ports["kafka "+c.name],
 		})
