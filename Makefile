@@ -37,6 +37,7 @@ bench: deps ## Run the benchmarks and print their figures (placement, router, in
 	$(GO) test -run '^$$' -bench 'BenchmarkRouter' -benchmem -benchtime 2s ./router/
 	$(GO) test -run '^$$' -bench 'BenchmarkInboundSMTP' -benchtime 10000x -timeout 30m ./router/
 	$(GO) test -run '^$$' -bench 'BenchmarkOutbound' -benchtime 2000x -timeout 30m ./router/
+	$(GO) test -run '^$$' -bench 'BenchmarkIMAP' -benchtime 10x -timeout 30m ./router/
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 300x ./cell/internal/mailstore/
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 30x ./cell/internal/auth/
 
