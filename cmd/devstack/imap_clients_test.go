@@ -18,6 +18,16 @@ import (
 	"github.com/cellmail/cellmail/cell/gen/mailv1/mailv1connect"
 )
 
+// pyLogin starts the Python scripts below: an imaplib session, logged in
+// through the router's TLS port (argv: address, user, password).
+const pyLogin = `
+import imaplib, ssl, sys
+ctx = ssl._create_unverified_context()
+host, port = sys.argv[1].rsplit(":", 1)
+c = imaplib.IMAP4_SSL(host, int(port), ssl_context=ctx)
+c.login(sys.argv[2], sys.argv[3])
+`
+
 // Real IMAP clients through the dev stack's router: Python's imaplib sees
 // a message delivered by SMTP and one sent through the API, and a flag it
 // sets shows in the API; mbsync (isync) syncs a 1,000-message mailbox both
@@ -120,13 +130,7 @@ print("ok")
 
 	// mbsync: 1,000 messages on the server, synced down, changed on both
 	// sides, synced both ways, then synced again with nothing to do.
-	fill := `
-import imaplib, ssl, sys
-ctx = ssl._create_unverified_context()
-host, port = sys.argv[1].rsplit(":", 1)
-c = imaplib.IMAP4_SSL(host, int(port), ssl_context=ctx)
-c.login(sys.argv[2], sys.argv[3])
-c.create("Sync")
+	fill := pyLogin + `c.create("Sync")
 for i in range(1000):
     msg = ("From: ann@example.org\r\nTo: %s\r\nSubject: sync %d\r\nMessage-ID: <sync%d@example.org>\r\n\r\nbody %d\r\n" % (sys.argv[2], i, i, i)).encode()
     typ, data = c.append("Sync", None, None, msg)
@@ -235,13 +239,7 @@ SyncState *
 		}
 	}
 	// Server changes: 5 flagged, 4 expunged (other messages than the local ones).
-	remote := `
-import imaplib, ssl, sys
-ctx = ssl._create_unverified_context()
-host, port = sys.argv[1].rsplit(":", 1)
-c = imaplib.IMAP4_SSL(host, int(port), ssl_context=ctx)
-c.login(sys.argv[2], sys.argv[3])
-c.select("Sync")
+	remote := pyLogin + `c.select("Sync")
 typ, data = c.uid("STORE", "990:994", "+FLAGS", "(\\Flagged)")
 assert typ == "OK", data
 typ, data = c.uid("STORE", "995:998", "+FLAGS", "(\\Deleted)")
@@ -252,13 +250,7 @@ print("ok")
 `
 	run("python3", "-c", remote, st.Router.IMAPS, alice.Address, alice.Password)
 	mbsync()
-	count := `
-import imaplib, ssl, sys
-ctx = ssl._create_unverified_context()
-host, port = sys.argv[1].rsplit(":", 1)
-c = imaplib.IMAP4_SSL(host, int(port), ssl_context=ctx)
-c.login(sys.argv[2], sys.argv[3])
-typ, data = c.select("Sync")
+	count := pyLogin + `typ, data = c.select("Sync")
 n = int(data[0])
 _, seen = c.search(None, "SEEN")
 _, flagged = c.search(None, "FLAGGED")
