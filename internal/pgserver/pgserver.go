@@ -215,3 +215,26 @@ func (s *Server) psql(sql string) (string, error) {
 	}
 	return strings.TrimSpace(string(out)), nil
 }
+
+// TestMain runs a package's tests (m is its *testing.M) against a
+// throwaway PostgreSQL without fsync, stored in *srv before they run, and
+// returns the exit code for os.Exit. name tags the temporary directory.
+func TestMain(m interface{ Run() int }, name string, srv **Server) int {
+	dir, err := os.MkdirTemp("", name+"-pg-")
+	if err == nil {
+		err = os.Chmod(dir, 0o755) // the postgres user must reach it when tests run as root
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	s, err := Start(context.Background(), Config{Dir: dir, NoFsync: true})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start PostgreSQL:", err)
+		return 1
+	}
+	defer s.Stop()
+	*srv = s
+	return m.Run()
+}

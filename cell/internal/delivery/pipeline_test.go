@@ -2,7 +2,6 @@ package delivery_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
@@ -33,26 +32,7 @@ import (
 
 var pg *pgserver.Server
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "delivery-pg-")
-	if err == nil {
-		err = os.Chmod(dir, 0o755)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	pg, err = pgserver.Start(context.Background(), pgserver.Config{Dir: dir, NoFsync: true})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "start PostgreSQL:", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	pg.Stop()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(pgserver.TestMain(m, "delivery", &pg)) }
 
 type fixture struct {
 	store   *mailstore.Store

@@ -17,23 +17,7 @@ import (
 
 var pg *pgserver.Server
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "mailstore-pg-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	pg, err = pgserver.Start(context.Background(), pgserver.Config{Dir: dir, NoFsync: true})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "start PostgreSQL:", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	pg.Stop()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(pgserver.TestMain(m, "mailstore", &pg)) }
 
 func open(t testing.TB) *mailstore.Store {
 	t.Helper()

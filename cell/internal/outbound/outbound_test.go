@@ -10,7 +10,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
@@ -36,26 +35,7 @@ import (
 
 var pg *pgserver.Server
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "outbound-pg-")
-	if err == nil {
-		err = os.Chmod(dir, 0o755)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	pg, err = pgserver.Start(context.Background(), pgserver.Config{Dir: dir, NoFsync: true})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "start PostgreSQL:", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	pg.Stop()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(pgserver.TestMain(m, "outbound", &pg)) }
 
 // remote is a real SMTP server (go-smtp) playing a remote domain's MX: it
 // accepts, defers (451) or refuses (550) by the recipient's local part,

@@ -26,26 +26,7 @@ import (
 
 var pg *pgserver.Server
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "queue-pg-")
-	if err == nil {
-		err = os.Chmod(dir, 0o755)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	pg, err = pgserver.Start(context.Background(), pgserver.Config{Dir: dir, NoFsync: true})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "start PostgreSQL:", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	pg.Stop()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(pgserver.TestMain(m, "queue", &pg)) }
 
 // broker is a kfake cluster that can be stopped and started again on the
 // same port, with its data directory (or a fresh one: data lost).
