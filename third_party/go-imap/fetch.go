@@ -21,6 +21,10 @@ type FetchOptions struct {
 	ModSeq            bool                          // requires CONDSTORE
 
 	ChangedSince uint64 // requires CONDSTORE
+	// Vanished asks, with ChangedSince on UID FETCH, for a VANISHED
+	// (EARLIER) response listing the UIDs expunged since (RFC 7162 §3.2.6).
+	// (cellmail patch)
+	Vanished bool // requires QRESYNC
 }
 
 // FetchItemBodyStructure contains FETCH options for the body structure.

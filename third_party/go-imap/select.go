@@ -4,6 +4,29 @@ package imap
 type SelectOptions struct {
 	ReadOnly  bool
 	CondStore bool // requires CONDSTORE
+
+	// QResync is the QRESYNC parameter (RFC 7162 §3.2.5). (cellmail patch)
+	QResync *SelectQResync // requires QRESYNC
+}
+
+// SelectQResync is what a client knew of a mailbox when it last had it
+// open: SELECT (QRESYNC (uidvalidity modseq [known-uids
+// [(known-sequence-set known-uid-set)]])) (RFC 7162 §3.2.5). (cellmail patch)
+type SelectQResync struct {
+	UIDValidity uint32
+	ModSeq      uint64
+	// KnownUIDs are the UIDs the client knows; nil means all.
+	KnownUIDs UIDSet
+	// SeqMatch pairs message sequence numbers with the UIDs they had,
+	// letting a server without a full expunge history narrow VANISHED.
+	SeqMatch *SelectSeqMatch
+}
+
+// SelectSeqMatch is the optional sequence match data of SelectQResync.
+// (cellmail patch)
+type SelectSeqMatch struct {
+	SeqNums SeqSet
+	UIDs    UIDSet
 }
 
 // SelectData is the data returned by a SELECT command.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"slices"
 
@@ -145,10 +146,15 @@ func (se *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options 
 	if _, ok := numSet.(imap.UIDSet); ok {
 		options.UID = true
 	}
-	if options.ChangedSince != 0 || options.ModSeq {
-		s.condstore = true
-	}
 	markSeen := needsSeen(options) && !s.readOnly
+	// A flag change made by this FETCH carries MODSEQ once CONDSTORE is
+	// on (RFC 7162 §3.1.4.1, §3.2.4).
+	modseq := options.ModSeq || markSeen && se.enabled(imap.CapCondStore)
+	if options.Vanished {
+		if err := se.vanishedEarlier(ctx, w, numSet.(imap.UIDSet), options.ChangedSince); err != nil {
+			return err
+		}
+	}
 	needHeader := options.Envelope
 	needBody := options.BodyStructure != nil || len(options.BodySection) > 0 || len(options.BinarySection) > 0 ||
 		len(options.BinarySectionSize) > 0
@@ -182,7 +188,7 @@ func (se *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options 
 				se.srv.log.Error("imap fetch: message unreadable", "account", se.acct.ID, "message", m.ID, "err", err)
 				return imapNo(imap.ResponseCodeServerBug, "Message %d cannot be read now", m.UID)
 			}
-			if err := se.writeMessage(w.CreateMessage(seq), m, options, markSeen, raw, hdr); err != nil {
+			if err := se.writeMessage(w.CreateMessage(seq), m, options, markSeen, modseq, raw, hdr); err != nil {
 				return err
 			}
 		}
@@ -190,14 +196,14 @@ func (se *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options 
 	})
 }
 
-func (se *session) writeMessage(rw *imapserver.FetchResponseWriter, m mail.Message, o *imap.FetchOptions, flags bool, raw []byte, hdr textproto.Header) error {
+func (se *session) writeMessage(rw *imapserver.FetchResponseWriter, m mail.Message, o *imap.FetchOptions, flags, modseq bool, raw []byte, hdr textproto.Header) error {
 	if o.UID {
 		rw.WriteUID(imap.UID(m.UID))
 	}
 	if o.Flags || flags {
 		rw.WriteFlags(flagsOf(m))
 	}
-	if o.ModSeq || se.sel.condstore && o.ChangedSince != 0 {
+	if modseq {
 		rw.WriteModSeq(m.Modseq)
 	}
 	if o.InternalDate {
@@ -311,8 +317,10 @@ func (se *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *i
 	}
 	if options != nil && options.UnchangedSince != 0 {
 		fc.UnchangedSince = options.UnchangedSince
-		s.condstore = true
 	}
+	// Once CONDSTORE is on, STORE answers with MODSEQ, even when .SILENT
+	// (RFC 7162 §3.1.3).
+	condstore := se.enabled(imap.CapCondStore)
 	_, isUID := numSet.(imap.UIDSet)
 	var modified imap.UIDSet
 	var modifiedSeq imap.SeqSet
@@ -334,7 +342,7 @@ func (se *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *i
 			modified.AddNum(imap.UID(c.UID))
 			modifiedSeq.AddNum(s.seqOf(c.UID))
 		}
-		if flags.Silent && !s.condstore {
+		if flags.Silent && !condstore {
 			return nil
 		}
 		for _, m := range msgs {
@@ -353,7 +361,7 @@ func (se *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *i
 				if !flags.Silent {
 					rw.WriteFlags(flagsOf(c))
 				}
-				if s.condstore {
+				if condstore {
 					rw.WriteModSeq(c.Modseq)
 				}
 			}
@@ -470,24 +478,32 @@ func (se *session) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest strin
 	if err := w.WriteCopyData(data); err != nil {
 		return err
 	}
-	return se.expunged(gone, w.WriteExpunge)
+	return se.expunged(gone, w.WriteExpunge, w.WriteVanished)
 }
 
-// expunged reports removed UIDs (highest first, so each sequence number
-// is right when sent) and drops them from the view.
-func (se *session) expunged(uids []uint32, write func(seq uint32) error) error {
+// expunged reports removed UIDs and drops them from the view: as one
+// VANISHED once the client enabled QRESYNC (RFC 7162 §3.2.10), else as
+// EXPUNGEs, highest first so each sequence number is right when sent.
+func (se *session) expunged(uids []uint32, expunge func(seq uint32) error, vanish func(imap.UIDSet) error) error {
 	s := se.sel
 	slices.Sort(uids)
+	qresync := se.enabled(imap.CapQResync)
+	var vanished imap.UIDSet
 	for i := len(uids) - 1; i >= 0; i-- {
 		seq := s.seqOf(uids[i])
 		if seq == 0 {
 			continue
 		}
-		if err := write(seq); err != nil {
+		if qresync {
+			vanished.AddNum(imap.UID(uids[i]))
+		} else if err := expunge(seq); err != nil {
 			return err
 		}
 		s.uids = slices.Delete(s.uids, int(seq-1), int(seq))
 		delete(s.removed, uids[i])
+	}
+	if len(vanished) > 0 {
+		return vanish(vanished)
 	}
 	return nil
 }
@@ -504,19 +520,31 @@ func (se *session) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error
 	var only []uint32
 	if uids != nil {
 		only = s.uidsAt(s.resolve(*uids))
-		if len(only) == 0 {
+	}
+	if uids == nil || len(only) > 0 {
+		gone, err := se.srv.cfg.Store.ExpungeDeleted(ctx, se.acct.ID, s.box.ID, only)
+		if err != nil {
+			return se.toIMAPError("expunge", err)
+		}
+		se.notify(ctx, nil)
+		if w == nil || w.Closing() {
 			return nil
 		}
+		if err := se.expunged(gone, w.WriteExpunge, w.WriteVanished); err != nil {
+			return err
+		}
 	}
-	gone, err := se.srv.cfg.Store.ExpungeDeleted(ctx, se.acct.ID, s.box.ID, only)
+	if w == nil || w.Closing() || !se.enabled(imap.CapQResync) {
+		return nil
+	}
+	// With QRESYNC, the tagged OK tells the mailbox's new HIGHESTMODSEQ
+	// (RFC 7162 §3.2.7).
+	mb, err := se.srv.cfg.Store.Mailbox(ctx, se.acct.ID, s.box.ID)
 	if err != nil {
 		return se.toIMAPError("expunge", err)
 	}
-	se.notify(ctx, nil)
-	if w == nil {
-		return nil
-	}
-	return se.expunged(gone, w.WriteExpunge)
+	return &imap.Error{Type: imap.StatusResponseTypeOK,
+		Code: imap.ResponseCode(fmt.Sprintf("HIGHESTMODSEQ %d", max(mb.HighestModseq, 1))), Text: "EXPUNGE completed"}
 }
 
 // Append stores a message, durable before the OK (RFC 9051 §6.3.12),

@@ -105,7 +105,6 @@ func (se *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria
 		data.All = seqs
 	}
 	if hasModSeq(criteria) {
-		s.condstore = true
 		data.ModSeq = modseq
 	}
 	return data, nil

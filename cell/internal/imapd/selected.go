@@ -3,7 +3,6 @@ package imapd
 import (
 	"context"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -31,9 +30,6 @@ type selected struct {
 	// own: journal positions of this session's own flag changes, already
 	// answered; Poll does not repeat them.
 	own map[uint64]bool
-	// condstore: the client used a CONDSTORE feature (RFC 7162 §3.1):
-	// flag updates carry MODSEQ.
-	condstore bool
 }
 
 // seqOf is the sequence number of uid in the view, 0 if absent.
@@ -159,7 +155,7 @@ func (se *session) Select(name string, options *imap.SelectOptions) (*imap.Selec
 		return nil, se.toIMAPError("select", err)
 	}
 	se.sel = &selected{box: mb, readOnly: options.ReadOnly, uids: uids, modseq: modseq,
-		removed: map[uint32]bool{}, own: map[uint64]bool{}, condstore: options.CondStore}
+		removed: map[uint32]bool{}, own: map[uint64]bool{}}
 	perm := permanentFlags
 	if options.ReadOnly {
 		perm = nil
@@ -237,18 +233,10 @@ func (se *session) poll(ctx context.Context, w *imapserver.UpdateWriter, allowEx
 		gone := make([]uint32, 0, len(s.removed))
 		for uid := range s.removed {
 			gone = append(gone, uid)
-		}
-		sort.Slice(gone, func(i, j int) bool { return gone[i] > gone[j] })
-		for _, uid := range gone {
-			seq := s.seqOf(uid)
-			if seq == 0 {
-				continue
-			}
-			if err := w.WriteExpunge(seq); err != nil {
-				return err
-			}
-			s.uids = slices.Delete(s.uids, int(seq-1), int(seq))
 			delete(flagged, uid)
+		}
+		if err := se.expunged(gone, w.WriteExpunge, w.WriteVanished); err != nil {
+			return err
 		}
 		clear(s.removed)
 	}
@@ -280,8 +268,16 @@ func (se *session) poll(ctx context.Context, w *imapserver.UpdateWriter, allowEx
 		if err != nil {
 			return se.toIMAPError("poll", err)
 		}
+		condstore := se.enabled(imap.CapCondStore)
 		for _, m := range msgs {
-			if err := w.WriteMessageFlags(s.seqOf(m.UID), imap.UID(m.UID), flagsOf(m)); err != nil {
+			var err error
+			if condstore {
+				// RFC 7162 §3.2.4: unsolicited flag changes carry MODSEQ.
+				err = w.WriteMessageFlagsModSeq(s.seqOf(m.UID), imap.UID(m.UID), flagsOf(m), m.Modseq)
+			} else {
+				err = w.WriteMessageFlags(s.seqOf(m.UID), imap.UID(m.UID), flagsOf(m))
+			}
+			if err != nil {
 				return err
 			}
 		}

@@ -40,6 +40,7 @@ type Store interface {
 	AccountByAddress(ctx context.Context, address string) (mail.Account, error)
 	ListMailboxes(ctx context.Context, accountID string) ([]mail.Mailbox, uint64, error)
 	MailboxByName(ctx context.Context, accountID, name string) (mail.Mailbox, error)
+	Mailbox(ctx context.Context, accountID, id string) (mail.Mailbox, error)
 	CreateMailbox(ctx context.Context, accountID, name string) (mail.Mailbox, error)
 	RenameMailbox(ctx context.Context, accountID, id, name string) (mail.Mailbox, error)
 	DeleteMailbox(ctx context.Context, accountID, id string) error
@@ -136,6 +137,7 @@ var Caps = imap.CapSet{
 	imap.CapNamespace: {}, imap.CapUIDPlus: {}, imap.CapMove: {}, imap.CapESearch: {},
 	imap.CapSpecialUse: {}, imap.CapLiteralPlus: {}, imap.CapListExtended: {}, imap.CapListStatus: {},
 	imap.CapStatusSize: {}, imap.CapChildren: {}, imap.CapUnauthenticate: {},
+	imap.CapCondStore: {}, imap.CapQResync: {}, imap.CapID: {},
 }
 
 // New makes a server.

@@ -233,6 +233,8 @@ func (c *Conn) readCommand(dec *imapwire.Decoder) error {
 		sendOK = false
 	case "ENABLE":
 		err = c.handleEnable(dec)
+	case "ID": // (cellmail patch) RFC 2971
+		err = c.handleID(dec)
 	case "CREATE":
 		err = c.handleCreate(dec)
 	case "DELETE":
