@@ -53,6 +53,7 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s)
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./cell/internal/message/
 	$(GO) test -run '^$$' -fuzz '^FuzzEdgeSession$$' -fuzztime $(FUZZTIME) ./router/internal/smtpedge/
 	$(GO) test -run '^$$' -fuzz '^FuzzPreLogin$$' -fuzztime $(FUZZTIME) ./router/internal/imapproxy/
+	$(GO) test -run '^$$' -fuzz '^FuzzCommands$$' -fuzztime $(FUZZTIME) ./cell/internal/imapd/
 
 tools: ## Install buf and the protoc plugins (pinned) into .dev/tools
 	@mkdir -p $(TOOLS)
