@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the stack and the tests run against, from Debian's packages:
 # PostgreSQL (stand-in for YugabyteDB), Redis, etcd (for multi-process
-# fault tests), clamd (virus scanning, with a test signature only), and the mail tools the tests drive. Idempotent; quiet when
+# fault tests), clamd (virus scanning, with a test signature only), and the mail tools the tests drive; with
+# the argument "bench", Dovecot too (the IMAP benchmark's comparison). Idempotent; quiet when
 # everything is there.
 set -euo pipefail
 need=()
@@ -13,6 +14,10 @@ command -v swaks >/dev/null || need+=(swaks)
 command -v mbsync >/dev/null || need+=(isync)
 test -x /usr/sbin/clamd || need+=(clamav-daemon)
 command -v kcat >/dev/null || need+=(kcat)
+# make bench compares the IMAP server with Dovecot's on this machine.
+if [ "${1:-}" = bench ]; then
+  test -x /usr/sbin/dovecot || need+=(dovecot-imapd)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""
