@@ -32,7 +32,7 @@ test: deps checkgenerate ## Run every test (starts real etcd, PostgreSQL, Redis)
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) test $(TEST_FLAGS) ./...
 
-bench: deps ## Run the benchmarks and print their figures (placement, router, inbound SMTP, outbound and submission, IMAP beside Dovecot, mail store, login)
+bench: deps ## Run the benchmarks and print their figures (placement, router, inbound SMTP, outbound and submission, IMAP beside Dovecot, mail store, blob store, login)
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./controlplane/placement/ ./router/internal/...
 	$(GO) test -run '^$$' -bench 'BenchmarkRouter' -benchmem -benchtime 2s ./router/
 	$(GO) test -run '^$$' -bench 'BenchmarkInboundSMTP' -benchtime 10000x -timeout 30m ./router/
@@ -40,6 +40,7 @@ bench: deps ## Run the benchmarks and print their figures (placement, router, in
 	@./scripts/deps.sh bench
 	$(GO) test -run '^$$' -bench 'BenchmarkIMAP' -benchtime 10x -timeout 30m ./router/
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 300x ./cell/internal/mailstore/
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 3000x ./cell/internal/blobstore/
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 30x ./cell/internal/auth/
 
 lint: tools ## buf lint, go vet, gofmt
