@@ -276,15 +276,73 @@ func TestIMAPCondStoreQResync(t *testing.T) {
 	if len(u) != 2 || !strings.Contains(u[0], "COPYUID") || u[1] != "* VANISHED 5" {
 		t.Fatalf("UID MOVE under QRESYNC: %q", u)
 	}
+
+	// Bad QRESYNC data ($ is not a UID set here) is refused and changes
+	// nothing; the session goes on.
+	if _, st := a.do("SELECT INBOX (QRESYNC (%s 1 ($ 1:2)))", uidValidity); !strings.HasPrefix(st, "BAD") {
+		t.Fatalf("SELECT QRESYNC with $: %s", st)
+	}
+	if _, st := a.do("SELECT INBOX (QRESYNC (%s 1 $))", uidValidity); !strings.HasPrefix(st, "BAD") {
+		t.Fatalf("SELECT QRESYNC with $ as known UIDs: %s", st)
+	}
+	sel = a.ok("SELECT INBOX")
+	// UNCHANGEDSINCE 0 always fails (RFC 7162 §3.1.3).
+	if u, st := a.do("STORE 1 (UNCHANGEDSINCE 0) +FLAGS (\\Flagged)"); !strings.HasPrefix(st, "OK [MODIFIED 1]") || len(u) != 0 {
+		t.Fatalf("STORE UNCHANGEDSINCE 0: %s %q", st, u)
+	}
+	if flags, _, _ := fetched(a.ok("UID FETCH 1 (FLAGS) (CHANGEDSINCE 0)")); strings.Contains(flags[1], "Flagged") {
+		t.Fatalf("STORE UNCHANGEDSINCE 0 changed flags: %v", flags)
+	}
+	// Under CONDSTORE a plain STORE answers with UID and MODSEQ.
+	if flags, mods, rest := fetched(a.ok("STORE 1 +FLAGS (\\Answered)")); !strings.Contains(flags[1], "Answered") || mods[1] == 0 || len(rest) != 0 {
+		t.Fatalf("STORE under CONDSTORE: %v %v %q", flags, mods, rest)
+	}
+	// An expunge by another client during a FETCH is held back (no
+	// VANISHED then), and the client is told a HIGHESTMODSEQ below it;
+	// the next NOOP tells the VANISHED.
+	if err := b.Store(imap.UIDSetNum(2), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagDeleted}, Silent: true}, nil).Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.UIDExpunge(imap.UIDSetNum(2)).Collect(); err != nil {
+		t.Fatal(err)
+	}
+	u = a.ok("FETCH 1 (FLAGS MODSEQ)")
+	_, mods, rest = fetched(u)
+	held := highestModSeq(t, rest...)
+	if slices.ContainsFunc(u, func(l string) bool { return strings.Contains(l, "VANISHED") || strings.Contains(l, "EXPUNGE") }) || held < mods[1] {
+		t.Fatalf("FETCH with an expunge held back: %q", u)
+	}
+	if u := a.ok("NOOP"); !slices.Contains(u, "* VANISHED 2") {
+		t.Fatalf("NOOP after a held-back expunge: %q", u)
+	}
+	if _, st := a.do("UID EXPUNGE 99"); highestModSeq(t, st) <= held {
+		t.Fatalf("HIGHESTMODSEQ after the VANISHED: %s, held at %d", st, held)
+	}
 	a.ok("LOGOUT")
 
 	// CONDSTORE alone, as go-imap's client uses it: SELECT (CONDSTORE),
-	// FETCH MODSEQ, STORE UNCHANGEDSINCE.
+	// FETCH MODSEQ, STORE UNCHANGEDSINCE, on two new messages.
+	var two []imap.UID
+	for i := range 2 {
+		m := fmt.Sprintf("Subject: appended %d\r\n\r\nx\r\n", i)
+		ap := b.Append("INBOX", int64(len(m)), nil)
+		if _, err := ap.Write([]byte(m)); err != nil {
+			t.Fatal(err)
+		}
+		if err := ap.Close(); err != nil {
+			t.Fatal(err)
+		}
+		d, err := ap.Wait()
+		if err != nil {
+			t.Fatal(err)
+		}
+		two = append(two, d.UID)
+	}
 	selData, err := b.Select("INBOX", &imap.SelectOptions{CondStore: true}).Wait()
 	if err != nil || selData.HighestModSeq == 0 {
 		t.Fatalf("SELECT (CONDSTORE): %+v %v", selData, err)
 	}
-	msgs, err := b.Fetch(imap.UIDSetNum(1, 2), &imap.FetchOptions{UID: true, ModSeq: true}).Collect()
+	msgs, err := b.Fetch(imap.UIDSetNum(two...), &imap.FetchOptions{UID: true, ModSeq: true}).Collect()
 	if err != nil || len(msgs) != 2 || msgs[0].ModSeq == 0 || msgs[1].ModSeq == 0 {
 		t.Fatalf("FETCH MODSEQ: %+v %v", msgs, err)
 	}
@@ -292,15 +350,15 @@ func TestIMAPCondStoreQResync(t *testing.T) {
 	if lo.ModSeq > hi.ModSeq {
 		lo, hi = hi, lo
 	}
-	msgs, err = b.Fetch(imap.UIDSetNum(1, 2), &imap.FetchOptions{UID: true, Flags: true, ChangedSince: lo.ModSeq}).Collect()
+	msgs, err = b.Fetch(imap.UIDSetNum(two...), &imap.FetchOptions{UID: true, Flags: true, ChangedSince: lo.ModSeq}).Collect()
 	if err != nil || len(msgs) != 1 || msgs[0].UID != hi.UID || msgs[0].ModSeq != hi.ModSeq {
 		t.Fatalf("FETCH CHANGEDSINCE: %+v %v", msgs, err)
 	}
-	if _, err := b.Store(imap.UIDSetNum(1), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagFlagged}},
+	if _, err := b.Store(imap.UIDSetNum(two[0]), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagFlagged}},
 		&imap.StoreOptions{UnchangedSince: 1}).Collect(); err != nil {
 		t.Fatalf("STORE UNCHANGEDSINCE 1: %v", err)
 	}
-	got, err := b.Fetch(imap.UIDSetNum(1), &imap.FetchOptions{Flags: true}).Collect()
+	got, err := b.Fetch(imap.UIDSetNum(two[0]), &imap.FetchOptions{Flags: true}).Collect()
 	if err != nil || len(got) != 1 || slices.Contains(got[0].Flags, imap.FlagFlagged) {
 		t.Fatalf("a refused conditional STORE changed flags: %+v %v", got, err)
 	}

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"slices"
 
@@ -90,7 +89,7 @@ func (s *selected) resolve(set imap.NumSet) []int {
 func (s *selected) uidsAt(idx []int) []uint32 {
 	out := make([]uint32, 0, len(idx))
 	for _, i := range idx {
-		if u := s.uids[i]; !s.removed[u] {
+		if u := s.uids[i]; s.removed[u] == 0 {
 			out = append(out, u)
 		}
 	}
@@ -150,6 +149,9 @@ func (se *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options 
 	// A flag change made by this FETCH carries MODSEQ once CONDSTORE is
 	// on (RFC 7162 §3.1.4.1, §3.2.4).
 	modseq := options.ModSeq || markSeen && se.enabled(imap.CapCondStore)
+	if modseq {
+		options.UID = true // with MODSEQ, always UID (RFC 7162 §3.1.3)
+	}
 	if options.Vanished {
 		if err := se.vanishedEarlier(ctx, w, numSet.(imap.UIDSet), options.ChangedSince); err != nil {
 			return err
@@ -315,15 +317,19 @@ func (se *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *i
 	if err != nil {
 		return err
 	}
+	_, isUID := numSet.(imap.UIDSet)
+	if options != nil && options.UnchangedSinceSet && options.UnchangedSince == 0 {
+		// Every message has a mod-sequence above 0: all fail, none
+		// changes (RFC 7162 §3.1.3).
+		return modifiedError(s, s.uidsAt(s.resolve(numSet)), isUID)
+	}
 	if options != nil && options.UnchangedSince != 0 {
 		fc.UnchangedSince = options.UnchangedSince
 	}
 	// Once CONDSTORE is on, STORE answers with MODSEQ, even when .SILENT
 	// (RFC 7162 §3.1.3).
 	condstore := se.enabled(imap.CapCondStore)
-	_, isUID := numSet.(imap.UIDSet)
-	var modified imap.UIDSet
-	var modifiedSeq imap.SeqSet
+	var modified []uint32
 	err = se.messages(ctx, s.uidsAt(s.resolve(numSet)), func(msgs []mail.Message) error {
 		ids := make([]string, len(msgs))
 		for i, m := range msgs {
@@ -339,8 +345,7 @@ func (se *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *i
 			s.own[c.Modseq] = true
 		}
 		for _, c := range conflicts {
-			modified.AddNum(imap.UID(c.UID))
-			modifiedSeq.AddNum(s.seqOf(c.UID))
+			modified = append(modified, c.UID)
 		}
 		if flags.Silent && !condstore {
 			return nil
@@ -354,7 +359,7 @@ func (se *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *i
 				c = m
 			}
 			rw := w.CreateMessage(s.seqOf(m.UID))
-			if isUID {
+			if isUID || condstore { // RFC 7162 §3.1.3: UID with MODSEQ
 				rw.WriteUID(imap.UID(m.UID))
 			}
 			if !flags.Silent || ok {
@@ -376,14 +381,33 @@ func (se *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *i
 	}
 	se.notify(ctx, nil)
 	if len(modified) > 0 {
-		var set imap.NumSet = modifiedSeq
-		if isUID {
-			set = modified
-		}
-		return &imap.Error{Type: imap.StatusResponseTypeOK, Code: imap.ResponseCode("MODIFIED " + set.String()),
-			Text: "Conditional STORE failed for some messages"}
+		return modifiedError(s, modified, isUID)
 	}
 	return nil
+}
+
+// modifiedError is the OK [MODIFIED set] of a conditional STORE that left
+// the given messages alone (RFC 7162 §3.1.3).
+func modifiedError(s *selected, uids []uint32, isUID bool) error {
+	if len(uids) == 0 {
+		return nil
+	}
+	var set imap.NumSet
+	if isUID {
+		var us imap.UIDSet
+		for _, u := range uids {
+			us.AddNum(imap.UID(u))
+		}
+		set = us
+	} else {
+		var ss imap.SeqSet
+		for _, u := range uids {
+			ss.AddNum(s.seqOf(u))
+		}
+		set = ss
+	}
+	return &imap.Error{Type: imap.StatusResponseTypeOK, Code: imap.ResponseCode("MODIFIED " + set.String()),
+		Text: "Conditional STORE failed for some messages"}
 }
 
 // target finds the mailbox of a COPY, MOVE or APPEND; a missing one gets
@@ -521,30 +545,20 @@ func (se *session) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error
 	if uids != nil {
 		only = s.uidsAt(s.resolve(*uids))
 	}
-	if uids == nil || len(only) > 0 {
-		gone, err := se.srv.cfg.Store.ExpungeDeleted(ctx, se.acct.ID, s.box.ID, only)
-		if err != nil {
-			return se.toIMAPError("expunge", err)
-		}
-		se.notify(ctx, nil)
-		if w == nil || w.Closing() {
-			return nil
-		}
-		if err := se.expunged(gone, w.WriteExpunge, w.WriteVanished); err != nil {
-			return err
-		}
-	}
-	if w == nil || w.Closing() || !se.enabled(imap.CapQResync) {
+	if uids != nil && len(only) == 0 {
 		return nil
 	}
-	// With QRESYNC, the tagged OK tells the mailbox's new HIGHESTMODSEQ
-	// (RFC 7162 §3.2.7).
-	mb, err := se.srv.cfg.Store.Mailbox(ctx, se.acct.ID, s.box.ID)
+	gone, err := se.srv.cfg.Store.ExpungeDeleted(ctx, se.acct.ID, s.box.ID, only)
 	if err != nil {
 		return se.toIMAPError("expunge", err)
 	}
-	return &imap.Error{Type: imap.StatusResponseTypeOK,
-		Code: imap.ResponseCode(fmt.Sprintf("HIGHESTMODSEQ %d", max(mb.HighestModseq, 1))), Text: "EXPUNGE completed"}
+	se.notify(ctx, nil)
+	if w == nil || w.Closing() {
+		return nil
+	}
+	// Under QRESYNC the library then polls and ends with OK
+	// [HIGHESTMODSEQ] (HighestModSeq).
+	return se.expunged(gone, w.WriteExpunge, w.WriteVanished)
 }
 
 // Append stores a message, durable before the OK (RFC 9051 §6.3.12),

@@ -2,6 +2,7 @@ package imapd
 
 import (
 	"context"
+	"math"
 	"slices"
 
 	"github.com/emersion/go-imap/v2"
@@ -75,7 +76,9 @@ scan:
 	return se.messages(ctx, uids, func(msgs []mail.Message) error {
 		for _, m := range msgs {
 			seq := s.seqOf(m.UID)
-			if seq == 0 || m.Modseq <= q.ModSeq {
+			// Changed again after the view was read: the next poll tells it
+			// (a MODSEQ past the view could hide earlier changes).
+			if seq == 0 || m.Modseq <= q.ModSeq || m.Modseq > s.modseq {
 				continue
 			}
 			rw := w.CreateMessage(seq)
@@ -96,7 +99,24 @@ scan:
 // VANISHED (EARLIER) does not change the client's message count.
 func (se *session) vanishedEarlier(ctx context.Context, w *imapserver.FetchWriter, set imap.UIDSet, since uint64) error {
 	s := se.sel
-	removed, err := se.srv.cfg.Store.RemovedSince(ctx, se.acct.ID, s.box.ID, since)
+	// Only the span the set covers, and only up to the view: a later
+	// removal is told by the next poll.
+	lo, hi := uint32(math.MaxUint32), uint32(0)
+	for _, r := range set {
+		a, b := uint32(r.Start), uint32(r.Stop)
+		switch {
+		case a == 0 || b == 0: // n:* or *: up to the end
+			lo, hi = min(lo, max(max(a, b), 1)), math.MaxUint32
+		case a > b:
+			lo, hi = min(lo, b), max(hi, a)
+		default:
+			lo, hi = min(lo, a), max(hi, b)
+		}
+	}
+	if len(set) == 0 || since >= s.modseq {
+		return nil
+	}
+	removed, err := se.srv.cfg.Store.RemovedSince(ctx, se.acct.ID, s.box.ID, since, s.modseq, lo, hi)
 	if err != nil {
 		return se.toIMAPError("fetch", err)
 	}

@@ -26,7 +26,11 @@ type selected struct {
 	// removed: UIDs gone from the store but still in uids, because the
 	// change was seen during FETCH, STORE or SEARCH, when EXPUNGE may not
 	// be sent (RFC 9051 §7.5.1).
-	removed map[uint32]bool
+	// The value is the removal's journal position.
+	removed map[uint32]uint64
+	// highest: the mailbox's HIGHESTMODSEQ as far as the journal has been
+	// read for this session (RFC 7162 §3.1.2.1).
+	highest uint64
 	// own: journal positions of this session's own flag changes, already
 	// answered; Poll does not repeat them.
 	own map[uint64]bool
@@ -155,7 +159,7 @@ func (se *session) Select(name string, options *imap.SelectOptions) (*imap.Selec
 		return nil, se.toIMAPError("select", err)
 	}
 	se.sel = &selected{box: mb, readOnly: options.ReadOnly, uids: uids, modseq: modseq,
-		removed: map[uint32]bool{}, own: map[uint64]bool{}}
+		removed: map[uint32]uint64{}, own: map[uint64]bool{}, highest: max(mb.HighestModseq, 1)}
 	perm := permanentFlags
 	if options.ReadOnly {
 		perm = nil
@@ -205,6 +209,7 @@ func (se *session) poll(ctx context.Context, w *imapserver.UpdateWriter, allowEx
 			return se.toIMAPError("poll", err)
 		}
 		for _, c := range changes {
+			s.highest = max(s.highest, c.Modseq)
 			switch c.Kind {
 			case mail.ChangeMessageAdded:
 				if c.UID != 0 && s.seqOf(c.UID) == 0 && !slices.Contains(added, c.UID) {
@@ -214,7 +219,7 @@ func (se *session) poll(ctx context.Context, w *imapserver.UpdateWriter, allowEx
 				if i := slices.Index(added, c.UID); i >= 0 {
 					added = slices.Delete(added, i, i+1)
 				} else if s.seqOf(c.UID) != 0 {
-					s.removed[c.UID] = true
+					s.removed[c.UID] = c.Modseq
 				}
 			case mail.ChangeFlags:
 				if s.own[c.Modseq] {
@@ -256,10 +261,25 @@ func (se *session) poll(ctx context.Context, w *imapserver.UpdateWriter, allowEx
 			return err
 		}
 	}
+	condstore := se.enabled(imap.CapCondStore)
+	if len(s.removed) > 0 && condstore {
+		// Expunges held back (FETCH, STORE, SEARCH): keep the client's
+		// cached mod-sequence below them, whatever MODSEQ it was just
+		// shown (RFC 7162 §3.2.10).
+		low := uint64(0)
+		for _, m := range s.removed {
+			if low == 0 || m < low {
+				low = m
+			}
+		}
+		if err := w.WriteHighestModSeq(low - 1); err != nil {
+			return err
+		}
+	}
 	if len(flagged) > 0 {
 		uids := make([]uint32, 0, len(flagged))
 		for uid := range flagged {
-			if !s.removed[uid] && s.seqOf(uid) != 0 {
+			if s.removed[uid] == 0 && s.seqOf(uid) != 0 {
 				uids = append(uids, uid)
 			}
 		}
@@ -268,8 +288,12 @@ func (se *session) poll(ctx context.Context, w *imapserver.UpdateWriter, allowEx
 		if err != nil {
 			return se.toIMAPError("poll", err)
 		}
-		condstore := se.enabled(imap.CapCondStore)
 		for _, m := range msgs {
+			if m.Modseq > s.modseq {
+				// Changed again after the journal was read: the next
+				// poll tells it, after what came before it.
+				continue
+			}
 			var err error
 			if condstore {
 				// RFC 7162 §3.2.4: unsolicited flag changes carry MODSEQ.
@@ -315,4 +339,19 @@ func (se *session) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error 
 		case <-t.C:
 		}
 	}
+}
+
+// HighestModSeq is the selected mailbox's HIGHESTMODSEQ as far as this
+// client has been told its changes (for EXPUNGE's tagged OK under QRESYNC,
+// RFC 7162 §3.2.7): below any expunge still held back.
+func (se *session) HighestModSeq() uint64 {
+	s := se.sel
+	if s == nil {
+		return 1
+	}
+	h := s.highest
+	for _, m := range s.removed {
+		h = min(h, m-1)
+	}
+	return max(h, 1)
 }

@@ -40,7 +40,6 @@ type Store interface {
 	AccountByAddress(ctx context.Context, address string) (mail.Account, error)
 	ListMailboxes(ctx context.Context, accountID string) ([]mail.Mailbox, uint64, error)
 	MailboxByName(ctx context.Context, accountID, name string) (mail.Mailbox, error)
-	Mailbox(ctx context.Context, accountID, id string) (mail.Mailbox, error)
 	CreateMailbox(ctx context.Context, accountID, name string) (mail.Mailbox, error)
 	RenameMailbox(ctx context.Context, accountID, id, name string) (mail.Mailbox, error)
 	DeleteMailbox(ctx context.Context, accountID, id string) error
@@ -48,7 +47,7 @@ type Store interface {
 	MailboxView(ctx context.Context, accountID, mailboxID string) (mail.Mailbox, []uint32, uint64, error)
 	MessagesByUID(ctx context.Context, accountID, mailboxID string, uids []uint32, span bool) ([]mail.Message, error)
 	MailboxChanges(ctx context.Context, accountID, mailboxID string, since uint64, max int) ([]mail.Change, uint64, error)
-	RemovedSince(ctx context.Context, accountID, mailboxID string, since uint64) ([]uint32, error)
+	RemovedSince(ctx context.Context, accountID, mailboxID string, since, upTo uint64, lo, hi uint32) ([]uint32, error)
 	StoreFlags(ctx context.Context, accountID string, ids []string, fc mail.FlagChange) ([]mail.Message, []mail.Message, error)
 	CopyMessages(ctx context.Context, accountID string, ids []string, toMailbox string) ([]mail.Message, error)
 	Move(ctx context.Context, accountID string, ids []string, toMailbox string) ([]mailstore.Moved, error)

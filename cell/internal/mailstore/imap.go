@@ -137,11 +137,13 @@ func (s *Store) MailboxChanges(ctx context.Context, accountID, mailboxID string,
 	return out, uint64(current), nil
 }
 
-// RemovedSince returns the UIDs removed from the mailbox (expunged or
-// moved out) after modseq: QRESYNC's VANISHED (EARLIER) (RFC 7162 §3.2.5.1).
-func (s *Store) RemovedSince(ctx context.Context, accountID, mailboxID string, since uint64) ([]uint32, error) {
+// RemovedSince returns the UIDs in [lo, hi] removed from the mailbox
+// (expunged or moved out) with a journal position in (since, upTo],
+// ascending: VANISHED (EARLIER) of QRESYNC (RFC 7162 §3.2.6).
+func (s *Store) RemovedSince(ctx context.Context, accountID, mailboxID string, since, upTo uint64, lo, hi uint32) ([]uint32, error) {
 	rows, err := s.pool.Query(ctx, `SELECT uid FROM changes WHERE account_id = $1 AND mailbox_id = $2 AND modseq > $3
-		AND kind = $4 AND uid IS NOT NULL ORDER BY uid`, accountID, mailboxID, int64(since), mail.ChangeMessageRemoved)
+		AND modseq <= $4 AND kind = $5 AND uid BETWEEN $6 AND $7 ORDER BY uid`,
+		accountID, mailboxID, int64(since), int64(upTo), mail.ChangeMessageRemoved, int64(lo), int64(hi))
 	if err != nil {
 		return nil, fmt.Errorf("removed since: %w", err)
 	}

@@ -6,6 +6,7 @@ package imapserver
 // session interfaces a backend implements to serve them.
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/emersion/go-imap/v2"
@@ -20,6 +21,35 @@ type SessionQResync interface {
 	// (EARLIER) response with the UIDs expunged since q.ModSeq (WriteVanished)
 	// and then a FETCH (UID FLAGS MODSEQ) for each message changed since.
 	SelectResync(w *FetchWriter, q *imap.SelectQResync) error
+}
+
+// SessionHighestModSeq is implemented by sessions that can tell the
+// selected mailbox's HIGHESTMODSEQ as far as this client has been told of
+// its changes, for the tagged OK of EXPUNGE once QRESYNC is enabled
+// (RFC 7162 §3.2.7).
+type SessionHighestModSeq interface {
+	HighestModSeq() uint64
+}
+
+// expungeHighestModSeq ends EXPUNGE and UID EXPUNGE under QRESYNC: the
+// pending updates first, then a tagged OK carrying HIGHESTMODSEQ.
+func (c *Conn) expungeHighestModSeq(uid bool) error {
+	s, ok := c.session.(SessionHighestModSeq)
+	if !ok || !c.enabled.Has(imap.CapQResync) {
+		return nil
+	}
+	name := "EXPUNGE"
+	if uid {
+		name = "UID EXPUNGE"
+	}
+	if err := c.poll(name); err != nil {
+		return err
+	}
+	return &imap.Error{
+		Type: imap.StatusResponseTypeOK,
+		Code: imap.ResponseCode(fmt.Sprintf("HIGHESTMODSEQ %d", s.HighestModSeq())),
+		Text: name + " completed",
+	}
 }
 
 // SessionID is implemented by sessions that answer the ID command
@@ -95,7 +125,11 @@ func readQResyncParam(dec *imapwire.Decoder) (*imap.SelectQResync, error) {
 			!dec.ExpectUIDSet(&m.UIDs) || !dec.ExpectSpecial(')') {
 			return dec.Err()
 		}
-		m.SeqNums = seqs.(imap.SeqSet)
+		seqSet, ok := seqs.(imap.SeqSet)
+		if !ok || imap.IsSearchRes(m.UIDs) { // "$" (SEARCHRES) has no place here
+			return newClientBugError("QRESYNC sequence match data must be numbers")
+		}
+		m.SeqNums = seqSet
 		q.SeqMatch = &m
 		return nil
 	}
@@ -107,6 +141,9 @@ func readQResyncParam(dec *imapwire.Decoder) (*imap.SelectQResync, error) {
 		} else {
 			if !dec.ExpectUIDSet(&q.KnownUIDs) {
 				return nil, dec.Err()
+			}
+			if imap.IsSearchRes(q.KnownUIDs) {
+				return nil, newClientBugError("QRESYNC known UIDs must be numbers")
 			}
 			if dec.SP() {
 				if !dec.ExpectSpecial('(') {
@@ -231,6 +268,7 @@ func readStoreModifiers(dec *imapwire.Decoder, options *imap.StoreOptions) error
 		if !dec.ExpectSP() || !dec.ExpectModSeq(&options.UnchangedSince) {
 			return dec.Err()
 		}
+		options.UnchangedSinceSet = true
 		if dec.Special(')') {
 			return nil
 		}
@@ -314,6 +352,16 @@ func (w *UpdateWriter) WriteVanished(uids imap.UIDSet) error {
 		return newClientBugError("imapserver: VANISHED updates are not allowed in this context")
 	}
 	return w.conn.writeVanished(uids, false)
+}
+
+// WriteHighestModSeq writes an untagged OK [HIGHESTMODSEQ], which a server
+// that holds back expunges (during FETCH, STORE and SEARCH) sends to keep a
+// client's cached mod-sequence below them (RFC 7162 §3.2.10).
+func (w *UpdateWriter) WriteHighestModSeq(modSeq uint64) error {
+	enc := newResponseEncoder(w.conn)
+	defer enc.end()
+	enc.Atom("*").SP().Atom("OK").SP().Special('[').Atom("HIGHESTMODSEQ").SP().ModSeq(modSeq).Special(']').SP().Text("Highest")
+	return enc.CRLF()
 }
 
 // WriteMessageFlagsModSeq writes a FETCH response with FLAGS and MODSEQ,
