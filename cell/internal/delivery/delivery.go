@@ -101,7 +101,7 @@ func (d *Deliverer) Deliver(ctx context.Context, accountID, mailboxID string, ra
 		Message: mail.Message{
 			Flags: opt.Flags, Labels: opt.Labels, ReceivedAt: opt.ReceivedAt, SentAt: p.Date, Size: size,
 			Subject: p.Subject, MessageID: p.MessageID, Snippet: p.Snippet, HasAttachments: p.HasAttachments,
-			BlobRef: ref,
+			BlobRef: ref, EnvelopeHeader: message.EnvelopeHeader(raw),
 		},
 		ThreadRefs:  append(append([]string{}, p.References...), p.InReplyTo),
 		DeliveryKey: opt.Key,

@@ -105,13 +105,14 @@ func (s *selected) contiguous(uids []uint32) bool {
 	return a != 0 && b != 0 && int(b-a)+1 == len(uids)
 }
 
-// messages reads the messages with the given view UIDs in chunks.
-func (se *session) messages(ctx context.Context, uids []uint32, fn func([]mail.Message) error) error {
+// messages reads the messages with the given view UIDs in chunks (with
+// their kept ENVELOPE header fields when envelope is set).
+func (se *session) messages(ctx context.Context, uids []uint32, envelope bool, fn func([]mail.Message) error) error {
 	s := se.sel
 	for len(uids) > 0 {
 		chunk := uids[:min(len(uids), fetchChunk)]
 		uids = uids[len(chunk):]
-		msgs, err := se.srv.cfg.Store.MessagesByUID(ctx, se.acct.ID, s.box.ID, chunk, s.contiguous(chunk))
+		msgs, err := se.srv.cfg.Store.MessagesByUID(ctx, se.acct.ID, s.box.ID, chunk, s.contiguous(chunk), envelope)
 		if err != nil {
 			return se.toIMAPError("read messages", err)
 		}
@@ -160,7 +161,7 @@ func (se *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options 
 	needHeader := options.Envelope
 	needBody := options.BodyStructure != nil || len(options.BodySection) > 0 || len(options.BinarySection) > 0 ||
 		len(options.BinarySectionSize) > 0
-	return se.messages(ctx, s.uidsAt(s.resolve(numSet)), func(msgs []mail.Message) error {
+	return se.messages(ctx, s.uidsAt(s.resolve(numSet)), needHeader && !needBody, func(msgs []mail.Message) error {
 		if markSeen {
 			if err := se.markSeen(ctx, msgs); err != nil {
 				return err
@@ -183,6 +184,8 @@ func (se *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options 
 				if err == nil && needHeader {
 					hdr, err = textproto.ReadHeader(bufio.NewReader(bytes.NewReader(raw)))
 				}
+			case needHeader && m.EnvelopeHeader != nil:
+				hdr, err = textproto.ReadHeader(bufio.NewReader(bytes.NewReader(m.EnvelopeHeader)))
 			case needHeader:
 				hdr, err = se.readHeader(ctx, m.BlobRef)
 			}
@@ -330,7 +333,7 @@ func (se *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *i
 	// (RFC 7162 §3.1.3).
 	condstore := se.enabled(imap.CapCondStore)
 	var modified []uint32
-	err = se.messages(ctx, s.uidsAt(s.resolve(numSet)), func(msgs []mail.Message) error {
+	err = se.messages(ctx, s.uidsAt(s.resolve(numSet)), false, func(msgs []mail.Message) error {
 		ids := make([]string, len(msgs))
 		for i, m := range msgs {
 			ids[i] = m.ID
@@ -435,7 +438,7 @@ func (se *session) Copy(numSet imap.NumSet, dest string) (*imap.CopyData, error)
 	}
 	var ids []string
 	var src []uint32
-	err = se.messages(ctx, uids, func(msgs []mail.Message) error {
+	err = se.messages(ctx, uids, false, func(msgs []mail.Message) error {
 		for _, m := range msgs {
 			ids = append(ids, m.ID)
 			src = append(src, m.UID)
@@ -476,7 +479,7 @@ func (se *session) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest strin
 	}
 	uids := s.uidsAt(s.resolve(numSet))
 	var ids []string
-	err = se.messages(ctx, uids, func(msgs []mail.Message) error {
+	err = se.messages(ctx, uids, false, func(msgs []mail.Message) error {
 		for _, m := range msgs {
 			ids = append(ids, m.ID)
 		}

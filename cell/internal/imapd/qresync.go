@@ -73,7 +73,7 @@ scan:
 		uids = append(uids, uid)
 	}
 	slices.Sort(uids)
-	return se.messages(ctx, uids, func(msgs []mail.Message) error {
+	return se.messages(ctx, uids, false, func(msgs []mail.Message) error {
 		for _, m := range msgs {
 			seq := s.seqOf(m.UID)
 			// Changed again after the view was read: the next poll tells it

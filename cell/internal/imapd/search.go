@@ -6,6 +6,7 @@ import (
 	"context"
 	"io"
 	"mime"
+	stdtextproto "net/textproto"
 	"strings"
 	"time"
 
@@ -28,14 +29,20 @@ type searchable struct {
 	raw    []byte
 	hdr    *textproto.Header
 	failed error
+	// envelope: the search's header criteria are all ENVELOPE fields, so
+	// the kept EnvelopeHeader answers them.
+	envelope bool
 }
 
 func (c *searchable) header() textproto.Header {
 	if c.hdr == nil {
 		var h textproto.Header
-		if c.raw != nil {
+		switch {
+		case c.raw != nil:
 			h, _ = textproto.ReadHeader(bufio.NewReader(bytes.NewReader(c.raw)))
-		} else {
+		case c.envelope && c.m.EnvelopeHeader != nil:
+			h, _ = textproto.ReadHeader(bufio.NewReader(bytes.NewReader(c.m.EnvelopeHeader)))
+		default:
 			var err error
 			h, err = c.se.readHeader(c.ctx, c.m.BlobRef)
 			if err != nil {
@@ -69,9 +76,10 @@ func (se *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria
 	var seqs imap.SeqSet
 	var uids imap.UIDSet
 	var modseq uint64
-	err := se.messages(ctx, s.uidsAt(all), func(msgs []mail.Message) error {
+	envelope := envelopeOnly(criteria)
+	err := se.messages(ctx, s.uidsAt(all), envelope, func(msgs []mail.Message) error {
 		for _, m := range msgs {
-			c := &searchable{m: m, seq: s.seqOf(m.UID), se: se, ctx: ctx}
+			c := &searchable{m: m, seq: s.seqOf(m.UID), se: se, ctx: ctx, envelope: envelope}
 			ok := match(c, criteria)
 			if c.failed != nil {
 				return se.toIMAPError("search", c.failed)
@@ -298,4 +306,33 @@ func entityContains(e *gomessage.Entity, pattern string, includeHeader bool, dep
 		return false
 	}
 	return bytes.Contains(bytes.ToLower(buf), []byte(pattern))
+}
+
+// envelopeFields are the header fields an ENVELOPE is made of, which
+// message.EnvelopeHeader keeps.
+var envelopeFields = map[string]bool{
+	"Date": true, "Subject": true, "From": true, "Sender": true, "Reply-To": true,
+	"To": true, "Cc": true, "Bcc": true, "In-Reply-To": true, "Message-Id": true,
+}
+
+// envelopeOnly reports whether every header criterion of a search (FROM,
+// TO, CC, BCC, SUBJECT, HEADER, SENTBEFORE... at any depth) names an
+// ENVELOPE field: then the kept ENVELOPE header fields answer it.
+func envelopeOnly(c *imap.SearchCriteria) bool {
+	for _, h := range c.Header {
+		if !envelopeFields[stdtextproto.CanonicalMIMEHeaderKey(h.Key)] {
+			return false
+		}
+	}
+	for i := range c.Not {
+		if !envelopeOnly(&c.Not[i]) {
+			return false
+		}
+	}
+	for i := range c.Or {
+		if !envelopeOnly(&c.Or[i][0]) || !envelopeOnly(&c.Or[i][1]) {
+			return false
+		}
+	}
+	return true
 }

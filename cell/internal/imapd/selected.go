@@ -284,7 +284,7 @@ func (se *session) poll(ctx context.Context, w *imapserver.UpdateWriter, allowEx
 			}
 		}
 		slices.Sort(uids)
-		msgs, err := se.srv.cfg.Store.MessagesByUID(ctx, se.acct.ID, s.box.ID, uids, false)
+		msgs, err := se.srv.cfg.Store.MessagesByUID(ctx, se.acct.ID, s.box.ID, uids, false, false)
 		if err != nil {
 			return se.toIMAPError("poll", err)
 		}

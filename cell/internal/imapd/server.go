@@ -45,7 +45,7 @@ type Store interface {
 	DeleteMailbox(ctx context.Context, accountID, id string) error
 	SetSubscribed(ctx context.Context, accountID, mailboxID string, on bool) error
 	MailboxView(ctx context.Context, accountID, mailboxID string) (mail.Mailbox, []uint32, uint64, error)
-	MessagesByUID(ctx context.Context, accountID, mailboxID string, uids []uint32, span bool) ([]mail.Message, error)
+	MessagesByUID(ctx context.Context, accountID, mailboxID string, uids []uint32, span, envelope bool) ([]mail.Message, error)
 	MailboxChanges(ctx context.Context, accountID, mailboxID string, since uint64, max int) ([]mail.Change, uint64, error)
 	RemovedSince(ctx context.Context, accountID, mailboxID string, since, upTo uint64, lo, hi uint32) ([]uint32, error)
 	StoreFlags(ctx context.Context, accountID string, ids []string, fc mail.FlagChange) ([]mail.Message, []mail.Message, error)

@@ -97,6 +97,9 @@ type Message struct {
 	Snippet        string
 	HasAttachments bool
 	BlobRef        string
+	// EnvelopeHeader is the raw header fields of the IMAP ENVELOPE, when
+	// kept (message.EnvelopeHeader); read only where asked for.
+	EnvelopeHeader []byte
 }
 
 // AttachmentMeta describes one attachment of a stored message.

@@ -75,8 +75,9 @@ func (s *Store) MailboxView(ctx context.Context, accountID, mailboxID string) (m
 // MessagesByUID returns the mailbox's messages with the given UIDs
 // (ascending; absent UIDs are passed over). With span set, uids is read as
 // the closed range [uids[0], uids[len-1]]: one index range scan for the
-// common 1:* case.
-func (s *Store) MessagesByUID(ctx context.Context, accountID, mailboxID string, uids []uint32, span bool) ([]mail.Message, error) {
+// common 1:* case. With envelope set, each message's EnvelopeHeader is read
+// too.
+func (s *Store) MessagesByUID(ctx context.Context, accountID, mailboxID string, uids []uint32, span, envelope bool) ([]mail.Message, error) {
 	if !validID(mailboxID) {
 		return nil, fmt.Errorf("%w: mailbox", mail.ErrNotFound)
 	}
@@ -85,19 +86,31 @@ func (s *Store) MessagesByUID(ctx context.Context, accountID, mailboxID string, 
 	}
 	var rows pgx.Rows
 	var err error
+	cols := messageCols
+	if envelope {
+		cols += `, envelope_header`
+	}
 	if span {
-		rows, err = s.pool.Query(ctx, `SELECT `+messageCols+` FROM messages WHERE account_id = $1 AND mailbox_id = $2
+		rows, err = s.pool.Query(ctx, `SELECT `+cols+` FROM messages WHERE account_id = $1 AND mailbox_id = $2
 			AND uid BETWEEN $3 AND $4 ORDER BY uid`, accountID, mailboxID, int64(uids[0]), int64(uids[len(uids)-1]))
 	} else {
 		list := make([]int64, len(uids))
 		for i, u := range uids {
 			list[i] = int64(u)
 		}
-		rows, err = s.pool.Query(ctx, `SELECT `+messageCols+` FROM messages WHERE account_id = $1 AND mailbox_id = $2
+		rows, err = s.pool.Query(ctx, `SELECT `+cols+` FROM messages WHERE account_id = $1 AND mailbox_id = $2
 			AND uid = ANY($3) ORDER BY uid`, accountID, mailboxID, list)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("messages by uid: %w", err)
+	}
+	if envelope {
+		return pgx.CollectRows(rows, func(r pgx.CollectableRow) (mail.Message, error) {
+			var env []byte
+			m, err := scanMessage(r, &env)
+			m.EnvelopeHeader = env
+			return m, err
+		})
 	}
 	return collectMessages(rows)
 }
@@ -266,9 +279,9 @@ func (s *Store) CopyMessages(ctx context.Context, accountID string, ids []string
 			m.ID, m.MailboxID, m.UID, m.Modseq = NewID(), toMailbox, firstUID+uint32(i), first+uint64(i)
 			b.Queue(`INSERT INTO messages (account_id, id, mailbox_id, uid, modseq, seen, flagged, answered, draft, deleted,
 				labels, received_at, sent_at, size, subject, from_addr, to_addrs, message_id_header, thread_id, snippet,
-				has_attachments, blob_ref)
+				has_attachments, blob_ref, envelope_header)
 				SELECT account_id, $3, $4, $5, $6, seen, flagged, answered, draft, deleted, labels, received_at, sent_at, size,
-				subject, from_addr, to_addrs, message_id_header, thread_id, snippet, has_attachments, blob_ref
+				subject, from_addr, to_addrs, message_id_header, thread_id, snippet, has_attachments, blob_ref, envelope_header
 				FROM messages WHERE account_id = $1 AND id = $2`, accountID, src.ID, m.ID, toMailbox, int64(m.UID), int64(m.Modseq))
 			b.Queue(`INSERT INTO attachments (account_id, message_id, part_id, filename, content_type, size, content_id, blob_ref)
 				SELECT account_id, $3, part_id, filename, content_type, size, content_id, blob_ref

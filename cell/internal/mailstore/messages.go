@@ -200,13 +200,14 @@ const messageCols = `id, mailbox_id, uid, modseq, seen, flagged, answered, draft
 	coalesce(sent_at, received_at), size, subject, from_addr, to_addrs, message_id_header, thread_id, snippet,
 	has_attachments, blob_ref`
 
-func scanMessage(row pgx.Row) (mail.Message, error) {
+// scanMessage reads messageCols, and then extra columns into extra.
+func scanMessage(row pgx.Row, extra ...any) (mail.Message, error) {
 	var m mail.Message
 	var uid, modseq int64
 	var from, to []byte
-	err := row.Scan(&m.ID, &m.MailboxID, &uid, &modseq, &m.Flags.Seen, &m.Flags.Flagged, &m.Flags.Answered,
+	err := row.Scan(append([]any{&m.ID, &m.MailboxID, &uid, &modseq, &m.Flags.Seen, &m.Flags.Flagged, &m.Flags.Answered,
 		&m.Flags.Draft, &m.Flags.Deleted, &m.Labels, &m.ReceivedAt, &m.SentAt, &m.Size, &m.Subject, &from, &to, &m.MessageID,
-		&m.ThreadID, &m.Snippet, &m.HasAttachments, &m.BlobRef)
+		&m.ThreadID, &m.Snippet, &m.HasAttachments, &m.BlobRef}, extra...)...)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return m, fmt.Errorf("%w: message", mail.ErrNotFound)
 	}
@@ -380,11 +381,11 @@ func (s *Store) InsertMessage(ctx context.Context, accountID, mailboxID string, 
 		b := &pgx.Batch{}
 		b.Queue(`INSERT INTO messages (account_id, id, mailbox_id, uid, modseq, seen, flagged, answered,
 			draft, labels, received_at, sent_at, size, subject, from_addr, to_addrs, message_id_header, thread_id, snippet,
-			has_attachments, blob_ref, delivery_key, deleted)
-			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,NULLIF($22, ''),$23)`,
+			has_attachments, blob_ref, delivery_key, deleted, envelope_header)
+			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,NULLIF($22, ''),$23,$24)`,
 			accountID, m.ID, mailboxID, int64(m.UID), int64(modseq), m.Flags.Seen, m.Flags.Flagged, m.Flags.Answered,
 			m.Flags.Draft, m.Labels, m.ReceivedAt, sent, m.Size, m.Subject, from, to, m.MessageID, m.ThreadID, m.Snippet,
-			m.HasAttachments, m.BlobRef, nm.DeliveryKey, m.Flags.Deleted)
+			m.HasAttachments, m.BlobRef, nm.DeliveryKey, m.Flags.Deleted, m.EnvelopeHeader)
 		for _, a := range nm.Attachments {
 			b.Queue(`INSERT INTO attachments (account_id, message_id, part_id, filename, content_type, size, content_id, blob_ref)
 				VALUES ($1,$2,$3,$4,$5,$6,$7,$8)`, accountID, m.ID, a.PartID, a.Filename, a.ContentType, a.Size, a.ContentID, a.BlobRef)
