@@ -156,6 +156,24 @@ func TestIMAPCondStoreQResync(t *testing.T) {
 	if _, st := a.do(`ID ("a-field-name-longer-than-thirty-octets" "x")`); !strings.HasPrefix(st, "BAD") {
 		t.Fatalf("ID with a long field: %s", st)
 	}
+	// QUOTA (RFC 9208): one root over the account, storage in KiB; the
+	// user cannot set it.
+	if !slices.Contains(strings.Fields(caps), "QUOTA") || !slices.Contains(strings.Fields(caps), "QUOTA=RES-STORAGE") {
+		t.Errorf("QUOTA capabilities missing: %s", caps)
+	}
+	u := a.ok("GETQUOTAROOT INBOX")
+	if len(u) != 2 || u[0] != `* QUOTAROOT INBOX ""` || !regexp.MustCompile(`^\* QUOTA "" \(STORAGE [1-9]\d* [1-9]\d*\)$`).MatchString(u[1]) {
+		t.Fatalf("GETQUOTAROOT: %q", u)
+	}
+	if _, st := a.do("GETQUOTAROOT Nonexistent"); !strings.HasPrefix(st, "NO") {
+		t.Fatalf("GETQUOTAROOT of a missing mailbox: %s", st)
+	}
+	if _, st := a.do(`GETQUOTA "other"`); !strings.HasPrefix(st, "NO [NONEXISTENT]") {
+		t.Fatalf("GETQUOTA of another root: %s", st)
+	}
+	if _, st := a.do(`SETQUOTA "" (STORAGE 1)`); !strings.HasPrefix(st, "NO [NOPERM]") {
+		t.Fatalf("SETQUOTA: %s", st)
+	}
 	// QRESYNC in SELECT needs ENABLE first; VANISHED needs UID FETCH.
 	if _, st := a.do("SELECT INBOX (QRESYNC (1 1))"); !strings.HasPrefix(st, "BAD") {
 		t.Fatalf("SELECT QRESYNC before ENABLE: %s", st)

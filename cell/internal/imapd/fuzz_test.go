@@ -47,6 +47,9 @@ func FuzzCommands(f *testing.F) {
 		"A APPEND INBOX {5+}\r\nhello",
 		"A UID EXPUNGE 1:*",
 		"A UID MOVE 1 INBOX",
+		`A GETQUOTAROOT INBOX`,
+		`A GETQUOTA ""`,
+		`A SETQUOTA "" (STORAGE 512 MESSAGE 10)`,
 	} {
 		f.Add(s)
 	}

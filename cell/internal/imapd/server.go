@@ -136,7 +136,7 @@ var Caps = imap.CapSet{
 	imap.CapNamespace: {}, imap.CapUIDPlus: {}, imap.CapMove: {}, imap.CapESearch: {},
 	imap.CapSpecialUse: {}, imap.CapLiteralPlus: {}, imap.CapListExtended: {}, imap.CapListStatus: {},
 	imap.CapStatusSize: {}, imap.CapChildren: {}, imap.CapUnauthenticate: {},
-	imap.CapCondStore: {}, imap.CapQResync: {}, imap.CapID: {},
+	imap.CapCondStore: {}, imap.CapQResync: {}, imap.CapID: {}, imap.CapQuota: {},
 }
 
 // New makes a server.

@@ -235,6 +235,12 @@ func (c *Conn) readCommand(dec *imapwire.Decoder) error {
 		err = c.handleEnable(dec)
 	case "ID": // (cellmail patch) RFC 2971
 		err = c.handleID(dec)
+	case "GETQUOTA": // (cellmail patch) RFC 9208
+		err = c.handleGetQuota(dec)
+	case "GETQUOTAROOT":
+		err = c.handleGetQuotaRoot(dec)
+	case "SETQUOTA":
+		err = c.handleSetQuota(dec)
 	case "CREATE":
 		err = c.handleCreate(dec)
 	case "DELETE":
