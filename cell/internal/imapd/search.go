@@ -17,6 +17,7 @@ import (
 	"github.com/emersion/go-message/textproto"
 
 	"github.com/cellmail/cellmail/cell/internal/mail"
+	"github.com/cellmail/cellmail/cell/internal/message"
 )
 
 // searchable is one message as a search sees it; the header and body are
@@ -308,19 +309,12 @@ func entityContains(e *gomessage.Entity, pattern string, includeHeader bool, dep
 	return bytes.Contains(bytes.ToLower(buf), []byte(pattern))
 }
 
-// envelopeFields are the header fields an ENVELOPE is made of, which
-// message.EnvelopeHeader keeps.
-var envelopeFields = map[string]bool{
-	"Date": true, "Subject": true, "From": true, "Sender": true, "Reply-To": true,
-	"To": true, "Cc": true, "Bcc": true, "In-Reply-To": true, "Message-Id": true,
-}
-
 // envelopeOnly reports whether every header criterion of a search (FROM,
 // TO, CC, BCC, SUBJECT, HEADER, SENTBEFORE... at any depth) names an
 // ENVELOPE field: then the kept ENVELOPE header fields answer it.
 func envelopeOnly(c *imap.SearchCriteria) bool {
 	for _, h := range c.Header {
-		if !envelopeFields[stdtextproto.CanonicalMIMEHeaderKey(h.Key)] {
+		if !message.EnvelopeField(stdtextproto.CanonicalMIMEHeaderKey(h.Key)) {
 			return false
 		}
 	}

@@ -15,6 +15,10 @@ var envelopeFields = map[string]bool{
 	"To": true, "Cc": true, "Bcc": true, "In-Reply-To": true, "Message-Id": true,
 }
 
+// EnvelopeField reports whether a header field (in canonical form, as
+// net/textproto.CanonicalMIMEHeaderKey gives it) is one EnvelopeHeader keeps.
+func EnvelopeField(key string) bool { return envelopeFields[key] }
+
 // maxEnvelopeHeader bounds what EnvelopeHeader keeps.
 const maxEnvelopeHeader = 16 << 10
 
