@@ -2,6 +2,7 @@ package router_test
 
 import (
 	"bufio"
+	"compress/flate"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -21,6 +22,7 @@ type rawIMAP struct {
 	t   testing.TB
 	c   *tls.Conn
 	r   *bufio.Reader
+	w   io.Writer // c, or a DEFLATE stream over it
 	tag int
 }
 
@@ -31,7 +33,7 @@ func rawLogin(t testing.TB, addr, user string) *rawIMAP {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	r := &rawIMAP{t: t, c: c, r: bufio.NewReader(c)}
+	r := &rawIMAP{t: t, c: c, r: bufio.NewReader(c), w: c}
 	if greet := r.line(); !strings.HasPrefix(greet, "* OK") {
 		t.Fatalf("greeting: %q", greet)
 	}
@@ -72,8 +74,13 @@ func (r *rawIMAP) do(format string, args ...any) (untagged []string, status stri
 	r.t.Helper()
 	r.tag++
 	tag := fmt.Sprintf("T%d", r.tag)
-	if _, err := fmt.Fprintf(r.c, tag+" "+format+"\r\n", args...); err != nil {
+	if _, err := fmt.Fprintf(r.w, tag+" "+format+"\r\n", args...); err != nil {
 		r.t.Fatal(err)
+	}
+	if f, ok := r.w.(*flate.Writer); ok {
+		if err := f.Flush(); err != nil {
+			r.t.Fatal(err)
+		}
 	}
 	for {
 		l := r.line()
@@ -82,6 +89,21 @@ func (r *rawIMAP) do(format string, args ...any) (untagged []string, status stri
 		}
 		untagged = append(untagged, l)
 	}
+}
+
+// compress turns on COMPRESS=DEFLATE (RFC 4978): both ways compressed
+// from the end of the command and of its tagged OK.
+func (r *rawIMAP) compress() {
+	r.t.Helper()
+	r.ok("COMPRESS DEFLATE")
+	fw, err := flate.NewWriter(r.c, flate.BestSpeed)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	if r.r.Buffered() > 0 {
+		r.t.Fatalf("%d bytes after COMPRESS's OK", r.r.Buffered())
+	}
+	r.w, r.r = fw, bufio.NewReader(flate.NewReader(r.c))
 }
 
 // ok is do for a command that must succeed.
@@ -337,6 +359,27 @@ func TestIMAPCondStoreQResync(t *testing.T) {
 		t.Fatalf("HIGHESTMODSEQ after the VANISHED: %s, held at %d", st, held)
 	}
 	a.ok("LOGOUT")
+
+	// COMPRESS=DEFLATE (RFC 4978): the same answers, compressed both ways;
+	// offered once, then refused as active.
+	c := rawLogin(t, s.imaps, alice.addr)
+	plainCaps := strings.Join(c.ok("CAPABILITY"), " ")
+	if !strings.Contains(plainCaps, "COMPRESS=DEFLATE") {
+		t.Fatalf("COMPRESS=DEFLATE not offered: %s", plainCaps)
+	}
+	c.ok("SELECT INBOX")
+	plain := c.ok("UID FETCH 1:* (FLAGS ENVELOPE BODY.PEEK[])")
+	c.compress()
+	if caps := strings.Join(c.ok("CAPABILITY"), " "); strings.Contains(caps, "COMPRESS=DEFLATE") {
+		t.Errorf("COMPRESS=DEFLATE still offered once active: %s", caps)
+	}
+	if _, st := c.do("COMPRESS DEFLATE"); !strings.HasPrefix(st, "NO [COMPRESSIONACTIVE]") {
+		t.Fatalf("second COMPRESS: %s", st)
+	}
+	if got := c.ok("UID FETCH 1:* (FLAGS ENVELOPE BODY.PEEK[])"); !slices.Equal(got, plain) || len(got) == 0 {
+		t.Fatalf("FETCH under COMPRESS differs:\n%q\nwas\n%q", got, plain)
+	}
+	c.ok("LOGOUT")
 
 	// CONDSTORE alone, as go-imap's client uses it: SELECT (CONDSTORE),
 	// FETCH MODSEQ, STORE UNCHANGEDSINCE, on two new messages.

@@ -58,6 +58,7 @@ const (
 	CapPreview          Cap = "PREVIEW"            // RFC 8970
 	CapQResync          Cap = "QRESYNC"            // RFC 7162
 	CapQuota            Cap = "QUOTA"              // RFC 9208
+	CapCompressDeflate  Cap = "COMPRESS=DEFLATE"   // RFC 4978 (cellmail patch)
 	CapQuotaSet         Cap = "QUOTASET"           // RFC 9208
 	CapReplace          Cap = "REPLACE"            // RFC 8508
 	CapSaveDate         Cap = "SAVEDATE"           // RFC 8514

@@ -36,6 +36,7 @@ const (
 	ResponseCodeNonExistent          ResponseCode = "NONEXISTENT"
 	ResponseCodeNoPerm               ResponseCode = "NOPERM"
 	ResponseCodeOverQuota            ResponseCode = "OVERQUOTA"
+	ResponseCodeCompressionActive    ResponseCode = "COMPRESSIONACTIVE" // RFC 4978 (cellmail patch)
 	ResponseCodeParse                ResponseCode = "PARSE"
 	ResponseCodePrivacyRequired      ResponseCode = "PRIVACYREQUIRED"
 	ResponseCodeServerBug            ResponseCode = "SERVERBUG"

@@ -48,6 +48,8 @@ func FuzzCommands(f *testing.F) {
 		"A UID EXPUNGE 1:*",
 		"A UID MOVE 1 INBOX",
 		`A GETQUOTAROOT INBOX`,
+		"A COMPRESS DEFLATE",
+		"A COMPRESS DEFLATE\r\nB NOOP",
 		`A GETQUOTA ""`,
 		`A SETQUOTA "" (STORAGE 512 MESSAGE 10)`,
 	} {

@@ -90,6 +90,8 @@ type Publisher interface {
 const (
 	// MaxAppend is the largest message APPEND takes (APPENDLIMIT).
 	MaxAppend = 50 << 20
+	// maxCompressed bounds the sessions under COMPRESS=DEFLATE at once.
+	maxCompressed = 1000
 	// loginPerAccount failed or not, per 15 minutes: a guessing bound.
 	loginPerAccount = 30
 	loginWindow     = 15 * time.Minute
@@ -136,7 +138,7 @@ var Caps = imap.CapSet{
 	imap.CapNamespace: {}, imap.CapUIDPlus: {}, imap.CapMove: {}, imap.CapESearch: {},
 	imap.CapSpecialUse: {}, imap.CapLiteralPlus: {}, imap.CapListExtended: {}, imap.CapListStatus: {},
 	imap.CapStatusSize: {}, imap.CapChildren: {}, imap.CapUnauthenticate: {},
-	imap.CapCondStore: {}, imap.CapQResync: {}, imap.CapID: {}, imap.CapQuota: {},
+	imap.CapCondStore: {}, imap.CapQResync: {}, imap.CapID: {}, imap.CapQuota: {}, imap.CapCompressDeflate: {},
 }
 
 // New makes a server.
@@ -156,6 +158,9 @@ func New(cfg Config) *Server {
 		TLSConfig:    cfg.TLS,
 		InsecureAuth: true, // an internal port: the router ends TLS
 		DebugWriter:  cfg.Debug,
+		// About 1 MiB of compressor each: past this, COMPRESS answers NO
+		// [LIMIT] and the client goes on uncompressed.
+		MaxCompressed: maxCompressed,
 	})
 	return s
 }

@@ -99,6 +99,10 @@ func (c *Conn) availableCaps() []imap.Cap {
 			imap.CapCondStore,
 			imap.CapQResync,
 		})
+		// (cellmail patch) RFC 4978: offered until it is on.
+		if available.Has(imap.CapCompressDeflate) && !c.compressed {
+			caps = append(caps, imap.CapCompressDeflate)
+		}
 		// (cellmail patch) RFC 9208 §3.1: QUOTA with the resources served.
 		if available.Has(imap.CapQuota) {
 			caps = append(caps, imap.CapQuota, imap.Cap("QUOTA=RES-STORAGE"))

@@ -46,6 +46,8 @@ type Conn struct {
 
 	state   imap.ConnState
 	session Session
+
+	compressed bool // COMPRESS=DEFLATE is on (cellmail patch)
 }
 
 func newConn(c net.Conn, server *Server) *Conn {
@@ -99,6 +101,7 @@ func (c *Conn) serve() {
 		}
 
 		c.conn.Close()
+		c.releaseCompress() // (cellmail patch)
 	}()
 
 	c.server.mutex.Lock()
@@ -235,6 +238,9 @@ func (c *Conn) readCommand(dec *imapwire.Decoder) error {
 		err = c.handleEnable(dec)
 	case "ID": // (cellmail patch) RFC 2971
 		err = c.handleID(dec)
+	case "COMPRESS": // (cellmail patch) RFC 4978
+		err = c.handleCompress(tag, dec)
+		sendOK = false
 	case "GETQUOTA": // (cellmail patch) RFC 9208
 		err = c.handleGetQuota(dec)
 	case "GETQUOTAROOT":

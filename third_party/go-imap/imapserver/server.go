@@ -9,6 +9,7 @@ import (
 	"log"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -53,6 +54,10 @@ type Options struct {
 	// Note, this may include sensitive information such as credentials used
 	// during authentication.
 	DebugWriter io.Writer
+	// MaxCompressed bounds the connections compressed at once with
+	// COMPRESS=DEFLATE (each holds about 1 MiB of compressor state); 0 is
+	// no bound. (cellmail patch)
+	MaxCompressed int
 }
 
 func (options *Options) wrapReadWriter(rw io.ReadWriter) io.ReadWriter {
@@ -77,7 +82,8 @@ func (options *Options) caps() imap.CapSet {
 
 // Server is an IMAP server.
 type Server struct {
-	options Options
+	options    Options
+	compressed atomic.Int64 // connections under COMPRESS=DEFLATE (cellmail patch)
 
 	listenerWaitGroup sync.WaitGroup
 
