@@ -13,6 +13,7 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/internal/imapwire"
+	"github.com/emersion/go-imap/v2/internal/inflate"
 )
 
 // handleCompress answers COMPRESS DEFLATE (RFC 4978 §3).
@@ -71,7 +72,7 @@ func (c *Conn) handleCompress(tag string, dec *imapwire.Decoder) error {
 	rw := c.server.options.wrapReadWriter(struct {
 		io.Reader
 		io.Writer
-	}{flate.NewReader(in), flushWriter{fw}})
+	}{inflate.NewReader(in), flushWriter{fw}})
 	c.mutex.Lock()
 	c.compressed = true
 	c.mutex.Unlock()
