@@ -34,12 +34,11 @@ func (c *Conn) handleCompress(tag string, dec *imapwire.Decoder) error {
 		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeCompressionActive,
 			Text: "DEFLATE is already active"}
 	}
-	if max := c.server.options.MaxCompressed; max > 0 && c.server.compressed.Add(1) > int64(max) {
+	n := c.server.compressed.Add(1)
+	if max := c.server.options.MaxCompressed; max > 0 && n > int64(max) {
 		c.server.compressed.Add(-1)
 		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeLimit,
 			Text: "Too many compressed sessions now; go on without"}
-	} else if max <= 0 {
-		c.server.compressed.Add(1)
 	}
 	fw, err := flate.NewWriter(c.conn, flate.BestSpeed)
 	if err != nil {
