@@ -21,6 +21,7 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/delivery"
 	"github.com/cellmail/cellmail/cell/internal/mail"
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
+	"github.com/cellmail/cellmail/cell/internal/mailstore/mailstoretest"
 	"github.com/cellmail/cellmail/cell/internal/message"
 	"github.com/cellmail/cellmail/cell/internal/msgauth"
 	"github.com/cellmail/cellmail/cell/internal/spam"
@@ -45,20 +46,8 @@ type fixture struct {
 
 func setup(t *testing.T, withClamd bool) *fixture {
 	t.Helper()
-	dsn, err := pg.NewDB()
-	if err != nil {
-		t.Fatal(err)
-	}
+	store, blobs, a := mailstoretest.New(t, pg, "bob@demo.example")
 	log := slog.New(slog.DiscardHandler)
-	store, err := mailstore.Open(t.Context(), dsn, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(store.Close)
-	blobs, err := blobstore.NewFS(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	dns := dnstest.Start(t)
 	dns.MustAdd(t,
@@ -71,11 +60,6 @@ func setup(t *testing.T, withClamd bool) *fixture {
 		Auth: &msgauth.Checker{AuthServID: "mx.test", Resolver: dns.Resolver(), Timeout: 5 * time.Second}}
 	if withClamd {
 		p.Virus = &clamd.Client{Addr: clamdtest.Start(t)}
-	}
-	a, err := store.CreateAccount(t.Context(), mail.Account{Address: "bob@demo.example", Domain: "demo.example",
-		PlacementKey: "bob@demo.example", Jurisdiction: "eu", KeyHash: 1, PasswordHash: "x", QuotaBytes: 1 << 30})
-	if err != nil {
-		t.Fatal(err)
 	}
 	list, _, err := store.ListMailboxes(t.Context(), a.ID)
 	if err != nil {

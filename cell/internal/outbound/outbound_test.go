@@ -27,6 +27,7 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/delivery"
 	"github.com/cellmail/cellmail/cell/internal/mail"
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
+	"github.com/cellmail/cellmail/cell/internal/mailstore/mailstoretest"
 	"github.com/cellmail/cellmail/cell/internal/message"
 	"github.com/cellmail/cellmail/cell/internal/outbound"
 	"github.com/cellmail/cellmail/internal/dnstest"
@@ -121,25 +122,8 @@ type fixture struct {
 }
 
 func setup(t *testing.T) *fixture {
-	dsn, err := pg.NewDB()
-	if err != nil {
-		t.Fatal(err)
-	}
+	store, blobs, a := mailstoretest.New(t, pg, "alice@demo.example")
 	log := slog.New(slog.DiscardHandler)
-	store, err := mailstore.Open(t.Context(), dsn, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(store.Close)
-	blobs, err := blobstore.NewFS(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := store.CreateAccount(t.Context(), mail.Account{Address: "alice@demo.example", Domain: "demo.example",
-		PlacementKey: "alice@demo.example", Jurisdiction: "eu", KeyHash: 1, PasswordHash: "x", QuotaBytes: 1 << 30})
-	if err != nil {
-		t.Fatal(err)
-	}
 	r := startRemote(t)
 	dns := dnstest.Start(t)
 	dns.MustAdd(t,

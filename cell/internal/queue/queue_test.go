@@ -19,6 +19,7 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/delivery"
 	"github.com/cellmail/cellmail/cell/internal/mail"
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
+	"github.com/cellmail/cellmail/cell/internal/mailstore/mailstoretest"
 	"github.com/cellmail/cellmail/cell/internal/message"
 	"github.com/cellmail/cellmail/cell/internal/queue"
 	"github.com/cellmail/cellmail/internal/pgserver"
@@ -78,25 +79,8 @@ type cellFixture struct {
 }
 
 func newCell(t *testing.T) *cellFixture {
-	dsn, err := pg.NewDB()
-	if err != nil {
-		t.Fatal(err)
-	}
+	store, blobs, a := mailstoretest.New(t, pg, "bob@demo.example")
 	log := slog.New(slog.DiscardHandler)
-	store, err := mailstore.Open(t.Context(), dsn, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(store.Close)
-	blobs, err := blobstore.NewFS(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := store.CreateAccount(t.Context(), mail.Account{Address: "bob@demo.example", Domain: "demo.example",
-		PlacementKey: "bob@demo.example", Jurisdiction: "eu", KeyHash: 1, PasswordHash: "x", QuotaBytes: 1 << 30})
-	if err != nil {
-		t.Fatal(err)
-	}
 	inbox, err := store.MailboxByUse(t.Context(), a.ID, mail.UseInbox)
 	if err != nil {
 		t.Fatal(err)
