@@ -169,11 +169,10 @@ print("ok")
 	}
 }
 
-// waitSubjects waits until a's INBOX holds at least n messages and counts
-// them by subject.
-func waitSubjects(t *testing.T, routerURL string, a account, n int) map[string]int {
+// apiInbox logs a in through the API and finds its INBOX: it returns what
+// authorizes a request as a, and the INBOX's id.
+func apiInbox(t *testing.T, c mailv1connect.MailServiceClient, a account) (func(connect.AnyRequest), string) {
 	t.Helper()
-	c := mailv1connect.NewMailServiceClient(http.DefaultClient, routerURL)
 	ctx := context.Background()
 	login, err := c.Login(ctx, connect.NewRequest(&mailv1.LoginRequest{Address: a.Address, Password: a.Password}))
 	if err != nil {
@@ -186,12 +185,22 @@ func waitSubjects(t *testing.T, routerURL string, a account, n int) map[string]i
 	if err != nil {
 		t.Fatal(err)
 	}
-	var inboxID string
 	for _, b := range boxes.Msg.Mailboxes {
 		if b.SpecialUse == mailv1.SpecialUse_SPECIAL_USE_INBOX {
-			inboxID = b.Id
+			return auth, b.Id
 		}
 	}
+	t.Fatalf("%s has no INBOX", a.Address)
+	return nil, ""
+}
+
+// waitSubjects waits until a's INBOX holds at least n messages and counts
+// them by subject.
+func waitSubjects(t *testing.T, routerURL string, a account, n int) map[string]int {
+	t.Helper()
+	c := mailv1connect.NewMailServiceClient(http.DefaultClient, routerURL)
+	ctx := context.Background()
+	auth, inboxID := apiInbox(t, c, a)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		req := connect.NewRequest(&mailv1.ListMessagesRequest{MailboxId: inboxID, PageSize: 200})

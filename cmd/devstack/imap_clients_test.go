@@ -95,23 +95,7 @@ print("ok")
 		t.Fatalf("imaplib: %s", out)
 	}
 	// The flag set over IMAP is the API's flag.
-	alogin, err := c.Login(ctx, connect.NewRequest(&mailv1.LoginRequest{Address: alice.Address, Password: alice.Password}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	auth := func(r connect.AnyRequest) { r.Header().Set("Authorization", "Bearer "+alogin.Msg.AccessToken) }
-	boxes := connect.NewRequest(&mailv1.ListMailboxesRequest{})
-	auth(boxes)
-	bresp, err := c.ListMailboxes(ctx, boxes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var inbox string
-	for _, b := range bresp.Msg.Mailboxes {
-		if b.SpecialUse == mailv1.SpecialUse_SPECIAL_USE_INBOX {
-			inbox = b.Id
-		}
-	}
+	auth, inbox := apiInbox(t, c, alice)
 	lreq := connect.NewRequest(&mailv1.ListMessagesRequest{MailboxId: inbox})
 	auth(lreq)
 	list, err := c.ListMessages(ctx, lreq)
