@@ -199,10 +199,13 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.BlobDir == "" {
 		cfg.BlobDir = filepath.Join(cfg.DataDir, "blobs")
 	}
-	blobs, err := blobstore.NewFS(cfg.BlobDir)
+	files, err := blobstore.NewFS(cfg.BlobDir)
 	if err != nil {
 		return fmt.Errorf("cell: blob store: %w", err)
 	}
+	// Readers see the files and the small blobs delivery keeps in the
+	// metadata store (delivery.InlineMax).
+	blobs := blobstore.Tiered{Store: files, Inline: store}
 	kv, err := cache.New(ctx, cache.Config{Addr: cfg.RedisAddr, Logger: log.With("part", "cache")})
 	if err != nil {
 		return fmt.Errorf("cell: cache: %w", err)
@@ -262,7 +265,7 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Info("cell worker running", "probes", apiURL, "instance", cfg.Instance)
 		return serve.Run(ctx, ln, mux)
 	}
-	go collectBlobs(ctx, blobs, store, log)
+	go collectBlobs(ctx, files, store, log)
 
 	reg := prometheus.NewRegistry()
 	serve.MapGauges(reg, "cellmail_cell", maps)
@@ -326,7 +329,7 @@ func Run(ctx context.Context, cfg Config) error {
 // newSender makes the outbound sender: remote mail by MX, with DKIM,
 // retries and bounces; mail to our own domains that could not be handed
 // to its cell at once goes through the mail API's routing.
-func newSender(cfg Config, store *mailstore.Store, blobs *blobstore.FS, mailSrv *api.MailServer, log *slog.Logger) *outbound.Sender {
+func newSender(cfg Config, store *mailstore.Store, blobs blobstore.Tiered, mailSrv *api.MailServer, log *slog.Logger) *outbound.Sender {
 	host := cfg.Hostname
 	if host == "" {
 		host = cfg.Name + ".cellmail.local"
@@ -358,7 +361,7 @@ func resolver(addr string) *net.Resolver {
 //   - with a broker: the relay (spool → inbound topic, and its sweeper) in
 //     front processes, the consumer group member in worker processes; both
 //     in RoleAll.
-func startPipeline(ctx context.Context, cfg Config, store *mailstore.Store, blobs *blobstore.FS, kv *cache.Cache, prod *queue.Producer, log *slog.Logger) (func(), error) {
+func startPipeline(ctx context.Context, cfg Config, store *mailstore.Store, blobs blobstore.Tiered, kv *cache.Cache, prod *queue.Producer, log *slog.Logger) (func(), error) {
 	lim := message.DefaultLimits()
 	lim.MaxSize += 256 << 10 // the trace and verdict fields added to a message of the largest size accepted
 	p := &delivery.Pipeline{D: delivery.New(blobs, store, lim), Store: store, Notify: kv, Log: log.With("part", "pipeline")}
@@ -417,6 +420,11 @@ func collectBlobs(ctx context.Context, blobs *blobstore.FS, store *mailstore.Sto
 				continue
 			}
 			log.Info("unreferenced blobs collected", "deleted", n)
+			if n, err := store.CollectInline(ctx, blobGrace); err != nil && ctx.Err() == nil {
+				log.Warn("inline blob collection failed", "err", err)
+			} else if n > 0 {
+				log.Info("unreferenced inline blobs collected", "deleted", n)
+			}
 			if n, err := store.PurgeSpool(ctx, spoolKeep); err != nil {
 				log.Warn("spool purge failed", "err", err)
 			} else if n > 0 {

@@ -19,7 +19,6 @@ import (
 	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
 	"github.com/cellmail/cellmail/cell/gen/mailv1/mailv1connect"
 	"github.com/cellmail/cellmail/cell/internal/auth"
-	"github.com/cellmail/cellmail/cell/internal/blobstore"
 	"github.com/cellmail/cellmail/cell/internal/delivery"
 	"github.com/cellmail/cellmail/cell/internal/mail"
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
@@ -77,7 +76,7 @@ type MailServer struct {
 	fence         Fence
 	maps          interface{ Map() *placement.Map }
 	store         *mailstore.Store
-	blobs         *blobstore.FS
+	blobs         delivery.Blobs
 	deliver       *delivery.Deliverer
 	cache         Cache
 	hasher        *auth.Hasher
@@ -100,7 +99,7 @@ type MailConfig struct {
 	Fence         Fence
 	Maps          interface{ Map() *placement.Map }
 	Store         *mailstore.Store
-	Blobs         *blobstore.FS
+	Blobs         delivery.Blobs // the files and the inline tier (blobstore.Tiered)
 	Cache         Cache
 	Hasher        *auth.Hasher
 	Peers         Peers

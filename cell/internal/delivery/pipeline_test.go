@@ -37,7 +37,7 @@ func TestMain(m *testing.M) { os.Exit(pgserver.TestMain(m, "delivery", &pg)) }
 
 type fixture struct {
 	store   *mailstore.Store
-	blobs   *blobstore.FS
+	blobs   blobstore.Tiered
 	p       *delivery.Pipeline
 	account mail.Account
 	boxes   map[mail.SpecialUse]mail.Mailbox

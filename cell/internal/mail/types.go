@@ -125,6 +125,17 @@ type NewMessage struct {
 	// entry already delivered makes the insert fail with
 	// ErrAlreadyDelivered and change nothing.
 	SpoolID string
+	// Inline are blobs (the message, small attachments) stored in the
+	// metadata store with the message's rows, in the same transaction,
+	// instead of in the blob store.
+	Inline []InlineBlob
+}
+
+// InlineBlob is a small blob kept in the metadata store: Ref is the hex
+// SHA-256 of Data, as in the blob store.
+type InlineBlob struct {
+	Ref  string
+	Data []byte
 }
 
 // FlagChange changes flags of messages; nil fields are left as they are.

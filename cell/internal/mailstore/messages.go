@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/yugabyte/pgx/v5"
+	"github.com/yugabyte/pgx/v5/pgconn"
 
 	"github.com/cellmail/cellmail/cell/internal/mail"
 )
@@ -307,96 +308,72 @@ func (s *Store) InsertMessage(ctx context.Context, accountID, mailboxID string, 
 	if m.ReceivedAt.IsZero() {
 		m.ReceivedAt = time.Now()
 	}
-	insert := func(tx pgx.Tx) error {
-		if nm.SpoolID != "" {
-			// Locks the spool row: a second worker with the same entry
-			// waits here, then finds it delivered.
-			tag, err := tx.Exec(ctx, `UPDATE spool SET state = 1, attempts = attempts + 1, body = NULL WHERE id = $1 AND state = 0`, nm.SpoolID)
+	from, _ := json.Marshal(m.From)
+	to, _ := json.Marshal(orEmpty(m.To))
+	var sent, spool, key any
+	if !m.SentAt.IsZero() {
+		sent = m.SentAt
+	}
+	if nm.SpoolID != "" {
+		if !validID(nm.SpoolID) {
+			return mail.Message{}, fmt.Errorf("insert message: %w", mail.ErrAlreadyDelivered)
+		}
+		spool = nm.SpoolID
+	}
+	if nm.DeliveryKey != "" {
+		key = nm.DeliveryKey
+	}
+	if m.Labels == nil {
+		m.Labels = []string{}
+	}
+	refs := slices.DeleteFunc(slices.Clone(nm.ThreadRefs), func(r string) bool { return r == "" })
+	if len(refs) > 50 {
+		refs = refs[len(refs)-50:]
+	}
+	n := len(nm.Attachments)
+	part, name, ctype, cid, aref := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	asize := make([]int64, n)
+	for i, a := range nm.Attachments {
+		part[i], name[i], ctype[i], asize[i], cid[i], aref[i] = a.PartID, a.Filename, a.ContentType, a.Size, a.ContentID, a.BlobRef
+	}
+	iref, idata := make([]string, len(nm.Inline)), make([][]byte, len(nm.Inline))
+	for i, b := range nm.Inline {
+		iref[i], idata[i] = b.Ref, b.Data
+	}
+	// One round trip (the function insert_message, migration 0007): the
+	// spool entry, the idempotency check, quota and journal position, the
+	// mailbox's UIDNEXT, the thread, the rows of the message, its
+	// attachments, inline blobs and journal entry, in one implicit
+	// transaction.
+	insert := func() error {
+		var outcome, id string
+		var thread *string
+		var uid, modseq int64
+		err := s.pool.QueryRow(ctx, `SELECT outcome, message_id, uid, modseq, thread_id FROM insert_message(
+			$1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25,$26,$27,$28,$29,$30,$31,$32)`,
+			accountID, mailboxID, m.ID, spool, key, m.Flags.Seen, m.Flags.Flagged, m.Flags.Answered, m.Flags.Draft, m.Flags.Deleted,
+			m.Labels, m.ReceivedAt, sent, m.Size, m.Subject, from, to, m.MessageID, refs, NewID(),
+			m.Snippet, m.HasAttachments, m.BlobRef, m.EnvelopeHeader,
+			part, name, ctype, asize, cid, aref, iref, idata).Scan(&outcome, &id, &uid, &modseq, &thread)
+		if err != nil {
+			return insertError(err, m.Size)
+		}
+		if outcome == "duplicate" {
+			prev, err := scanMessage(s.pool.QueryRow(ctx, `SELECT `+messageCols+` FROM messages WHERE account_id = $1 AND id = $2`,
+				accountID, id))
 			if err != nil {
 				return err
 			}
-			if tag.RowsAffected() == 0 {
-				return mail.ErrAlreadyDelivered
-			}
+			m = prev
+			return nil
 		}
-		if nm.DeliveryKey != "" {
-			prev, err := scanMessage(tx.QueryRow(ctx, `SELECT `+messageCols+` FROM messages
-				WHERE account_id = $1 AND mailbox_id = $2 AND delivery_key = $3`, accountID, mailboxID, nm.DeliveryKey))
-			if err == nil {
-				m = prev
-				return nil
-			}
-			if !errors.Is(err, mail.ErrNotFound) {
-				return err
-			}
-		}
-		// Quota check, journal position and usage in one statement (one
-		// round trip, the account row locked until commit).
-		var last int64
-		err := tx.QueryRow(ctx, `UPDATE accounts SET modseq = modseq + 1, used_bytes = used_bytes + $2
-			WHERE id = $1 AND (quota_bytes <= 0 OR used_bytes + $2 <= quota_bytes) RETURNING modseq`, accountID, m.Size).Scan(&last)
-		if errors.Is(err, pgx.ErrNoRows) {
-			var quota, used int64
-			if qerr := tx.QueryRow(ctx, `SELECT quota_bytes, used_bytes FROM accounts WHERE id = $1`, accountID).Scan(&quota, &used); qerr != nil {
-				if errors.Is(qerr, pgx.ErrNoRows) {
-					return fmt.Errorf("%w: account", mail.ErrNotFound)
-				}
-				return qerr
-			}
-			return fmt.Errorf("%w: %d of %d bytes used, message of %d", mail.ErrOverQuota, used, quota, m.Size)
-		}
-		if err != nil {
-			return err
-		}
-		modseq := uint64(last)
-		unread := 0
-		if !m.Flags.Seen {
-			unread = 1
-		}
-		var uidnext int64
-		err = tx.QueryRow(ctx, `UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = $3, total = total + 1,
-			unread = unread + $4 WHERE account_id = $1 AND id = $2 RETURNING uidnext`,
-			accountID, mailboxID, int64(modseq), unread).Scan(&uidnext)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("%w: mailbox", mail.ErrNotFound)
-		}
-		if err != nil {
-			return err
-		}
-		m.UID, m.Modseq = uint32(uidnext-1), modseq
-		if m.ThreadID, err = threadOf(ctx, tx, accountID, nm.ThreadRefs); err != nil {
-			return err
-		}
-		from, _ := json.Marshal(m.From)
-		to, _ := json.Marshal(orEmpty(m.To))
-		var sent any
-		if !m.SentAt.IsZero() {
-			sent = m.SentAt
-		}
-		if m.Labels == nil {
-			m.Labels = []string{}
-		}
-		// The rows of the message, its attachments and its journal entry in
-		// one round trip.
-		b := &pgx.Batch{}
-		b.Queue(`INSERT INTO messages (account_id, id, mailbox_id, uid, modseq, seen, flagged, answered,
-			draft, labels, received_at, sent_at, size, subject, from_addr, to_addrs, message_id_header, thread_id, snippet,
-			has_attachments, blob_ref, delivery_key, deleted, envelope_header)
-			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,NULLIF($22, ''),$23,$24)`,
-			accountID, m.ID, mailboxID, int64(m.UID), int64(modseq), m.Flags.Seen, m.Flags.Flagged, m.Flags.Answered,
-			m.Flags.Draft, m.Labels, m.ReceivedAt, sent, m.Size, m.Subject, from, to, m.MessageID, m.ThreadID, m.Snippet,
-			m.HasAttachments, m.BlobRef, nm.DeliveryKey, m.Flags.Deleted, m.EnvelopeHeader)
-		for _, a := range nm.Attachments {
-			b.Queue(`INSERT INTO attachments (account_id, message_id, part_id, filename, content_type, size, content_id, blob_ref)
-				VALUES ($1,$2,$3,$4,$5,$6,$7,$8)`, accountID, m.ID, a.PartID, a.Filename, a.ContentType, a.Size, a.ContentID, a.BlobRef)
-		}
-		b.Queue(journalSQL, accountID, int64(modseq), mail.ChangeMessageAdded, mailboxID, m.ID, int64(m.UID))
-		return tx.SendBatch(ctx, b).Close()
+		m.UID, m.Modseq, m.ThreadID = uint32(uid), uint64(modseq), *thread
+		return nil
 	}
-	err := s.tx(ctx, insert)
+	err := s.retry(ctx, insert)
 	if err != nil && nm.DeliveryKey != "" && isUnique(err) {
 		// The same delivery committed concurrently: this run finds it.
-		err = s.tx(ctx, insert)
+		err = s.retry(ctx, insert)
 	}
 	if err != nil {
 		return mail.Message{}, fmt.Errorf("insert message: %w", err)
@@ -404,32 +381,32 @@ func (s *Store) InsertMessage(ctx context.Context, accountID, mailboxID string, 
 	return m, nil
 }
 
+// insertError translates insert_message's SQLSTATEs (migration 0007).
+func insertError(err error, size int64) error {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	switch pe.Code {
+	case "CM001":
+		return fmt.Errorf("%w: account", mail.ErrNotFound)
+	case "CM002":
+		return fmt.Errorf("%w: mailbox", mail.ErrNotFound)
+	case "CM003":
+		var quota, used int64
+		fmt.Sscan(pe.Detail, &quota, &used)
+		return fmt.Errorf("%w: %d of %d bytes used, message of %d", mail.ErrOverQuota, used, quota, size)
+	case "CM004":
+		return mail.ErrAlreadyDelivered
+	}
+	return err
+}
+
 func orEmpty(a []mail.Address) []mail.Address {
 	if a == nil {
 		return []mail.Address{}
 	}
 	return a
-}
-
-// threadOf finds the thread of the account's earlier message named by a
-// References/In-Reply-To id, or starts a new thread.
-func threadOf(ctx context.Context, tx pgx.Tx, accountID string, refs []string) (string, error) {
-	refs = slices.DeleteFunc(slices.Clone(refs), func(r string) bool { return r == "" })
-	if len(refs) > 50 {
-		refs = refs[len(refs)-50:]
-	}
-	if len(refs) > 0 {
-		var thread string
-		err := tx.QueryRow(ctx, `SELECT thread_id FROM messages WHERE account_id = $1 AND message_id_header = ANY($2)
-			ORDER BY received_at LIMIT 1`, accountID, refs).Scan(&thread)
-		if err == nil {
-			return thread, nil
-		}
-		if !errors.Is(err, pgx.ErrNoRows) {
-			return "", err
-		}
-	}
-	return NewID(), nil
 }
 
 // lockMessages locks the account's messages with the given ids; ids of

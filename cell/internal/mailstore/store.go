@@ -113,6 +113,22 @@ func (s *Store) tx(ctx context.Context, f func(tx pgx.Tx) error) error {
 	return err
 }
 
+// retry runs f, one statement in its own implicit transaction, retrying
+// serialization failures and deadlocks as tx does.
+func (s *Store) retry(ctx context.Context, f func() error) error {
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		err = f()
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01") {
+			time.Sleep(time.Duration(attempt+1) * 5 * time.Millisecond)
+			continue
+		}
+		return err
+	}
+	return err
+}
+
 // nextModseq allocates n journal positions for an account and returns the
 // last one (the first is last-n+1). It locks the account row until commit.
 func nextModseq(ctx context.Context, tx pgx.Tx, accountID string, n int) (uint64, error) {

@@ -114,7 +114,7 @@ func selfSigned(t *testing.T) tls.Certificate {
 
 type fixture struct {
 	store   *mailstore.Store
-	blobs   *blobstore.FS
+	blobs   blobstore.Tiered
 	s       *outbound.Sender
 	dns     *dnstest.Server
 	remote  *remote

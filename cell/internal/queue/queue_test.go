@@ -71,7 +71,7 @@ func (b *broker) addr() string { return fmt.Sprintf("127.0.0.1:%d", b.port) }
 
 type cellFixture struct {
 	store   *mailstore.Store
-	blobs   *blobstore.FS
+	blobs   blobstore.Tiered
 	p       *delivery.Pipeline
 	account mail.Account
 	inbox   mail.Mailbox

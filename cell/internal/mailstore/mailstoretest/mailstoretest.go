@@ -13,10 +13,11 @@ import (
 	"github.com/cellmail/cellmail/internal/pgserver"
 )
 
-// New opens a store on a new database of pg and a blob store, both closed
-// or removed when the test ends, and creates the account address (domain
+// New opens a store on a new database of pg and a blob store (files in a
+// temporary directory, read together with the store's inline blobs as the
+// cell does), both closed or removed when the test ends, and creates the account address (domain
 // demo.example, jurisdiction eu, 1 GiB quota) in the store.
-func New(t testing.TB, pg *pgserver.Server, address string) (*mailstore.Store, *blobstore.FS, mail.Account) {
+func New(t testing.TB, pg *pgserver.Server, address string) (*mailstore.Store, blobstore.Tiered, mail.Account) {
 	t.Helper()
 	dsn, err := pg.NewDB()
 	if err != nil {
@@ -27,7 +28,7 @@ func New(t testing.TB, pg *pgserver.Server, address string) (*mailstore.Store, *
 		t.Fatal(err)
 	}
 	t.Cleanup(store.Close)
-	blobs, err := blobstore.NewFS(t.TempDir())
+	files, err := blobstore.NewFS(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,5 +37,5 @@ func New(t testing.TB, pg *pgserver.Server, address string) (*mailstore.Store, *
 	if err != nil {
 		t.Fatal(err)
 	}
-	return store, blobs, a
+	return store, blobstore.Tiered{Store: files, Inline: store}, a
 }
