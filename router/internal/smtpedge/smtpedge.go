@@ -68,6 +68,7 @@ type Edge struct {
 	routes Resolver
 	cfg    Config
 	srv    *smtp.Server
+	pool   lmtpPool
 }
 
 // New makes the edge.
@@ -105,7 +106,11 @@ func (a logAdapter) Println(v ...any)               { a.l.Warn(fmt.Sprint(v...))
 func (e *Edge) Serve(ln net.Listener) error { return e.srv.Serve(ln) }
 
 // Close stops the server.
-func (e *Edge) Close() error { return e.srv.Close() }
+func (e *Edge) Close() error {
+	err := e.srv.Close()
+	e.pool.closeAll()
+	return err
+}
 
 // NewSession implements smtp.Backend.
 func (e *Edge) NewSession(c *smtp.Conn) (smtp.Session, error) {
@@ -115,9 +120,14 @@ func (e *Edge) NewSession(c *smtp.Conn) (smtp.Session, error) {
 }
 
 type cellConn struct {
-	name  string
-	c     *smtp.Client
-	rcpts int
+	name, addr string
+	c          *smtp.Client
+	rcpts      int
+	// done: the LMTP transaction ended with the DATA's replies, so the
+	// connection is ready for the next MAIL.
+	done bool
+	// broken: an I/O error or a reply we do not follow; not reused.
+	broken bool
 }
 
 type session struct {
@@ -133,7 +143,7 @@ type session struct {
 
 func (s *session) Reset() {
 	for _, cc := range s.cells {
-		_ = cc.c.Quit()
+		s.e.pool.put(cc)
 	}
 	s.cells, s.from, s.rcpts = map[string]*cellConn{}, "", 0
 }
@@ -179,36 +189,132 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	return err
 }
 
-// rcptAt adds the recipient at its cell's LMTP session, opening it first.
+// rcptAt adds the recipient at its cell's LMTP session, starting it first
+// on a pooled connection to the cell or a new one.
 func (s *session) rcptAt(tgt route.Target, addr string) error {
 	cc, ok := s.cells[tgt.Cell.Name]
 	if !ok {
 		if tgt.Cell.LMTPAddr == "" {
 			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "Mailbox cell not reachable, try again"}
 		}
-		conn, err := net.DialTimeout("tcp", tgt.Cell.LMTPAddr, 5*time.Second)
-		if err != nil {
-			s.log.Warn("cell LMTP unreachable", "cell", tgt.Cell.Name, "err", err)
-			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1}, Message: "Mailbox cell not reachable, try again"}
+		var err error
+		if cc, err = s.startAt(tgt.Cell.Name, tgt.Cell.LMTPAddr); err != nil {
+			return err
 		}
-		c := smtp.NewClientLMTP(conn)
-		c.CommandTimeout, c.SubmissionTimeout = 30*time.Second, 2*time.Minute
-		if err := c.Hello(s.e.cfg.Domain); err != nil {
-			c.Close()
-			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Mailbox cell failed, try again"}
-		}
-		if err := c.Mail(s.from, nil); err != nil {
-			c.Close()
-			return cellErr(err)
-		}
-		cc = &cellConn{name: tgt.Cell.Name, c: c}
 		s.cells[tgt.Cell.Name] = cc
 	}
 	if err := cc.c.Rcpt(addr, nil); err != nil {
+		var se *smtp.SMTPError
+		cc.broken = !errors.As(err, &se)
 		return cellErr(err)
 	}
 	cc.rcpts++
 	return nil
+}
+
+// startAt sends MAIL to the cell on a pooled connection, or on a new one
+// when there is none or the pooled one turns out closed (the cell
+// restarted, or timed it out): nothing has been accepted on it yet, so
+// trying again is safe.
+func (s *session) startAt(name, addr string) (*cellConn, error) {
+	for {
+		c := s.e.pool.get(addr)
+		pooled := c != nil
+		if !pooled {
+			conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			if err != nil {
+				s.log.Warn("cell LMTP unreachable", "cell", name, "err", err)
+				return nil, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1}, Message: "Mailbox cell not reachable, try again"}
+			}
+			c = smtp.NewClientLMTP(conn)
+			c.CommandTimeout, c.SubmissionTimeout = 30*time.Second, 2*time.Minute
+			if err := c.Hello(s.e.cfg.Domain); err != nil {
+				c.Close()
+				return nil, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Mailbox cell failed, try again"}
+			}
+		}
+		err := c.Mail(s.from, nil)
+		if err == nil {
+			return &cellConn{name: name, addr: addr, c: c}, nil
+		}
+		c.Close()
+		var se *smtp.SMTPError
+		if pooled && !errors.As(err, &se) {
+			continue
+		}
+		return nil, cellErr(err)
+	}
+}
+
+// lmtpPool keeps idle LMTP connections to cells for the next transaction:
+// a message then costs its MAIL, RCPT and DATA round trips, not a connect,
+// an LHLO and a QUIT as well.
+type lmtpPool struct {
+	mu   sync.Mutex
+	idle map[string][]idleConn // by LMTP address
+}
+
+type idleConn struct {
+	c     *smtp.Client
+	since time.Time
+}
+
+// Bounds of the pool: connections kept per cell, and how long one may sit
+// idle (well under the cells' 5-minute read timeout).
+const (
+	maxIdlePerCell = 64
+	maxIdleTime    = 30 * time.Second
+)
+
+// get takes the most recently used idle connection to addr, closing those
+// idle too long; nil when there is none.
+func (p *lmtpPool) get(addr string) *smtp.Client {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	list := p.idle[addr]
+	if len(list) == 0 {
+		return nil
+	}
+	for len(list) > 0 {
+		ic := list[len(list)-1]
+		list = list[:len(list)-1]
+		if time.Since(ic.since) < maxIdleTime {
+			p.idle[addr] = list
+			return ic.c
+		}
+		ic.c.Close()
+	}
+	p.idle[addr] = list
+	return nil
+}
+
+// put gives a session's connection back when its transaction is over (or
+// can be ended with RSET), else closes it.
+func (p *lmtpPool) put(cc *cellConn) {
+	if !cc.broken && !cc.done && cc.c.Reset() != nil {
+		cc.broken = true
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if cc.broken || len(p.idle[cc.addr]) >= maxIdlePerCell {
+		cc.c.Close()
+		return
+	}
+	if p.idle == nil {
+		p.idle = map[string][]idleConn{}
+	}
+	p.idle[cc.addr] = append(p.idle[cc.addr], idleConn{c: cc.c, since: time.Now()})
+}
+
+func (p *lmtpPool) closeAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, list := range p.idle {
+		for _, ic := range list {
+			ic.c.Close()
+		}
+	}
+	p.idle = nil
 }
 
 // cellErr passes a cell's SMTP reply through; anything else is temporary.
@@ -242,10 +348,13 @@ func (s *session) Data(r io.Reader) error {
 		go func() {
 			defer wg.Done()
 			if err := sendData(cc.c, raw); err != nil {
+				cc.broken = true
 				mu.Lock()
 				failures = append(failures, cc.name+": "+err.Error())
 				mu.Unlock()
+				return
 			}
+			cc.done = true
 		}()
 	}
 	wg.Wait()
