@@ -37,6 +37,7 @@ type Blobs interface {
 // Store is the metadata store as delivery uses it.
 type Store interface {
 	InsertMessage(ctx context.Context, accountID, mailboxID string, nm mail.NewMessage) (mail.Message, error)
+	InsertMessages(ctx context.Context, items []mail.Insert) []mail.InsertResult
 }
 
 // InlineMax is the largest message, or attachment, kept in the metadata
@@ -118,8 +119,25 @@ func Key(mailFrom, recipient string, raw []byte) string {
 // message. Durable when it returns: the blob is fsync'd and the metadata
 // committed.
 func (d *Deliverer) Deliver(ctx context.Context, accountID, mailboxID string, raw []byte, opt Options) (mail.Message, error) {
+	in, err := d.Prepare(ctx, accountID, mailboxID, raw, opt)
+	if err != nil {
+		return mail.Message{}, err
+	}
+	return d.store.InsertMessage(ctx, in.AccountID, in.MailboxID, in.Message)
+}
+
+// Commit stores prepared messages together (one transaction: one commit
+// for all, Store.InsertMessages), each with its own outcome.
+func (d *Deliverer) Commit(ctx context.Context, ins []mail.Insert) []mail.InsertResult {
+	return d.store.InsertMessages(ctx, ins)
+}
+
+// Prepare does all of Deliver but the commit: the message parsed within
+// the limits, its blobs stored (large ones durably, small ones to be
+// committed with the rows), its rows made ready for Commit.
+func (d *Deliverer) Prepare(ctx context.Context, accountID, mailboxID string, raw []byte, opt Options) (mail.Insert, error) {
 	if int64(len(raw)) > d.limits.MaxSize {
-		return mail.Message{}, fmt.Errorf("%w: message of %d bytes over %d", mail.ErrLimit, len(raw), d.limits.MaxSize)
+		return mail.Insert{}, fmt.Errorf("%w: message of %d bytes over %d", mail.ErrLimit, len(raw), d.limits.MaxSize)
 	}
 	p, err := message.Parse(bytes.NewReader(raw), d.limits)
 	if err != nil && opt.Lenient {
@@ -127,9 +145,9 @@ func (d *Deliverer) Deliver(ctx context.Context, accountID, mailboxID string, ra
 	}
 	if err != nil {
 		if errors.Is(err, message.ErrLimit) {
-			return mail.Message{}, fmt.Errorf("%w: %v", mail.ErrLimit, err)
+			return mail.Insert{}, fmt.Errorf("%w: %v", mail.ErrLimit, err)
 		}
-		return mail.Message{}, fmt.Errorf("%w: %v", mail.ErrInvalid, err)
+		return mail.Insert{}, fmt.Errorf("%w: %v", mail.ErrInvalid, err)
 	}
 	nm := mail.NewMessage{
 		Message: mail.Message{
@@ -143,7 +161,7 @@ func (d *Deliverer) Deliver(ctx context.Context, accountID, mailboxID string, ra
 	}
 	ref, size, err := d.put(ctx, &nm, raw)
 	if err != nil {
-		return mail.Message{}, fmt.Errorf("store message blob: %w", err)
+		return mail.Insert{}, fmt.Errorf("store message blob: %w", err)
 	}
 	nm.BlobRef, nm.Size = ref, size
 	if nm.DeliveryKey == "" {
@@ -161,21 +179,21 @@ func (d *Deliverer) Deliver(ctx context.Context, accountID, mailboxID string, ra
 			continue // the part stays in the raw message
 		}
 		if err != nil {
-			return mail.Message{}, fmt.Errorf("attachment %s: %w", a.PartID, err)
+			return mail.Insert{}, fmt.Errorf("attachment %s: %w", a.PartID, err)
 		}
 		aref, asize, err := d.putReader(ctx, &nm, body)
 		if err != nil && opt.Lenient && (errors.Is(err, message.ErrMalformed) || errors.Is(err, message.ErrLimit)) {
 			continue
 		}
 		if err != nil {
-			return mail.Message{}, fmt.Errorf("store attachment blob: %w", err)
+			return mail.Insert{}, fmt.Errorf("store attachment blob: %w", err)
 		}
 		nm.Attachments = append(nm.Attachments, mail.AttachmentMeta{
 			PartID: a.PartID, Filename: a.Filename, ContentType: a.ContentType, Size: asize,
 			ContentID: a.ContentID, BlobRef: aref,
 		})
 	}
-	return d.store.InsertMessage(ctx, accountID, mailboxID, nm)
+	return mail.Insert{AccountID: accountID, MailboxID: mailboxID, Message: nm}, nil
 }
 
 // headerOnly is what a message that cannot be parsed is stored with: its

@@ -28,8 +28,10 @@ type PipelineStore interface {
 	PendingSpool(ctx context.Context, ids []string) ([]mailstore.SpoolEntry, error)
 	RetrySpool(ctx context.Context, id, reason string, backoff time.Duration, maxAttempts int) error
 	CloseSpool(ctx context.Context, id, blobRef string, state int16, reason string) error
+	// DeliveryTarget is the account's mailbox of that use and its filter
+	// rules (one round trip).
+	DeliveryTarget(ctx context.Context, accountID string, use mail.SpecialUse) (mail.Mailbox, []mail.Filter, error)
 	MailboxByUse(ctx context.Context, accountID string, use mail.SpecialUse) (mail.Mailbox, error)
-	Filters(ctx context.Context, accountID string) ([]mail.Filter, error)
 }
 
 // Scanner is a virus scanner (clamd).
@@ -102,37 +104,89 @@ func (p *Pipeline) HandleIDs(ctx context.Context, ids []string) error {
 	return p.HandleEntries(ctx, entries)
 }
 
-// HandleEntries processes entries, Parallel at a time.
+// HandleEntries processes entries: each is checked and made ready
+// (authentication, virus scan, spam score, filters, parsing: Parallel at a
+// time), then all are committed together (Deliverer.Commit, groups of at
+// most CommitGroup: one transaction, so one WAL flush and one wait for each
+// account's row lock, per group), then each is reported, or its failure
+// recorded for a retry.
 func (p *Pipeline) HandleEntries(ctx context.Context, entries []mailstore.SpoolEntry) error {
 	par := p.Parallel
 	if par <= 0 {
 		par = 8
 	}
+	jobs := make([]job, len(entries))
 	sem := make(chan struct{}, par)
 	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var errs []error
-	for _, e := range entries {
+	for i, e := range entries {
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if err := p.Process(ctx, e); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
+			jobs[i] = p.prepare(ctx, e)
 		}()
 	}
 	wg.Wait()
+	for lo := 0; lo < len(jobs); {
+		var group []int
+		var ins []mail.Insert
+		for ; lo < len(jobs) && len(group) < CommitGroup; lo++ {
+			if jobs[lo].ready {
+				group = append(group, lo)
+				ins = append(ins, jobs[lo].in)
+			}
+		}
+		if len(ins) == 0 {
+			continue
+		}
+		for k, r := range p.D.Commit(ctx, ins) {
+			j := &jobs[group[k]]
+			j.m, j.err = r.Message, r.Err
+		}
+	}
+	var errs []error
+	for i := range jobs {
+		if err := p.finish(ctx, &jobs[i]); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// CommitGroup is the most messages committed in one transaction: enough
+// that one commit serves a burst, few enough that an account's row lock is
+// held only for milliseconds.
+const CommitGroup = 32
+
+// job is one spool entry going through HandleEntries.
+type job struct {
+	e mailstore.SpoolEntry
+	// ready: in is to be committed; else err (nil: done already, as a
+	// quarantine is).
+	ready bool
+	in    mail.Insert
+	inbox string // the INBOX or Junk the spam verdict chose, when a filter chose another
+	m     mail.Message
+	err   error
 }
 
 // Process files one entry. A failure of the message's processing is
 // recorded on the entry (retried with backoff, reported to Events); the
 // returned error is only for a store that could not record it.
 func (p *Pipeline) Process(ctx context.Context, e mailstore.SpoolEntry) error {
-	err := p.process(ctx, e)
+	return p.HandleEntries(ctx, []mailstore.SpoolEntry{e})
+}
+
+// finish reports a committed job, or records its failure.
+func (p *Pipeline) finish(ctx context.Context, j *job) error {
+	e := j.e
+	if j.ready && errors.Is(j.err, mail.ErrNotFound) && j.inbox != "" { // a filter's mailbox was deleted
+		j.m, j.err = p.D.store.InsertMessage(ctx, j.in.AccountID, j.inbox, j.in.Message)
+	}
+	err := j.err
+	if err == nil && j.ready {
+		p.delivered(ctx, Delivered{SpoolID: e.ID, AccountID: e.AccountID, MailboxID: j.m.MailboxID, MessageID: j.m.ID, Modseq: j.m.Modseq})
+	}
 	if err == nil || errors.Is(err, mail.ErrAlreadyDelivered) {
 		return nil
 	}
@@ -154,17 +208,22 @@ func (p *Pipeline) Process(ctx context.Context, e mailstore.SpoolEntry) error {
 	return nil
 }
 
-func (p *Pipeline) process(ctx context.Context, e mailstore.SpoolEntry) error {
+// prepare runs the checks of one entry and makes its message ready to
+// commit; a virus is quarantined here.
+func (p *Pipeline) prepare(ctx context.Context, e mailstore.SpoolEntry) job {
+	j := job{e: e}
 	raw := e.Body
 	if e.BlobRef != "" {
 		blob, err := p.D.blobs.Open(ctx, e.BlobRef)
 		if err != nil {
-			return fmt.Errorf("open spooled blob: %w", err)
+			j.err = fmt.Errorf("open spooled blob: %w", err)
+			return j
 		}
 		raw, err = io.ReadAll(blob)
 		blob.Close()
 		if err != nil {
-			return fmt.Errorf("read spooled blob: %w", err)
+			j.err = fmt.Errorf("read spooled blob: %w", err)
+			return j
 		}
 	}
 	in, sent, traced := trace.Split(raw)
@@ -173,10 +232,12 @@ func (p *Pipeline) process(ctx context.Context, e mailstore.SpoolEntry) error {
 	if p.Virus != nil {
 		v, err := p.Virus.Scan(ctx, bytes.NewReader(sent))
 		if err != nil {
-			return fmt.Errorf("virus scan: %w", err) // fail closed: retried, never delivered unscanned
+			j.err = fmt.Errorf("virus scan: %w", err) // fail closed: retried, never delivered unscanned
+			return j
 		}
 		if v.Infected {
-			return p.quarantine(ctx, e, sent, v.Signature)
+			j.err = p.quarantine(ctx, e, sent, v.Signature)
+			return j
 		}
 	}
 
@@ -194,31 +255,22 @@ func (p *Pipeline) process(ctx context.Context, e mailstore.SpoolEntry) error {
 	if score.Spam() {
 		use = mail.UseJunk
 	}
-	box, err := p.Store.MailboxByUse(ctx, e.AccountID, use)
+	box, filters, err := p.Store.DeliveryTarget(ctx, e.AccountID, use)
 	if err != nil {
-		return fmt.Errorf("%v mailbox: %w", use, err)
+		j.err = fmt.Errorf("%v mailbox: %w", use, err)
+		return j
 	}
 	opt := Options{Key: e.DeliveryKey, SpoolID: e.ID, Lenient: true, ReceivedAt: time.Now()}
 	mailboxID := box.ID
-	filters, err := p.Store.Filters(ctx, e.AccountID)
-	if err != nil {
-		return fmt.Errorf("filters: %w", err)
-	}
-	if to := applyFilters(filters, sent, &opt); to != "" {
-		mailboxID = to
+	if to := applyFilters(filters, sent, &opt); to != "" && to != box.ID {
+		mailboxID, j.inbox = to, box.ID
 	}
 
 	final := make([]byte, 0, added.Len()+len(traceField)+len(sent))
 	final = append(append(append(final, added.String()...), traceField...), sent...)
-	m, err := p.D.Deliver(ctx, e.AccountID, mailboxID, final, opt)
-	if errors.Is(err, mail.ErrNotFound) && mailboxID != box.ID { // a filter's mailbox was deleted
-		m, err = p.D.Deliver(ctx, e.AccountID, box.ID, final, opt)
-	}
-	if err != nil {
-		return err
-	}
-	p.delivered(ctx, Delivered{SpoolID: e.ID, AccountID: e.AccountID, MailboxID: m.MailboxID, MessageID: m.ID, Modseq: m.Modseq})
-	return nil
+	j.in, j.err = p.D.Prepare(ctx, e.AccountID, mailboxID, final, opt)
+	j.ready = j.err == nil
+	return j
 }
 
 func (p *Pipeline) delivered(ctx context.Context, ev Delivered) {

@@ -305,3 +305,45 @@ func TestUnparseableMessageIsStillDelivered(t *testing.T) {
 		t.Fatalf("got %+v", all)
 	}
 }
+
+// A batch larger than a commit group, with an entry given twice (a
+// duplicate queue record) and one filed by a filter into a mailbox deleted
+// since: every entry is delivered exactly once, the filtered one to the
+// INBOX, and the spool is empty.
+func TestBatchDeliversEachOnce(t *testing.T) {
+	f := setup(t, false)
+	gone, err := f.store.CreateMailbox(t.Context(), f.account.ID, "Gone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.SetFilters(t.Context(), f.account.ID, []mail.Filter{{Field: "subject", Contains: "to-gone", MailboxID: gone.ID}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.DeleteMailbox(t.Context(), f.account.ID, gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	var batch []mailstore.SpoolEntry
+	n := delivery.CommitGroup + 8
+	for i := range n {
+		subject := fmt.Sprintf("batch %d", i)
+		if i == 5 {
+			subject = "to-gone"
+		}
+		batch = append(batch, f.spool(t, "192.0.2.10", "bounce@sender.example", f.signed(t, subject, fmt.Sprint(i))))
+	}
+	batch = append(batch, batch[3])
+	if err := f.p.HandleEntries(t.Context(), batch); err != nil {
+		t.Fatal(err)
+	}
+	in := f.messages(t, mail.UseInbox)
+	subjects := map[string]int{}
+	for _, m := range in {
+		subjects[m.Subject]++
+	}
+	if len(in) != n || len(subjects) != n || subjects["to-gone"] != 1 {
+		t.Fatalf("%d messages in the INBOX (%d distinct), want %d: %v", len(in), len(subjects), n, subjects)
+	}
+	if left, _ := f.store.SpoolBacklog(t.Context()); left != 0 {
+		t.Fatalf("%d spool entries still pending", left)
+	}
+}

@@ -131,6 +131,18 @@ type NewMessage struct {
 	Inline []InlineBlob
 }
 
+// Insert is one message to store (Store.InsertMessages).
+type Insert struct {
+	AccountID, MailboxID string
+	Message              NewMessage
+}
+
+// InsertResult is the outcome of one Insert.
+type InsertResult struct {
+	Message Message
+	Err     error
+}
+
 // InlineBlob is a small blob kept in the metadata store: Ref is the hex
 // SHA-256 of Data, as in the blob store.
 type InlineBlob struct {

@@ -15,16 +15,20 @@ const MaxFilters = 200
 
 // Filters returns the account's rules in order.
 func (s *Store) Filters(ctx context.Context, accountID string) ([]mail.Filter, error) {
-	rows, err := s.pool.Query(ctx, `SELECT id, field, contains, COALESCE(mailbox_id::text, ''), mark_seen, flag, labels, stop
-		FROM filters WHERE account_id = $1 ORDER BY position`, accountID)
+	rows, err := s.pool.Query(ctx, filtersSQL, accountID)
 	if err != nil {
 		return nil, fmt.Errorf("filters: %w", err)
 	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (mail.Filter, error) {
-		var f mail.Filter
-		err := r.Scan(&f.ID, &f.Field, &f.Contains, &f.MailboxID, &f.MarkSeen, &f.Flag, &f.Labels, &f.Stop)
-		return f, err
-	})
+	return pgx.CollectRows(rows, scanFilter)
+}
+
+const filtersSQL = `SELECT id, field, contains, COALESCE(mailbox_id::text, ''), mark_seen, flag, labels, stop
+	FROM filters WHERE account_id = $1 ORDER BY position`
+
+func scanFilter(r pgx.CollectableRow) (mail.Filter, error) {
+	var f mail.Filter
+	err := r.Scan(&f.ID, &f.Field, &f.Contains, &f.MailboxID, &f.MarkSeen, &f.Flag, &f.Labels, &f.Stop)
+	return f, err
 }
 
 // SetFilters replaces the account's rules. A rule naming a mailbox the
@@ -75,4 +79,28 @@ func (s *Store) SetFilters(ctx context.Context, accountID string, fs []mail.Filt
 		return nil, fmt.Errorf("set filters: %w", err)
 	}
 	return fs, nil
+}
+
+// DeliveryTarget returns the account's mailbox of that special use and its
+// filter rules, in one round trip: what the inbound pipeline needs to file
+// a message.
+func (s *Store) DeliveryTarget(ctx context.Context, accountID string, use mail.SpecialUse) (mail.Mailbox, []mail.Filter, error) {
+	b := &pgx.Batch{}
+	b.Queue(`SELECT `+mailboxCols+` FROM mailboxes WHERE account_id = $1 AND special_use = $2`, accountID, int16(use))
+	b.Queue(filtersSQL, accountID)
+	br := s.pool.SendBatch(ctx, b)
+	defer br.Close()
+	box, err := scanMailbox(br.QueryRow())
+	if err != nil {
+		return mail.Mailbox{}, nil, err
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return mail.Mailbox{}, nil, fmt.Errorf("filters: %w", err)
+	}
+	fs, err := pgx.CollectRows(rows, scanFilter)
+	if err != nil {
+		return mail.Mailbox{}, nil, fmt.Errorf("filters: %w", err)
+	}
+	return box, fs, nil
 }

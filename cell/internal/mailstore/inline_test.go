@@ -148,3 +148,56 @@ func TestInlineBlobsReadAndCollected(t *testing.T) {
 		t.Fatalf("collected blob still read: %v", err)
 	}
 }
+
+// InsertMessages commits a group in one transaction; when one of them
+// fails, each gets its own outcome (the others are stored, once).
+func TestInsertMessagesGroup(t *testing.T) {
+	s := open(t)
+	ctx := context.Background()
+	a, aboxes := account(t, s, "group-a@example.com", 0)
+	b, bboxes := account(t, s, "group-b@example.com", 250)
+	ins := func(acct mail.Account, box mail.Mailbox, subject string, size int64, key string) mail.Insert {
+		return mail.Insert{AccountID: acct.ID, MailboxID: box.ID, Message: msg(subject, size, key)}
+	}
+	// All fit: one transaction, results in the order given.
+	group := []mail.Insert{
+		ins(b, bboxes[mail.UseInbox], "b1", 100, "gb1"),
+		ins(a, aboxes[mail.UseInbox], "a1", 100, "ga1"),
+		ins(a, aboxes[mail.UseArchive], "a2", 100, "ga2"),
+		ins(a, aboxes[mail.UseInbox], "a3", 100, "ga3"),
+	}
+	res := s.InsertMessages(ctx, group)
+	for i, r := range res {
+		if r.Err != nil || r.Message.Subject != group[i].Message.Subject || r.Message.UID == 0 {
+			t.Fatalf("result %d: %+v", i, r)
+		}
+	}
+	if res[1].Message.UID != 1 || res[3].Message.UID != 2 || res[3].Message.Modseq <= res[1].Message.Modseq {
+		t.Fatalf("UIDs and modseqs not in order: %+v %+v", res[1].Message, res[3].Message)
+	}
+	// Again, with a new message for b that is over its quota: the
+	// duplicates return the first messages, the new one of a is stored, the
+	// one of b fails alone.
+	again := append(group, ins(a, aboxes[mail.UseInbox], "a4", 100, "ga4"), ins(b, bboxes[mail.UseInbox], "b2", 200, "gb2"))
+	res = s.InsertMessages(ctx, again)
+	for i := range 4 {
+		if res[i].Err != nil || res[i].Message.ID == "" {
+			t.Fatalf("duplicate %d: %+v", i, res[i])
+		}
+	}
+	if res[0].Message.UID != 1 || res[3].Message.UID != 2 {
+		t.Fatalf("duplicates got new UIDs: %+v", res)
+	}
+	if res[4].Err != nil || res[4].Message.UID != 3 {
+		t.Fatalf("a4: %+v", res[4])
+	}
+	if !errors.Is(res[5].Err, mail.ErrOverQuota) {
+		t.Fatalf("b2 over quota: %+v", res[5])
+	}
+	if mb, _ := s.Mailbox(ctx, a.ID, aboxes[mail.UseInbox].ID); mb.Total != 3 {
+		t.Fatalf("a's INBOX has %d messages, want 3", mb.Total)
+	}
+	if mb, _ := s.Mailbox(ctx, b.ID, bboxes[mail.UseInbox].ID); mb.Total != 1 {
+		t.Fatalf("b's INBOX has %d messages, want 1", mb.Total)
+	}
+}

@@ -300,8 +300,109 @@ func (s *Store) Message(ctx context.Context, accountID, id string) (mail.Message
 // transaction. With a DeliveryKey it is idempotent: the same key in the same
 // mailbox returns the message stored the first time.
 func (s *Store) InsertMessage(ctx context.Context, accountID, mailboxID string, nm mail.NewMessage) (mail.Message, error) {
+	c, err := newInsertCall(accountID, mailboxID, nm)
+	if err != nil {
+		return mail.Message{}, fmt.Errorf("insert message: %w", err)
+	}
+	insert := func() error { return c.finish(ctx, s, s.pool.QueryRow(ctx, insertSQL, c.args...)) }
+	err = s.retry(ctx, insert)
+	if err != nil && nm.DeliveryKey != "" && isUnique(err) {
+		// The same delivery committed concurrently: this run finds it.
+		err = s.retry(ctx, insert)
+	}
+	if err != nil {
+		return mail.Message{}, fmt.Errorf("insert message: %w", err)
+	}
+	return c.m, nil
+}
+
+// InsertMessages stores several messages, of one account or of several,
+// in one round trip and one transaction (so one commit, and one wait for
+// each account's row lock, for all of them): the group commit of delivery
+// (DESIGN.md §4). It has InsertMessage's effect on each: if any of them
+// fails, the transaction is rolled back and each is inserted on its own,
+// so that every one gets its own outcome.
+func (s *Store) InsertMessages(ctx context.Context, items []mail.Insert) []mail.InsertResult {
+	out := make([]mail.InsertResult, len(items))
+	if len(items) == 1 {
+		out[0].Message, out[0].Err = s.InsertMessage(ctx, items[0].AccountID, items[0].MailboxID, items[0].Message)
+		return out
+	}
+	// Account rows are locked in one order by every batch: no deadlock
+	// between two batches touching the same accounts.
+	order := make([]int, len(items))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return strings.Compare(items[a].AccountID, items[b].AccountID) })
+	calls := make([]*insertCall, len(items))
+	b := &pgx.Batch{}
+	for _, i := range order {
+		c, err := newInsertCall(items[i].AccountID, items[i].MailboxID, items[i].Message)
+		if err != nil {
+			return s.insertEach(ctx, items)
+		}
+		calls[i] = c
+		b.Queue(insertSQL, c.args...)
+	}
+	// Sent without BEGIN: a batch ends in one Sync, and runs in one
+	// implicit transaction, committed at the Sync or rolled back whole.
+	br := s.pool.SendBatch(ctx, b)
+	var err error
+	var dups []int
+	for _, i := range order {
+		if err = calls[i].scan(br.QueryRow()); err != nil {
+			break
+		}
+		if calls[i].duplicate != "" {
+			dups = append(dups, i)
+		}
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return s.insertEach(ctx, items)
+	}
+	for _, i := range order {
+		out[i].Message = calls[i].m
+	}
+	for _, i := range dups {
+		out[i].Message, out[i].Err = calls[i].previous(ctx, s)
+	}
+	return out
+}
+
+// insertEach inserts items one by one.
+func (s *Store) insertEach(ctx context.Context, items []mail.Insert) []mail.InsertResult {
+	out := make([]mail.InsertResult, len(items))
+	for i, it := range items {
+		out[i].Message, out[i].Err = s.InsertMessage(ctx, it.AccountID, it.MailboxID, it.Message)
+	}
+	return out
+}
+
+// insertSQL calls the function insert_message (migration 0007): the spool
+// entry, the idempotency check, quota and journal position, the mailbox's
+// UIDNEXT, the thread, the rows of the message, its attachments, inline
+// blobs and journal entry, in one statement.
+const insertSQL = `SELECT outcome, message_id, uid, modseq, thread_id FROM insert_message(
+	$1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25,$26,$27,$28,$29,$30,$31,$32)`
+
+// insertCall is one message for insert_message: its arguments, and the
+// message as it will be stored.
+type insertCall struct {
+	accountID string
+	m         mail.Message
+	args      []any
+	// duplicate: the id of the message stored before under the same
+	// delivery key.
+	duplicate string
+}
+
+func newInsertCall(accountID, mailboxID string, nm mail.NewMessage) (*insertCall, error) {
 	if !validID(mailboxID) {
-		return mail.Message{}, fmt.Errorf("%w: mailbox", mail.ErrNotFound)
+		return nil, fmt.Errorf("%w: mailbox", mail.ErrNotFound)
 	}
 	m := nm.Message
 	m.ID, m.MailboxID = NewID(), mailboxID
@@ -316,7 +417,7 @@ func (s *Store) InsertMessage(ctx context.Context, accountID, mailboxID string, 
 	}
 	if nm.SpoolID != "" {
 		if !validID(nm.SpoolID) {
-			return mail.Message{}, fmt.Errorf("insert message: %w", mail.ErrAlreadyDelivered)
+			return nil, mail.ErrAlreadyDelivered
 		}
 		spool = nm.SpoolID
 	}
@@ -340,45 +441,47 @@ func (s *Store) InsertMessage(ctx context.Context, accountID, mailboxID string, 
 	for i, b := range nm.Inline {
 		iref[i], idata[i] = b.Ref, b.Data
 	}
-	// One round trip (the function insert_message, migration 0007): the
-	// spool entry, the idempotency check, quota and journal position, the
-	// mailbox's UIDNEXT, the thread, the rows of the message, its
-	// attachments, inline blobs and journal entry, in one implicit
-	// transaction.
-	insert := func() error {
-		var outcome, id string
-		var thread *string
-		var uid, modseq int64
-		err := s.pool.QueryRow(ctx, `SELECT outcome, message_id, uid, modseq, thread_id FROM insert_message(
-			$1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25,$26,$27,$28,$29,$30,$31,$32)`,
-			accountID, mailboxID, m.ID, spool, key, m.Flags.Seen, m.Flags.Flagged, m.Flags.Answered, m.Flags.Draft, m.Flags.Deleted,
-			m.Labels, m.ReceivedAt, sent, m.Size, m.Subject, from, to, m.MessageID, refs, NewID(),
-			m.Snippet, m.HasAttachments, m.BlobRef, m.EnvelopeHeader,
-			part, name, ctype, asize, cid, aref, iref, idata).Scan(&outcome, &id, &uid, &modseq, &thread)
-		if err != nil {
-			return insertError(err, m.Size)
-		}
-		if outcome == "duplicate" {
-			prev, err := scanMessage(s.pool.QueryRow(ctx, `SELECT `+messageCols+` FROM messages WHERE account_id = $1 AND id = $2`,
-				accountID, id))
-			if err != nil {
-				return err
-			}
-			m = prev
-			return nil
-		}
-		m.UID, m.Modseq, m.ThreadID = uint32(uid), uint64(modseq), *thread
+	return &insertCall{accountID: accountID, m: m, args: []any{
+		accountID, mailboxID, m.ID, spool, key, m.Flags.Seen, m.Flags.Flagged, m.Flags.Answered, m.Flags.Draft, m.Flags.Deleted,
+		m.Labels, m.ReceivedAt, sent, m.Size, m.Subject, from, to, m.MessageID, refs, NewID(),
+		m.Snippet, m.HasAttachments, m.BlobRef, m.EnvelopeHeader,
+		part, name, ctype, asize, cid, aref, iref, idata}}, nil
+}
+
+// scan reads insert_message's row into the call.
+func (c *insertCall) scan(row pgx.Row) error {
+	var outcome, id string
+	var thread *string
+	var uid, modseq int64
+	if err := row.Scan(&outcome, &id, &uid, &modseq, &thread); err != nil {
+		return insertError(err, c.m.Size)
+	}
+	if outcome == "duplicate" {
+		c.duplicate = id
 		return nil
 	}
-	err := s.retry(ctx, insert)
-	if err != nil && nm.DeliveryKey != "" && isUnique(err) {
-		// The same delivery committed concurrently: this run finds it.
-		err = s.retry(ctx, insert)
+	c.m.UID, c.m.Modseq, c.m.ThreadID = uint32(uid), uint64(modseq), *thread
+	return nil
+}
+
+// finish scans row and, for a duplicate, reads the message stored before.
+func (c *insertCall) finish(ctx context.Context, s *Store, row pgx.Row) error {
+	if err := c.scan(row); err != nil {
+		return err
 	}
-	if err != nil {
-		return mail.Message{}, fmt.Errorf("insert message: %w", err)
+	if c.duplicate != "" {
+		prev, err := c.previous(ctx, s)
+		if err != nil {
+			return err
+		}
+		c.m = prev
 	}
-	return m, nil
+	return nil
+}
+
+func (c *insertCall) previous(ctx context.Context, s *Store) (mail.Message, error) {
+	return scanMessage(s.pool.QueryRow(ctx, `SELECT `+messageCols+` FROM messages WHERE account_id = $1 AND id = $2`,
+		c.accountID, c.duplicate))
 }
 
 // insertError translates insert_message's SQLSTATEs (migration 0007).
