@@ -304,16 +304,44 @@ func (s *Store) InsertMessage(ctx context.Context, accountID, mailboxID string, 
 	if err != nil {
 		return mail.Message{}, fmt.Errorf("insert message: %w", err)
 	}
-	insert := func() error { return c.finish(ctx, s, s.pool.QueryRow(ctx, insertSQL, c.args...)) }
-	err = s.retry(ctx, insert)
-	if err != nil && nm.DeliveryKey != "" && isUnique(err) {
-		// The same delivery committed concurrently: this run finds it.
-		err = s.retry(ctx, insert)
+	err = s.retry(ctx, func() error { return c.scan(s.pool.QueryRow(ctx, insertSQL, c.args...)) })
+	if errors.Is(err, errDuplicate) {
+		return s.previousDelivery(ctx, accountID, mailboxID, nm)
 	}
 	if err != nil {
 		return mail.Message{}, fmt.Errorf("insert message: %w", err)
 	}
 	return c.m, nil
+}
+
+// errDuplicate is insert_message's CM005: the delivery key was used in
+// the mailbox before.
+var errDuplicate = errors.New("delivery key already used")
+
+// previousDelivery completes an insert whose key was delivered before:
+// the spool entry, if any, is closed as delivered, and the first message
+// returned.
+func (s *Store) previousDelivery(ctx context.Context, accountID, mailboxID string, nm mail.NewMessage) (mail.Message, error) {
+	var m mail.Message
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		if nm.SpoolID != "" {
+			var state int16
+			if err := tx.QueryRow(ctx, `SELECT state FROM spool WHERE id = $1 FOR UPDATE`, nm.SpoolID).Scan(&state); err != nil || state != SpoolPending {
+				return mail.ErrAlreadyDelivered
+			}
+			if _, err := tx.Exec(ctx, `UPDATE spool SET state = 1, attempts = attempts + 1, body = NULL WHERE id = $1`, nm.SpoolID); err != nil {
+				return err
+			}
+		}
+		var err error
+		m, err = scanMessage(tx.QueryRow(ctx, `SELECT `+messageCols+` FROM messages
+			WHERE account_id = $1 AND mailbox_id = $2 AND delivery_key = $3`, accountID, mailboxID, nm.DeliveryKey))
+		return err
+	})
+	if err != nil {
+		return mail.Message{}, fmt.Errorf("insert message: %w", err)
+	}
+	return m, nil
 }
 
 // InsertMessages stores several messages, of one account or of several,
@@ -349,13 +377,9 @@ func (s *Store) InsertMessages(ctx context.Context, items []mail.Insert) []mail.
 	// implicit transaction, committed at the Sync or rolled back whole.
 	br := s.pool.SendBatch(ctx, b)
 	var err error
-	var dups []int
 	for _, i := range order {
 		if err = calls[i].scan(br.QueryRow()); err != nil {
 			break
-		}
-		if calls[i].duplicate != "" {
-			dups = append(dups, i)
 		}
 	}
 	if cerr := br.Close(); err == nil {
@@ -366,9 +390,6 @@ func (s *Store) InsertMessages(ctx context.Context, items []mail.Insert) []mail.
 	}
 	for _, i := range order {
 		out[i].Message = calls[i].m
-	}
-	for _, i := range dups {
-		out[i].Message, out[i].Err = calls[i].previous(ctx, s)
 	}
 	return out
 }
@@ -382,7 +403,7 @@ func (s *Store) insertEach(ctx context.Context, items []mail.Insert) []mail.Inse
 	return out
 }
 
-// insertSQL calls the function insert_message (migration 0007): the spool
+// insertSQL calls the function insert_message (migrations 0007, 0008): the spool
 // entry, the idempotency check, quota and journal position, the mailbox's
 // UIDNEXT, the thread, the rows of the message, its attachments, inline
 // blobs and journal entry, in one statement.
@@ -392,12 +413,8 @@ const insertSQL = `SELECT outcome, message_id, uid, modseq, thread_id FROM inser
 // insertCall is one message for insert_message: its arguments, and the
 // message as it will be stored.
 type insertCall struct {
-	accountID string
-	m         mail.Message
-	args      []any
-	// duplicate: the id of the message stored before under the same
-	// delivery key.
-	duplicate string
+	m    mail.Message
+	args []any
 }
 
 func newInsertCall(accountID, mailboxID string, nm mail.NewMessage) (*insertCall, error) {
@@ -441,7 +458,7 @@ func newInsertCall(accountID, mailboxID string, nm mail.NewMessage) (*insertCall
 	for i, b := range nm.Inline {
 		iref[i], idata[i] = b.Ref, b.Data
 	}
-	return &insertCall{accountID: accountID, m: m, args: []any{
+	return &insertCall{m: m, args: []any{
 		accountID, mailboxID, m.ID, spool, key, m.Flags.Seen, m.Flags.Flagged, m.Flags.Answered, m.Flags.Draft, m.Flags.Deleted,
 		m.Labels, m.ReceivedAt, sent, m.Size, m.Subject, from, to, m.MessageID, refs, NewID(),
 		m.Snippet, m.HasAttachments, m.BlobRef, m.EnvelopeHeader,
@@ -450,41 +467,16 @@ func newInsertCall(accountID, mailboxID string, nm mail.NewMessage) (*insertCall
 
 // scan reads insert_message's row into the call.
 func (c *insertCall) scan(row pgx.Row) error {
-	var outcome, id string
-	var thread *string
+	var outcome, id, thread string
 	var uid, modseq int64
 	if err := row.Scan(&outcome, &id, &uid, &modseq, &thread); err != nil {
 		return insertError(err, c.m.Size)
 	}
-	if outcome == "duplicate" {
-		c.duplicate = id
-		return nil
-	}
-	c.m.UID, c.m.Modseq, c.m.ThreadID = uint32(uid), uint64(modseq), *thread
+	c.m.UID, c.m.Modseq, c.m.ThreadID = uint32(uid), uint64(modseq), thread
 	return nil
 }
 
-// finish scans row and, for a duplicate, reads the message stored before.
-func (c *insertCall) finish(ctx context.Context, s *Store, row pgx.Row) error {
-	if err := c.scan(row); err != nil {
-		return err
-	}
-	if c.duplicate != "" {
-		prev, err := c.previous(ctx, s)
-		if err != nil {
-			return err
-		}
-		c.m = prev
-	}
-	return nil
-}
-
-func (c *insertCall) previous(ctx context.Context, s *Store) (mail.Message, error) {
-	return scanMessage(s.pool.QueryRow(ctx, `SELECT `+messageCols+` FROM messages WHERE account_id = $1 AND id = $2`,
-		c.accountID, c.duplicate))
-}
-
-// insertError translates insert_message's SQLSTATEs (migration 0007).
+// insertError translates insert_message's SQLSTATEs (migrations 0007, 0008).
 func insertError(err error, size int64) error {
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) {
@@ -501,6 +493,8 @@ func insertError(err error, size int64) error {
 		return fmt.Errorf("%w: %d of %d bytes used, message of %d", mail.ErrOverQuota, used, quota, size)
 	case "CM004":
 		return mail.ErrAlreadyDelivered
+	case "CM005":
+		return errDuplicate
 	}
 	return err
 }

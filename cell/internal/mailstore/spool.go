@@ -147,11 +147,25 @@ func (s *Store) PendingSpool(ctx context.Context, ids []string) ([]SpoolEntry, e
 			valid = append(valid, id)
 		}
 	}
-	rows, err := s.pool.Query(ctx, `SELECT `+spoolCols+`, body FROM spool WHERE id = ANY($1::uuid[]) AND state = 0`, valid)
+	// By id alone, the state tested here: with "AND state = 0" a cached
+	// plan may read spool_due, every pending entry (see migration 0008).
+	rows, err := s.pool.Query(ctx, `SELECT `+spoolCols+`, body, state FROM spool WHERE id = ANY($1::uuid[])`, valid)
 	if err != nil {
 		return nil, err
 	}
-	return pgx.CollectRows(rows, scanSpoolBody)
+	var out []SpoolEntry
+	for rows.Next() {
+		var e SpoolEntry
+		var state int16
+		if err := rows.Scan(&e.ID, &e.AccountID, &e.MailFrom, &e.Rcpt, &e.BlobRef, &e.DeliveryKey, &e.Attempts, &e.Body, &state); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		if state == SpoolPending {
+			out = append(out, e)
+		}
+	}
+	return out, rows.Err()
 }
 
 // PurgeSpool deletes delivered entries older than keep. Until then a
