@@ -6,7 +6,9 @@
 // The contract is the Store interface, documented method by method; every
 // implementation must pass the conformance suite in
 // blobstore/blobstoretest. FS is the filesystem implementation. An S3
-// implementation, when one is written, must pass the same suite.
+// implementation, when one is written, must pass the same suite. Tiered is
+// what readers use: the files, then the small blobs that delivery keeps in
+// the metadata store with the message's rows (same refs; see Inline).
 //
 // Blobs are never reference-counted. References live in the metadata store
 // and unreferenced blobs are garbage-collected by Collect, which is safe
