@@ -365,7 +365,9 @@ func startPipeline(ctx context.Context, cfg Config, store *mailstore.Store, blob
 	lim := message.DefaultLimits()
 	lim.MaxSize += 256 << 10 // the trace and verdict fields added to a message of the largest size accepted
 	p := &delivery.Pipeline{D: delivery.New(blobs, store, lim), Store: store, Notify: kv, Log: log.With("part", "pipeline")}
-	p.Auth = &msgauth.Checker{AuthServID: cfg.AuthServID, Resolver: resolver(cfg.DNS)}
+	// The same senders' records are asked for message after message: a
+	// minute's cache spares the resolver (and the wait) for most of them.
+	p.Auth = &msgauth.Checker{AuthServID: cfg.AuthServID, Resolver: msgauth.NewCache(resolver(cfg.DNS), time.Minute, 100_000)}
 	if p.Auth.AuthServID == "" {
 		p.Auth.AuthServID = "cellmail"
 	}

@@ -3,6 +3,8 @@ package router_test
 import (
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,7 +20,10 @@ import (
 // BenchmarkInboundSMTP sends 10 KB messages through the router's SMTP edge
 // to one cell, from many distinct senders, over 1, 8 and 32 connections.
 // It reports messages accepted per second, stored per second (until the
-// last one is visible through the API), and p50/p99 SMTP transaction time.
+// last one is visible through the API), p50/p99 SMTP transaction time and
+// the machine's CPU per message; then the same with Postfix's smtp-source
+// as the client, reporting the servers' CPU per message without the
+// client's.
 func BenchmarkInboundSMTP(b *testing.B) {
 	s := newStack(b)
 	url := s.startRouter(nil)
@@ -89,6 +94,46 @@ func BenchmarkInboundSMTP(b *testing.B) {
 			b.ReportMetric(float64(per*conns)/all.Seconds(), "stored-msg/s")
 			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+		})
+	}
+	// The same load from Postfix's smtp-source, a real client in its own
+	// process (scripts/deps.sh bench fetches it): the machine's CPU less
+	// its own is the servers' alone (router, cell, PostgreSQL, Redis).
+	// smtp-source uses one sender and does not time transactions.
+	source, err := filepath.Abs("../bin/postfix/smtp-source")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, conns := range []int{1, 8, 32} {
+		b.Run(fmt.Sprintf("smtp-source-conns-%d", conns), func(b *testing.B) {
+			if _, err := os.Stat(source); err != nil {
+				b.Fatalf("smtp-source not found (%v): run scripts/deps.sh bench", err)
+			}
+			n := max(b.N, conns)
+			cpu0 := machineCPU(b)
+			start := time.Now()
+			cmd := exec.Command(source, "-d", "-s", strconv.Itoa(conns), "-m", strconv.Itoa(n), "-l", "10240",
+				"-M", "client.remote.test", "-f", "sender@remote.test", "-t", "bench@us.example", s.smtp)
+			cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+filepath.Dir(source))
+			if out, err := cmd.CombinedOutput(); err != nil {
+				b.Fatalf("smtp-source: %v: %s", err, out)
+			}
+			accepted := time.Since(start)
+			client := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+			stored += n
+			deadline := time.Now().Add(5 * time.Minute)
+			for u.totalTB(b, inbox.Id) < stored {
+				if time.Now().After(deadline) {
+					b.Fatal("messages not stored in 5 minutes")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			all := time.Since(start)
+			cpu := machineCPU(b) - cpu0
+			b.ReportMetric((cpu-client).Seconds()*1000/float64(n), "server-cpu-ms/msg")
+			b.ReportMetric(client.Seconds()*1000/float64(n), "client-cpu-ms/msg")
+			b.ReportMetric(float64(n)/accepted.Seconds(), "accepted-msg/s")
+			b.ReportMetric(float64(n)/all.Seconds(), "stored-msg/s")
 		})
 	}
 }

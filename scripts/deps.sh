@@ -28,3 +28,15 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # Debian starts the services it installs where it can; the stack runs its
 # own on private ports and data directories, so the system ones are not used.
+# make bench also drives the router with Postfix's smtp-source, from another
+# process (so that its CPU is not counted as the servers'). Debian ships it
+# only inside the postfix package, whose daemon is not wanted: take the
+# binary and its libraries out of the package, into bin/postfix.
+if [ "${1:-}" = bench ] && [ ! -x bin/postfix/smtp-source ]; then
+  echo "fetching smtp-source (from Debian's postfix package, not installed)"
+  scratch=$(mktemp -d)
+  (cd "$scratch" && apt-get download postfix >/dev/null 2>&1 && dpkg -x postfix_*.deb x)
+  mkdir -p bin/postfix
+  cp "$scratch"/x/usr/sbin/smtp-source "$scratch"/x/usr/lib/postfix/libpostfix-*.so bin/postfix/
+  rm -rf "$scratch"
+fi

@@ -22,6 +22,8 @@ type Server struct {
 	mu      sync.Mutex
 	records map[string][]dns.RR // by lowercased FQDN
 	servers []*dns.Server
+	asked   map[string]int  // questions per lowercased FQDN
+	failing map[string]bool // names answered with SERVFAIL
 }
 
 // Start starts a server that stops when the test ends.
@@ -37,7 +39,7 @@ func Start(tb testing.TB) *Server {
 
 // Listen starts a server on a free port.
 func Listen() (*Server, error) {
-	s := &Server{records: map[string][]dns.RR{}}
+	s := &Server{records: map[string][]dns.RR{}, asked: map[string]int{}, failing: map[string]bool{}}
 	var lastErr error
 	for range 20 {
 		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
@@ -99,6 +101,21 @@ func (s *Server) MustAdd(tb testing.TB, records ...string) {
 	}
 }
 
+// Asked counts the questions the server got about name (an FQDN, any
+// case), of every type.
+func (s *Server) Asked(name string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.asked[strings.ToLower(name)]
+}
+
+// Fail makes the server answer SERVFAIL for name (an FQDN), or stop doing so.
+func (s *Server) Fail(name string, fail bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failing[strings.ToLower(name)] = fail
+}
+
 func splitTXT(v string) []string {
 	var out []string
 	for len(v) > 255 {
@@ -119,6 +136,13 @@ func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg) {
 	}
 	q := req.Question[0]
 	s.mu.Lock()
+	s.asked[strings.ToLower(q.Name)]++
+	if s.failing[strings.ToLower(q.Name)] {
+		s.mu.Unlock()
+		m.Rcode = dns.RcodeServerFailure
+		_ = w.WriteMsg(m)
+		return
+	}
 	rrs, found := s.records[strings.ToLower(q.Name)]
 	for _, rr := range rrs {
 		if rr.Header().Rrtype == q.Qtype || q.Qtype == dns.TypeANY {

@@ -157,7 +157,7 @@ type Handler func(ctx context.Context, ids []string) error
 
 // ConsumeInbound runs a member of the cell's inbound worker group until ctx
 // ends: it polls records, hands their ids to handle (again, with backoff,
-// while it fails), then commits their offsets.
+// while it fails), then marks their offsets for the next commit.
 func ConsumeInbound(ctx context.Context, brokers []string, group string, log *slog.Logger, handle Handler) error {
 	return consumeTopic(ctx, brokers, group, TopicInbound, log, handle)
 }
@@ -208,7 +208,14 @@ func consume(ctx context.Context, brokers []string, group, topic string, log *sl
 		kgo.SessionTimeout(6*time.Second),
 		kgo.HeartbeatInterval(time.Second),
 		kgo.RebalanceTimeout(15*time.Second),
-		kgo.DisableAutoCommit(),
+		// Offsets of handled records are marked, and committed each second
+		// and before a rebalance gives their partitions away, not after
+		// every batch: a crash re-delivers at most a second of records,
+		// which processing skips (their entries are delivered), and a
+		// lone message does not cost the broker a commit (a write and
+		// an fsync) of its own.
+		kgo.AutoCommitMarks(),
+		kgo.AutoCommitInterval(time.Second),
 		kgo.BlockRebalanceOnPoll(),
 		kgo.FetchMaxWait(200*time.Millisecond),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
@@ -239,7 +246,11 @@ func consume(ctx context.Context, brokers []string, group, topic string, log *sl
 			return errRecreate
 		}
 		var ids []string
-		fetches.EachRecord(func(r *kgo.Record) { ids = append(ids, string(r.Value)) })
+		var records []*kgo.Record
+		fetches.EachRecord(func(r *kgo.Record) {
+			ids = append(ids, string(r.Value))
+			records = append(records, r)
+		})
 		if len(ids) > 0 {
 			for attempt := 0; ; attempt++ {
 				err := handle(ctx, ids)
@@ -253,11 +264,7 @@ func consume(ctx context.Context, brokers []string, group, topic string, log *sl
 				case <-time.After(min(time.Duration(1<<min(attempt, 5))*100*time.Millisecond, 5*time.Second)):
 				}
 			}
-			if err := cl.CommitUncommittedOffsets(ctx); err != nil && ctx.Err() == nil {
-				// Re-delivered after a restart or rebalance; processing skips
-				// entries already delivered.
-				log.Warn("inbound offsets not committed", "err", err)
-			}
+			cl.MarkCommitRecords(records...)
 		}
 		cl.AllowRebalance()
 	}
