@@ -219,7 +219,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		defer prod.Close()
 	}
-	wake, err := startPipeline(ctx, cfg, store, blobs, kv, prod, log)
+	wake, relay, err := startPipeline(ctx, cfg, store, blobs, kv, prod, log)
 	if err != nil {
 		return err
 	}
@@ -299,7 +299,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return fmt.Errorf("cell: lmtp: %w", err)
 		}
-		lmtp := smtpd.New(smtpd.Config{Fence: fence, Store: store, Blobs: blobs, Wake: wake,
+		lmtp := smtpd.New(smtpd.Config{Fence: fence, Store: store, Blobs: blobs, Wake: wake, Relay: relay,
 			Domain: cfg.Name, Logger: log.With("part", "lmtp")})
 		go func() { _ = lmtp.Serve(lln) }()
 		defer lmtp.Close()
@@ -361,7 +361,8 @@ func resolver(addr string) *net.Resolver {
 //   - with a broker: the relay (spool → inbound topic, and its sweeper) in
 //     front processes, the consumer group member in worker processes; both
 //     in RoleAll.
-func startPipeline(ctx context.Context, cfg Config, store *mailstore.Store, blobs blobstore.Tiered, kv *cache.Cache, prod *queue.Producer, log *slog.Logger) (func(), error) {
+func startPipeline(ctx context.Context, cfg Config, store *mailstore.Store, blobs blobstore.Tiered, kv *cache.Cache, prod *queue.Producer,
+	log *slog.Logger) (wake func(), relay func([]mailstore.SpoolEntry), err error) {
 	lim := message.DefaultLimits()
 	lim.MaxSize += 256 << 10 // the trace and verdict fields added to a message of the largest size accepted
 	p := &delivery.Pipeline{D: delivery.New(blobs, store, lim), Store: store, Notify: kv, Log: log.With("part", "pipeline")}
@@ -377,14 +378,14 @@ func startPipeline(ctx context.Context, cfg Config, store *mailstore.Store, blob
 	if len(cfg.Kafka) == 0 {
 		w := delivery.NewWorker(p, store, log.With("part", "spool"))
 		go w.Run(ctx)
-		return w.Wake, nil
+		return w.Wake, nil, nil
 	}
 	p.Events = prod
-	wake := func() {}
+	wake = func() {}
 	if cfg.Role != RoleWorker {
 		r := delivery.NewRelay(store, prod, log.With("part", "relay"))
 		go r.Run(ctx)
-		wake = r.Wake
+		wake, relay = r.Wake, r.Publish
 	}
 	if cfg.Role != RoleFront {
 		go delivery.NewRescuer(p, store, log.With("part", "rescue")).Run(ctx)
@@ -395,7 +396,7 @@ func startPipeline(ctx context.Context, cfg Config, store *mailstore.Store, blob
 			}
 		}()
 	}
-	return wake, nil
+	return wake, relay, nil
 }
 
 // spoolKeep is how long a delivered spool entry (and so its delivery key,

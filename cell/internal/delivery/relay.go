@@ -32,11 +32,51 @@ type Relay struct {
 	Stale time.Duration // default 2 minutes
 	Log   *slog.Logger
 	wake  chan struct{}
+	// direct: entries committed as relayed (mailstore.SpoolEntry.Relayed)
+	// by this process, to publish without claiming them.
+	direct chan []mailstore.SpoolEntry
 }
 
 // NewRelay makes a relay.
 func NewRelay(store RelayStore, pub Publisher, log *slog.Logger) *Relay {
-	return &Relay{Store: store, Pub: pub, Stale: 2 * time.Minute, Log: log, wake: make(chan struct{}, 1)}
+	return &Relay{Store: store, Pub: pub, Stale: 2 * time.Minute, Log: log, wake: make(chan struct{}, 1),
+		direct: make(chan []mailstore.SpoolEntry, 256)}
+}
+
+// Publish publishes entries this process has just committed as relayed:
+// one statement and one commit fewer per acceptance than claiming them.
+// When too many wait, they are released for the relay to claim instead.
+func (r *Relay) Publish(entries []mailstore.SpoolEntry) {
+	select {
+	case r.direct <- entries:
+	default:
+		go r.release(context.Background(), entries)
+	}
+}
+
+// release makes entries due for the relay's claim at once.
+func (r *Relay) release(ctx context.Context, entries []mailstore.SpoolEntry) {
+	if err := r.Store.UnclaimForQueue(context.WithoutCancel(ctx), spoolIDs(entries)); err != nil {
+		r.Log.Warn("relay could not release entries; the sweeper will", "err", err)
+	}
+	r.Wake()
+}
+
+// publishDirect publishes what Publish was given, in one batch.
+func (r *Relay) publishDirect(ctx context.Context, first []mailstore.SpoolEntry) {
+	entries := first
+	for more := true; more && len(entries) < relayBatch; {
+		select {
+		case es := <-r.direct:
+			entries = append(entries, es...)
+		default:
+			more = false
+		}
+	}
+	if err := r.Pub.PublishInbound(ctx, entries); err != nil {
+		r.Log.Warn("publishing accepted entries failed; the relay will claim them", "entries", len(entries), "err", err)
+		r.release(ctx, entries)
+	}
 }
 
 // Wake asks the relay to look at the spool now (an acceptance committed).
@@ -49,7 +89,8 @@ func (r *Relay) Wake() {
 
 const relayBatch = 256
 
-// Run relays until ctx ends: when woken, and every second (the sweeper).
+// Run relays until ctx ends: what Publish is given, at once; and what
+// the spool holds when woken, and every second (the sweeper).
 func (r *Relay) Run(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -64,11 +105,25 @@ func (r *Relay) Run(ctx context.Context) {
 				break
 			}
 		}
+		if !r.await(ctx, t.C) {
+			return
+		}
+	}
+}
+
+// await publishes what Publish is given until a wake-up or a tick says to
+// look at the spool; false when ctx ended.
+func (r *Relay) await(ctx context.Context, tick <-chan time.Time) bool {
+	for {
 		select {
 		case <-ctx.Done():
-			return
+			return false
+		case es := <-r.direct:
+			r.publishDirect(ctx, es)
 		case <-r.wake:
-		case <-t.C:
+			return true
+		case <-tick:
+			return true
 		}
 	}
 }

@@ -30,32 +30,40 @@ type SpoolEntry struct {
 	// Body is the message itself when it is kept in the row (small
 	// messages; BlobRef is then empty).
 	Body []byte
+	// Relayed: the accepting process publishes the entry to the queue
+	// itself, right after the commit, so the row is committed as relayed
+	// (enqueued_at now) and the relay does not claim it; if that process
+	// dies first, the sweeper relays it once it is stale.
+	Relayed bool
 }
 
 // Spool commits the entries in one transaction. An entry whose delivery key
 // is already spooled (a retry of a delivery accepted before) is skipped:
 // the retry is accepted again without a second copy.
+// The entries are given their ids.
 func (s *Store) Spool(ctx context.Context, entries []SpoolEntry) error {
-	return s.tx(ctx, func(tx pgx.Tx) error {
-		b := &pgx.Batch{}
-		for _, e := range entries {
-			b.Queue(`INSERT INTO spool (id, account_id, mail_from, rcpt, blob_ref, delivery_key, body)
-				VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (delivery_key) DO NOTHING`,
-				NewID(), e.AccountID, e.MailFrom, e.Rcpt, e.BlobRef, e.DeliveryKey, e.Body)
-		}
-		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			return fmt.Errorf("spool: %w", err)
-		}
-		return nil
-	})
+	b := &pgx.Batch{}
+	for i := range entries {
+		e := &entries[i]
+		e.ID = NewID()
+		b.Queue(`INSERT INTO spool (id, account_id, mail_from, rcpt, blob_ref, delivery_key, body, enqueued_at)
+			VALUES ($1,$2,$3,$4,$5,$6,$7, CASE WHEN $8 THEN now() END) ON CONFLICT (delivery_key) DO NOTHING`,
+			e.ID, e.AccountID, e.MailFrom, e.Rcpt, e.BlobRef, e.DeliveryKey, e.Body, e.Relayed)
+	}
+	// One round trip: a batch sent without BEGIN runs in one implicit
+	// transaction, committed at its Sync or rolled back whole.
+	err := s.retry(ctx, func() error { return s.pool.SendBatch(ctx, b).Close() })
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	return nil
 }
 
 // ClaimSpool leases up to n due pending entries for lease: they are not
 // due again until the lease ends, so a crashed worker's entries are picked
 // up again (the sweeper is this same query).
 func (s *Store) ClaimSpool(ctx context.Context, n int, lease time.Duration) ([]SpoolEntry, error) {
-	return s.leaseSpool(ctx, lease, `SELECT `+spoolCols+`, body FROM spool
-		WHERE state = 0 AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED`, n)
+	return s.leaseSpool(ctx, lease, `state = 0 AND next_attempt_at <= now()`, n)
 }
 
 // ClaimStale leases up to n pending, due entries that were relayed to the
@@ -63,28 +71,21 @@ func (s *Store) ClaimSpool(ctx context.Context, n int, lease time.Duration) ([]S
 // processes them itself, whatever became of their records (a broker that
 // lost them, a consumer group that does not move).
 func (s *Store) ClaimStale(ctx context.Context, n int, stale, lease time.Duration) ([]SpoolEntry, error) {
-	return s.leaseSpool(ctx, lease, `SELECT `+spoolCols+`, body FROM spool
-		WHERE state = 0 AND next_attempt_at <= now() AND enqueued_at < now() - $2::interval
-		ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED`, n, fmt.Sprintf("%d milliseconds", stale.Milliseconds()))
+	return s.leaseSpool(ctx, lease, `state = 0 AND next_attempt_at <= now() AND enqueued_at < now() - $3::interval`,
+		n, fmt.Sprintf("%d milliseconds", stale.Milliseconds()))
 }
 
-// leaseSpool selects entries with query (which locks them) and makes them
-// due again only after lease, in one transaction.
-func (s *Store) leaseSpool(ctx context.Context, lease time.Duration, query string, args ...any) ([]SpoolEntry, error) {
-	var out []SpoolEntry
-	err := s.tx(ctx, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, query, args...)
-		if err != nil {
-			return err
-		}
-		if out, err = pgx.CollectRows(rows, scanSpoolBody); err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, `UPDATE spool SET next_attempt_at = now() + $2::interval WHERE id = ANY($1::uuid[])`, byIDs,
-			spoolIDs(out), fmt.Sprintf("%d milliseconds", lease.Milliseconds()))
-		return err
-	})
-	return out, err
+// leaseSpool makes up to n entries matching where ($1 is n, $2 the lease,
+// then args) due again only after lease, and returns them: one statement,
+// its rows locked (concurrent claimers skip them) until it commits.
+func (s *Store) leaseSpool(ctx context.Context, lease time.Duration, where string, n int, args ...any) ([]SpoolEntry, error) {
+	rows, err := s.pool.Query(ctx, `UPDATE spool SET next_attempt_at = now() + $2::interval WHERE id IN (
+		SELECT id FROM spool WHERE `+where+` ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+		RETURNING `+spoolCols+`, body`, append([]any{byIDs, n, fmt.Sprintf("%d milliseconds", lease.Milliseconds())}, args...)...)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, scanSpoolBody)
 }
 
 // CloseSpool ends an entry without a delivery of its message (state
@@ -113,22 +114,15 @@ func (s *Store) RetrySpool(ctx context.Context, id, reason string, backoff time.
 // processed (the sweeper's case: a lost record, a dead worker), and marks
 // them relayed now. Concurrent relays claim disjoint rows.
 func (s *Store) ClaimForQueue(ctx context.Context, n int, stale time.Duration) ([]SpoolEntry, error) {
-	var out []SpoolEntry
-	err := s.tx(ctx, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT `+spoolCols+` FROM spool
-			WHERE state = 0 AND next_attempt_at <= now()
-			  AND (enqueued_at IS NULL OR enqueued_at < now() - $2::interval)
-			ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED`, n, fmt.Sprintf("%d milliseconds", stale.Milliseconds()))
-		if err != nil {
-			return err
-		}
-		if out, err = pgx.CollectRows(rows, scanSpool); err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, `UPDATE spool SET enqueued_at = now() WHERE id = ANY($1::uuid[])`, byIDs, spoolIDs(out))
-		return err
-	})
-	return out, err
+	rows, err := s.pool.Query(ctx, `UPDATE spool SET enqueued_at = now() WHERE id IN (
+		SELECT id FROM spool WHERE state = 0 AND next_attempt_at <= now()
+		  AND (enqueued_at IS NULL OR enqueued_at < now() - $2::interval)
+		ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+		RETURNING `+spoolCols, byIDs, n, fmt.Sprintf("%d milliseconds", stale.Milliseconds()))
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, scanSpool)
 }
 
 // UnclaimForQueue makes entries due for the relay again at once (the
@@ -138,11 +132,12 @@ func (s *Store) UnclaimForQueue(ctx context.Context, ids []string) error {
 	return err
 }
 
-// byIDs is how the statements that pick spool rows by a list of ids are
-// sent: planned for each execution, with the list in hand. A cached
-// generic plan made while a new cell's spool was empty (a sequential scan)
-// stayed in its connection and read the whole spool each time, 0.7 ms a
-// call after 25,000 messages (pg_stat_statements, BenchmarkInboundSMTP).
+// byIDs is how the statements that pick spool rows by a list of ids (or a
+// subquery of them) are sent: planned for each execution, with the values
+// in hand. A cached generic plan made while a new cell's spool was empty
+// (a sequential scan) stayed in its connection and read the whole spool
+// each time, 0.7 ms a call after 25,000 messages (pg_stat_statements,
+// BenchmarkInboundSMTP).
 const byIDs = pgx.QueryExecModeExec
 
 // PendingSpool returns those of the entries that are still pending (a
@@ -206,12 +201,4 @@ func scanSpoolBody(row pgx.CollectableRow) (SpoolEntry, error) {
 	var e SpoolEntry
 	err := row.Scan(&e.ID, &e.AccountID, &e.MailFrom, &e.Rcpt, &e.BlobRef, &e.DeliveryKey, &e.Attempts, &e.Body)
 	return e, err
-}
-
-func spoolIDs(es []SpoolEntry) []string {
-	ids := make([]string, len(es))
-	for i, e := range es {
-		ids[i] = e.ID
-	}
-	return ids
 }

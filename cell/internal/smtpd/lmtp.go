@@ -62,10 +62,14 @@ const MaxInline = 1 << 20
 
 // Config wires the LMTP server.
 type Config struct {
-	Fence           Fence
-	Store           Store
-	Blobs           Blobs
-	Wake            func() // tells the spool worker there is work
+	Fence Fence
+	Store Store
+	Blobs Blobs
+	Wake  func() // tells the spool worker (or relay) there is work
+	// Relay, when set, takes the committed entries of each group commit
+	// to publish them to the queue at once (mailstore.SpoolEntry.Relayed),
+	// instead of Wake.
+	Relay           func(entries []mailstore.SpoolEntry)
 	Domain          string
 	MaxMessageBytes int64
 	MaxRecipients   int
@@ -148,7 +152,10 @@ func (s *Server) commitLoop() {
 				break gather
 			}
 		}
-		err := s.commit(batch)
+		committed, err := s.commit(batch)
+		if err == nil && s.cfg.Relay != nil {
+			s.cfg.Relay(committed)
+		}
 		for _, a := range batch {
 			if a.skipped {
 				a.done <- context.Canceled
@@ -159,7 +166,7 @@ func (s *Server) commitLoop() {
 	}
 }
 
-func (s *Server) commit(batch []*acceptance) error {
+func (s *Server) commit(batch []*acceptance) ([]mailstore.SpoolEntry, error) {
 	var entries []mailstore.SpoolEntry
 	live := 0
 	for _, a := range batch {
@@ -169,15 +176,18 @@ func (s *Server) commit(batch []*acceptance) error {
 		}
 	}
 	if len(entries) == 0 {
-		return context.Canceled
+		return nil, context.Canceled
+	}
+	for i := range entries {
+		entries[i].Relayed = s.cfg.Relay != nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := s.cfg.Store.Spool(ctx, entries); err != nil {
 		s.cfg.Logger.Error("spool commit failed", "err", err, "messages", live)
-		return err
+		return nil, err
 	}
-	return nil
+	return entries, nil
 }
 
 type slogAdapter struct{ l *slog.Logger }
@@ -271,7 +281,7 @@ func (se *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	if err := <-a.done; err != nil {
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary storage failure, try again"}
 	}
-	if se.s.cfg.Wake != nil {
+	if se.s.cfg.Wake != nil && se.s.cfg.Relay == nil {
 		se.s.cfg.Wake()
 	}
 	return nil // 250 for every recipient: all committed together
