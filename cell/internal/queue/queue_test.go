@@ -92,6 +92,14 @@ func newCell(t *testing.T) *cellFixture {
 // accept spools n messages as LMTP does.
 func (c *cellFixture) accept(t *testing.T, n int) {
 	t.Helper()
+	c.acceptRelayed(t, n, false)
+}
+
+// acceptRelayed spools n messages as LMTP does, committed as relayed when
+// relayed is set (the LMTP endpoint then publishes them itself), and
+// returns the committed entries.
+func (c *cellFixture) acceptRelayed(t *testing.T, n int, relayed bool) []mailstore.SpoolEntry {
+	t.Helper()
 	var entries []mailstore.SpoolEntry
 	for range n {
 		c.n++
@@ -101,11 +109,13 @@ func (c *cellFixture) accept(t *testing.T, n int) {
 			t.Fatal(err)
 		}
 		entries = append(entries, mailstore.SpoolEntry{AccountID: c.account.ID, MailFrom: "a@sender.example",
-			Rcpt: c.account.Address, BlobRef: ref, DeliveryKey: delivery.Key("a@sender.example", c.account.Address, []byte(raw))})
+			Rcpt: c.account.Address, BlobRef: ref, DeliveryKey: delivery.Key("a@sender.example", c.account.Address, []byte(raw)),
+			Relayed: relayed})
 	}
 	if err := c.store.Spool(t.Context(), entries); err != nil {
 		t.Fatal(err)
 	}
+	return entries
 }
 
 // waitDelivered waits until every accepted message is in the INBOX, then
@@ -208,6 +218,42 @@ func TestPipelineSurvivesBrokerRestartAndDataLoss(t *testing.T) {
 	b.dir = t.TempDir()
 	b.start()
 	run(t, t.Context(), consume)
+	c.waitDelivered(t, 30*time.Second)
+	if n, err := c.store.SpoolBacklog(t.Context()); err != nil || n != 0 {
+		t.Fatalf("backlog %d (%v) after everything was delivered", n, err)
+	}
+}
+
+// Entries the LMTP endpoint commits as relayed and publishes itself are
+// all delivered: when the broker is down at the time (released to the
+// relay's claim), and when they are never published (the accepting
+// process died after the commit: the sweeper relays them once stale).
+func TestDirectRelayLosesNothing(t *testing.T) {
+	b := newBroker(t)
+	c := newCell(t)
+	log := slog.New(slog.DiscardHandler)
+	prod, err := queue.NewProducer([]string{b.addr()}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	relay := delivery.NewRelay(c.store, prod, log)
+	relay.Stale = time.Second
+	run(t, t.Context(), relay.Run)
+	run(t, t.Context(), func(ctx context.Context) {
+		_ = queue.ConsumeInbound(ctx, []string{b.addr()}, "test-inbound", log, c.p.HandleIDs)
+	})
+	for range 10 {
+		relay.Publish(c.acceptRelayed(t, 10, true))
+	}
+	c.waitDelivered(t, 30*time.Second)
+
+	b.stop()
+	relay.Publish(c.acceptRelayed(t, 30, true))
+	b.start()
+	c.waitDelivered(t, 60*time.Second)
+
+	c.acceptRelayed(t, 20, true) // committed, never published
 	c.waitDelivered(t, 30*time.Second)
 	if n, err := c.store.SpoolBacklog(t.Context()); err != nil || n != 0 {
 		t.Fatalf("backlog %d (%v) after everything was delivered", n, err)
