@@ -15,6 +15,7 @@ package wire
 
 import (
 	"bytes"
+	"io"
 
 	"github.com/emersion/go-smtp"
 )
@@ -68,4 +69,14 @@ func Normalize(body []byte) []byte {
 		}
 	}
 	return out
+}
+
+// ReadAll reads a message's DATA as io.ReadAll does, into a buffer sized
+// for typical mail from the start (io.ReadAll grows from 512 bytes,
+// allocating about three times the message on the way).
+func ReadAll(r io.Reader) ([]byte, error) {
+	var b bytes.Buffer
+	b.Grow(32 << 10)
+	_, err := b.ReadFrom(r)
+	return b.Bytes(), err
 }

@@ -133,12 +133,13 @@ func (s *Store) UnclaimForQueue(ctx context.Context, ids []string) error {
 }
 
 // byIDs is how the statements that pick spool rows by a list of ids (or a
-// subquery of them) are sent: planned for each execution, with the values
-// in hand. A cached generic plan made while a new cell's spool was empty
-// (a sequential scan) stayed in its connection and read the whole spool
-// each time, 0.7 ms a call after 25,000 messages (pg_stat_statements,
-// BenchmarkInboundSMTP).
-const byIDs = pgx.QueryExecModeExec
+// subquery of them) are sent: as an unnamed statement, so planned for each
+// execution with the values in hand (its description cached, so still one
+// round trip and binary results). A cached generic plan made while a new
+// cell's spool was empty (a sequential scan) stayed in its connection and
+// read the whole spool each time, 0.7 ms a call after 25,000 messages
+// (pg_stat_statements, BenchmarkInboundSMTP).
+const byIDs = pgx.QueryExecModeCacheDescribe
 
 // PendingSpool returns those of the entries that are still pending (a
 // record for an entry already delivered is a duplicate and is skipped).

@@ -247,7 +247,7 @@ func (se *session) Data(r io.Reader) error {
 // LMTPData stores the message once, spools every recipient in one
 // transaction, then answers 250 for each.
 func (se *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
-	raw, err := io.ReadAll(r)
+	raw, err := wire.ReadAll(r)
 	if err != nil {
 		return reply(err)
 	}

@@ -329,7 +329,7 @@ func cellErr(err error) error {
 // Data streams the message to every involved cell and answers 250 only when
 // all of them accepted every recipient.
 func (s *session) Data(r io.Reader) error {
-	body, err := io.ReadAll(r)
+	body, err := wire.ReadAll(r)
 	if err != nil {
 		return err // go-smtp's own limit errors (552 5.3.4) pass through
 	}
