@@ -65,7 +65,14 @@ func New(blobs Blobs, store Store, limits message.Limits) *Deliverer {
 // put stores one blob: inline (returned in nm.Inline, committed with the
 // message) when small, else in the blob store, durably.
 func (d *Deliverer) put(ctx context.Context, nm *mail.NewMessage, data []byte) (string, int64, error) {
-	if len(data) <= d.inlineMax {
+	inline := 0
+	for _, b := range nm.Inline {
+		inline += len(b.Data)
+	}
+	// At most 4×InlineMax inline per message: a message of many small
+	// parts keeps the rest in the blob store, so what a batch of prepared
+	// messages holds in memory (and sends in one commit) stays bounded.
+	if len(data) <= d.inlineMax && inline+len(data) <= 4*d.inlineMax {
 		sum := sha256.Sum256(data)
 		ref := hex.EncodeToString(sum[:])
 		if !slices.ContainsFunc(nm.Inline, func(b mail.InlineBlob) bool { return b.Ref == ref }) {

@@ -347,3 +347,49 @@ func TestBatchDeliversEachOnce(t *testing.T) {
 		t.Fatalf("%d spool entries still pending", left)
 	}
 }
+
+// A message of many small parts keeps at most 4×InlineMax in the metadata
+// store; the rest of its parts go to the blob store, and all are read back.
+func TestInlineBytesPerMessageAreBounded(t *testing.T) {
+	f := setup(t, false)
+	var b strings.Builder
+	b.WriteString("From: a@sender.example\r\nSubject: parts\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n")
+	parts := 8
+	for i := range parts {
+		data := bytes.Repeat([]byte{byte('a' + i)}, 48<<10)
+		fmt.Fprintf(&b, "--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=p%d.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n", i)
+		enc := base64.StdEncoding.EncodeToString(data)
+		for len(enc) > 76 {
+			b.WriteString(enc[:76] + "\r\n")
+			enc = enc[76:]
+		}
+		b.WriteString(enc + "\r\n")
+	}
+	b.WriteString("--b--\r\n")
+	in, err := f.p.D.Prepare(t.Context(), f.account.ID, f.boxes[mail.UseInbox].ID, []byte(b.String()), delivery.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inline := 0
+	for _, bl := range in.Message.Inline {
+		inline += len(bl.Data)
+	}
+	if inline > 4*delivery.InlineMax || len(in.Message.Attachments) != parts {
+		t.Fatalf("%d bytes inline (bound %d), %d attachments", inline, 4*delivery.InlineMax, len(in.Message.Attachments))
+	}
+	res := f.p.D.Commit(t.Context(), []mail.Insert{in})
+	if res[0].Err != nil {
+		t.Fatal(res[0].Err)
+	}
+	for i, a := range in.Message.Attachments {
+		blob, err := f.blobs.Open(t.Context(), a.BlobRef)
+		if err != nil {
+			t.Fatalf("attachment %d: %v", i, err)
+		}
+		data, _ := io.ReadAll(blob)
+		blob.Close()
+		if len(data) != 48<<10 || data[0] != byte('a'+i) {
+			t.Fatalf("attachment %d read back wrong: %d bytes", i, len(data))
+		}
+	}
+}

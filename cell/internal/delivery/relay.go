@@ -47,6 +47,11 @@ func NewRelay(store RelayStore, pub Publisher, log *slog.Logger) *Relay {
 // one statement and one commit fewer per acceptance than claiming them.
 // When too many wait, they are released for the relay to claim instead.
 func (r *Relay) Publish(entries []mailstore.SpoolEntry) {
+	slim := make([]mailstore.SpoolEntry, len(entries))
+	for i, e := range entries {
+		slim[i] = mailstore.SpoolEntry{ID: e.ID, AccountID: e.AccountID} // what a record carries; not the bodies
+	}
+	entries = slim
 	select {
 	case r.direct <- entries:
 	default:

@@ -356,8 +356,11 @@ func (s *Store) InsertMessages(ctx context.Context, items []mail.Insert) []mail.
 		out[0].Message, out[0].Err = s.InsertMessage(ctx, items[0].AccountID, items[0].MailboxID, items[0].Message)
 		return out
 	}
-	// Account rows are locked in one order by every batch: no deadlock
-	// between two batches touching the same accounts.
+	// Account rows are locked in one order by every batch, so two batches
+	// of the same accounts do not deadlock on them. Other rows (a spool
+	// entry given twice, an inline blob two accounts share) can still
+	// deadlock; PostgreSQL breaks it within deadlock_timeout and the
+	// batch then falls back to one insert at a time.
 	order := make([]int, len(items))
 	for i := range order {
 		order[i] = i

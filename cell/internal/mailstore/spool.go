@@ -42,17 +42,22 @@ type SpoolEntry struct {
 // the retry is accepted again without a second copy.
 // The entries are given their ids.
 func (s *Store) Spool(ctx context.Context, entries []SpoolEntry) error {
-	b := &pgx.Batch{}
 	for i := range entries {
-		e := &entries[i]
-		e.ID = NewID()
-		b.Queue(`INSERT INTO spool (id, account_id, mail_from, rcpt, blob_ref, delivery_key, body, enqueued_at)
-			VALUES ($1,$2,$3,$4,$5,$6,$7, CASE WHEN $8 THEN now() END) ON CONFLICT (delivery_key) DO NOTHING`,
-			e.ID, e.AccountID, e.MailFrom, e.Rcpt, e.BlobRef, e.DeliveryKey, e.Body, e.Relayed)
+		entries[i].ID = NewID()
 	}
 	// One round trip: a batch sent without BEGIN runs in one implicit
-	// transaction, committed at its Sync or rolled back whole.
-	err := s.retry(ctx, func() error { return s.pool.SendBatch(ctx, b).Close() })
+	// transaction, committed at its Sync or rolled back whole. A new batch
+	// for each attempt: pgx keeps a sent batch's statement descriptions,
+	// which another connection would not know.
+	err := s.retry(ctx, func() error {
+		b := &pgx.Batch{}
+		for _, e := range entries {
+			b.Queue(`INSERT INTO spool (id, account_id, mail_from, rcpt, blob_ref, delivery_key, body, enqueued_at)
+				VALUES ($1,$2,$3,$4,$5,$6,$7, CASE WHEN $8 THEN now() END) ON CONFLICT (delivery_key) DO NOTHING`,
+				e.ID, e.AccountID, e.MailFrom, e.Rcpt, e.BlobRef, e.DeliveryKey, e.Body, e.Relayed)
+		}
+		return s.pool.SendBatch(ctx, b).Close()
+	})
 	if err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}

@@ -62,7 +62,13 @@ func (c *Cache) LookupMX(ctx context.Context, name string) ([]*net.MX, error) {
 
 // LookupIPAddr implements Resolver.
 func (c *Cache) LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error) {
-	return cached(c, ctx, cacheKey{'I', host}, c.r.LookupIPAddr, slices.Clone)
+	return cached(c, ctx, cacheKey{'I', host}, c.r.LookupIPAddr, func(ips []net.IPAddr) []net.IPAddr {
+		out := make([]net.IPAddr, len(ips))
+		for i, ip := range ips {
+			out[i] = net.IPAddr{IP: slices.Clone(ip.IP), Zone: ip.Zone}
+		}
+		return out
+	})
 }
 
 // LookupAddr implements Resolver.

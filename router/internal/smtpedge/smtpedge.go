@@ -203,9 +203,14 @@ func (s *session) rcptAt(tgt route.Target, addr string) error {
 		}
 		s.cells[tgt.Cell.Name] = cc
 	}
+	if cc.broken {
+		// Its replies may be out of step with its commands (a timed-out
+		// command's reply still unread): send nothing more on it.
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Mailbox cell failed, try again"}
+	}
 	if err := cc.c.Rcpt(addr, nil); err != nil {
 		var se *smtp.SMTPError
-		cc.broken = !errors.As(err, &se)
+		cc.broken = cc.broken || !errors.As(err, &se)
 		return cellErr(err)
 	}
 	cc.rcpts++
@@ -250,8 +255,9 @@ func (s *session) startAt(name, addr string) (*cellConn, error) {
 // a message then costs its MAIL, RCPT and DATA round trips, not a connect,
 // an LHLO and a QUIT as well.
 type lmtpPool struct {
-	mu   sync.Mutex
-	idle map[string][]idleConn // by LMTP address
+	mu     sync.Mutex
+	idle   map[string][]idleConn // by LMTP address
+	closed bool                  // the edge is closed: keep nothing
 }
 
 type idleConn struct {
@@ -296,7 +302,7 @@ func (p *lmtpPool) put(cc *cellConn) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if cc.broken || len(p.idle[cc.addr]) >= maxIdlePerCell {
+	if cc.broken || p.closed || len(p.idle[cc.addr]) >= maxIdlePerCell {
 		cc.c.Close()
 		return
 	}
@@ -314,7 +320,7 @@ func (p *lmtpPool) closeAll() {
 			ic.c.Close()
 		}
 	}
-	p.idle = nil
+	p.idle, p.closed = nil, true
 }
 
 // cellErr passes a cell's SMTP reply through; anything else is temporary.
@@ -342,6 +348,10 @@ func (s *session) Data(r io.Reader) error {
 	var failures []string
 	for _, cc := range s.cells {
 		if cc.rcpts == 0 {
+			continue
+		}
+		if cc.broken {
+			failures = append(failures, cc.name+": connection out of step")
 			continue
 		}
 		wg.Add(1)
