@@ -229,14 +229,8 @@ func TestPipelineSurvivesBrokerRestartAndDataLoss(t *testing.T) {
 // relay's claim), and when they are never published (the accepting
 // process died after the commit: the sweeper relays them once stale).
 func TestDirectRelayLosesNothing(t *testing.T) {
-	b := newBroker(t)
-	c := newCell(t)
+	b, c, prod := newBrokerCell(t)
 	log := slog.New(slog.DiscardHandler)
-	prod, err := queue.NewProducer([]string{b.addr()}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prod.Close()
 	relay := delivery.NewRelay(c.store, prod, log)
 	relay.Stale = time.Second
 	run(t, t.Context(), relay.Run)
@@ -260,6 +254,19 @@ func TestDirectRelayLosesNothing(t *testing.T) {
 	}
 }
 
+// newBrokerCell starts a broker and a cell fixture, and a producer to the
+// broker closed when the test ends.
+func newBrokerCell(t *testing.T) (*broker, *cellFixture, *queue.Producer) {
+	b := newBroker(t)
+	c := newCell(t)
+	prod, err := queue.NewProducer([]string{b.addr()}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(prod.Close)
+	return b, c, prod
+}
+
 // relayedAll reports that the relay has nothing left to claim.
 func relayedAll(t *testing.T, r *delivery.Relay) bool {
 	n, err := r.Once(t.Context())
@@ -278,14 +285,8 @@ func waitFor(t *testing.T, cond func() bool) {
 }
 
 func TestFailuresGoToTheErrorTopicAndAreRetried(t *testing.T) {
-	b := newBroker(t)
-	c := newCell(t)
+	b, c, prod := newBrokerCell(t)
 	log := slog.New(slog.DiscardHandler)
-	prod, err := queue.NewProducer([]string{b.addr()}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prod.Close()
 	c.p.Events = prod
 	// An entry whose blob is missing cannot be processed.
 	if err := c.store.Spool(t.Context(), []mailstore.SpoolEntry{{AccountID: c.account.ID, MailFrom: "a@x", Rcpt: c.account.Address,
