@@ -8,9 +8,11 @@
 //     any per-recipient 250, with the message in the rows when small
 //     (MaxInline) or in the blob store (fsync'd first) when large: nothing
 //     acknowledged is lost. Concurrent acceptances are group committed: one
-//     transaction, so one WAL flush, per batch. The spool's delivery
-//     key (envelope and body hash, leaving out the edge's trace field, which
-//     differs on every retry) makes a retried delivery a no-op.
+//     transaction, so one WAL flush, per batch; the committed entries go
+//     straight to the relay (Config.Relay), not through its claim. The
+//     spool's delivery key (envelope and body hash, leaving out the edge's
+//     trace field, which differs on every retry) makes a retried delivery
+//     a no-op.
 //   - Line endings: go-smtp reads DATA as dot-stuffed CRLF lines ending at
 //     <CRLF>.<CRLF>; a message with a bare CR or LF, or a NUL, is refused
 //     (554 5.6.0), the same rule as at the edge (package internal/wire).
