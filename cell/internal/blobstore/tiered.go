@@ -32,11 +32,8 @@ func (t Tiered) Open(ctx context.Context, ref string) (Blob, error) {
 	if !errors.Is(err, ErrNotFound) {
 		return b, err
 	}
-	data, written, found, ierr := t.Inline.InlineBlob(ctx, ref)
-	if ierr != nil {
-		return nil, fmt.Errorf("open inline blob %s: %w", ref, ierr)
-	}
-	if !found {
+	data, written, err := t.inline(ctx, ref, err)
+	if err != nil {
 		return nil, err
 	}
 	return &memBlob{Reader: bytes.NewReader(data), mod: written}, nil
@@ -48,14 +45,24 @@ func (t Tiered) Stat(ctx context.Context, ref string) (int64, error) {
 	if !errors.Is(err, ErrNotFound) {
 		return n, err
 	}
-	data, _, found, ierr := t.Inline.InlineBlob(ctx, ref)
-	if ierr != nil {
-		return 0, fmt.Errorf("stat inline blob %s: %w", ref, ierr)
-	}
-	if !found {
+	data, _, err := t.inline(ctx, ref, err)
+	if err != nil {
 		return 0, err
 	}
 	return int64(len(data)), nil
+}
+
+// inline reads ref from the inline tier, the files having answered
+// notFound: that error again when the inline tier has no such blob either.
+func (t Tiered) inline(ctx context.Context, ref string, notFound error) ([]byte, time.Time, error) {
+	data, written, found, err := t.Inline.InlineBlob(ctx, ref)
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("inline blob %s: %w", ref, err)
+	}
+	if !found {
+		return nil, time.Time{}, notFound
+	}
+	return data, written, nil
 }
 
 // memBlob is an inline blob, read from memory.

@@ -41,7 +41,7 @@ func (s *Store) CollectInline(ctx context.Context, grace time.Duration) (int64, 
 			SELECT b.ref FROM inline_blobs b WHERE b.created_at < now() - $1::interval
 			AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.blob_ref = b.ref)
 			AND NOT EXISTS (SELECT 1 FROM attachments a WHERE a.blob_ref = b.ref)
-			LIMIT 1000)`, fmt.Sprintf("%d milliseconds", grace.Milliseconds()))
+			LIMIT 1000)`, interval(grace))
 		if err != nil {
 			return total, fmt.Errorf("collect inline blobs: %w", err)
 		}

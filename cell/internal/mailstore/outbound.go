@@ -74,7 +74,7 @@ func (s *Store) ClaimOutbound(ctx context.Context, n int, lease time.Duration) (
 			ids[i] = e.ID
 		}
 		_, err = tx.Exec(ctx, `UPDATE outbound SET next_attempt_at = now() + $2::interval WHERE id = ANY($1::uuid[])`,
-			ids, fmt.Sprintf("%d milliseconds", lease.Milliseconds()))
+			ids, interval(lease))
 		return err
 	})
 	return out, err
@@ -91,7 +91,7 @@ func (s *Store) FinishOutbound(ctx context.Context, id string, state int16, deta
 func (s *Store) RetryOutbound(ctx context.Context, id, reason string, wait time.Duration) error {
 	_, err := s.pool.Exec(ctx, `UPDATE outbound SET attempts = attempts + 1, last_error = $2,
 		next_attempt_at = now() + $3::interval WHERE id = $1 AND state = 0`,
-		id, reason, fmt.Sprintf("%d milliseconds", wait.Milliseconds()))
+		id, reason, interval(wait))
 	return err
 }
 

@@ -68,7 +68,8 @@ func (s *Store) Spool(ctx context.Context, entries []SpoolEntry) error {
 // due again until the lease ends, so a crashed worker's entries are picked
 // up again (the sweeper is this same query).
 func (s *Store) ClaimSpool(ctx context.Context, n int, lease time.Duration) ([]SpoolEntry, error) {
-	return s.leaseSpool(ctx, lease, `state = 0 AND next_attempt_at <= now()`, n)
+	return s.claimSpool(ctx, `next_attempt_at = now() + $2::interval`, `state = 0 AND next_attempt_at <= now()`,
+		spoolCols+`, body`, scanSpoolBody, n, interval(lease))
 }
 
 // ClaimStale leases up to n pending, due entries that were relayed to the
@@ -76,21 +77,24 @@ func (s *Store) ClaimSpool(ctx context.Context, n int, lease time.Duration) ([]S
 // processes them itself, whatever became of their records (a broker that
 // lost them, a consumer group that does not move).
 func (s *Store) ClaimStale(ctx context.Context, n int, stale, lease time.Duration) ([]SpoolEntry, error) {
-	return s.leaseSpool(ctx, lease, `state = 0 AND next_attempt_at <= now() AND enqueued_at < now() - $3::interval`,
-		n, fmt.Sprintf("%d milliseconds", stale.Milliseconds()))
+	return s.claimSpool(ctx, `next_attempt_at = now() + $2::interval`,
+		`state = 0 AND next_attempt_at <= now() AND enqueued_at < now() - $3::interval`,
+		spoolCols+`, body`, scanSpoolBody, n, interval(lease), interval(stale))
 }
 
-// leaseSpool makes up to n entries matching where ($1 is n, $2 the lease,
-// then args) due again only after lease, and returns them: one statement,
-// its rows locked (concurrent claimers skip them) until it commits.
-func (s *Store) leaseSpool(ctx context.Context, lease time.Duration, where string, n int, args ...any) ([]SpoolEntry, error) {
-	rows, err := s.pool.Query(ctx, `UPDATE spool SET next_attempt_at = now() + $2::interval WHERE id IN (
+// claimSpool applies set to up to n entries matching where, the longest
+// due first, and returns their cols read by scan ($1 is n, then args): one
+// statement, its rows locked (concurrent claimers skip them) until it
+// commits. The lease of the workers and the relay's claim are this.
+func (s *Store) claimSpool(ctx context.Context, set, where, cols string, scan func(pgx.CollectableRow) (SpoolEntry, error),
+	n int, args ...any) ([]SpoolEntry, error) {
+	rows, err := s.pool.Query(ctx, `UPDATE spool SET `+set+` WHERE id IN (
 		SELECT id FROM spool WHERE `+where+` ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-		RETURNING `+spoolCols+`, body`, append([]any{byIDs, n, fmt.Sprintf("%d milliseconds", lease.Milliseconds())}, args...)...)
+		RETURNING `+cols, append([]any{byIDs, n}, args...)...)
 	if err != nil {
 		return nil, err
 	}
-	return pgx.CollectRows(rows, scanSpoolBody)
+	return pgx.CollectRows(rows, scan)
 }
 
 // CloseSpool ends an entry without a delivery of its message (state
@@ -110,7 +114,7 @@ func (s *Store) RetrySpool(ctx context.Context, id, reason string, backoff time.
 	_, err := s.pool.Exec(ctx, `UPDATE spool SET attempts = attempts + 1, last_error = $2,
 		next_attempt_at = now() + $3::interval, enqueued_at = NULL,
 		state = CASE WHEN attempts + 1 >= $4 THEN 2 ELSE 0 END WHERE id = $1 AND state = 0`,
-		id, reason, fmt.Sprintf("%d milliseconds", backoff.Milliseconds()), maxAttempts)
+		id, reason, interval(backoff), maxAttempts)
 	return err
 }
 
@@ -119,15 +123,9 @@ func (s *Store) RetrySpool(ctx context.Context, id, reason string, backoff time.
 // processed (the sweeper's case: a lost record, a dead worker), and marks
 // them relayed now. Concurrent relays claim disjoint rows.
 func (s *Store) ClaimForQueue(ctx context.Context, n int, stale time.Duration) ([]SpoolEntry, error) {
-	rows, err := s.pool.Query(ctx, `UPDATE spool SET enqueued_at = now() WHERE id IN (
-		SELECT id FROM spool WHERE state = 0 AND next_attempt_at <= now()
-		  AND (enqueued_at IS NULL OR enqueued_at < now() - $2::interval)
-		ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-		RETURNING `+spoolCols, byIDs, n, fmt.Sprintf("%d milliseconds", stale.Milliseconds()))
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, scanSpool)
+	return s.claimSpool(ctx, `enqueued_at = now()`,
+		`state = 0 AND next_attempt_at <= now() AND (enqueued_at IS NULL OR enqueued_at < now() - $2::interval)`,
+		spoolCols, scanSpool, n, interval(stale))
 }
 
 // UnclaimForQueue makes entries due for the relay again at once (the

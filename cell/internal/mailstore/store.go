@@ -129,6 +129,10 @@ func (s *Store) retry(ctx context.Context, f func() error) error {
 	return err
 }
 
+// interval is d as a PostgreSQL interval literal (passed as text, cast
+// with ::interval).
+func interval(d time.Duration) string { return fmt.Sprintf("%d milliseconds", d.Milliseconds()) }
+
 // nextModseq allocates n journal positions for an account and returns the
 // last one (the first is last-n+1). It locks the account row until commit.
 func nextModseq(ctx context.Context, tx pgx.Tx, accountID string, n int) (uint64, error) {
