@@ -41,9 +41,18 @@ func TestInboundSurvivesCrashes(t *testing.T) {
 		t.Fatalf("want two demo recipients in two cells, have %+v", rcpts)
 	}
 
-	const n = 400
+	// The sender sends at least minMsgs messages and goes on (up to maxMsgs)
+	// until each kind of process has been killed at least minKills times:
+	// a fast pipeline must not end the run before the chaos had its turn.
+	const minMsgs, maxMsgs, minKills = 400, 5000, 3
 	sending := make(chan struct{})
+	var mu sync.Mutex // guards kills
 	kills := map[string]int{}
+	enoughKills := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return kills["cell"] >= minKills && kills["worker"] >= minKills && kills["broker"] >= minKills
+	}
 	round := 0
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -70,13 +79,16 @@ func TestInboundSurvivesCrashes(t *testing.T) {
 				kind, pid = "broker", victim.BrokerPID
 			}
 			if pid > 0 && syscall.Kill(pid, syscall.SIGKILL) == nil {
+				mu.Lock()
 				kills[kind]++
+				mu.Unlock()
 			}
 		}
 	}()
 
-	retries := 0
-	for i := range n {
+	retries, n := 0, 0
+	for ; n < minMsgs || (n < maxMsgs && !enoughKills()); n++ {
+		i := n
 		for attempt := 0; ; attempt++ {
 			err := sendOne(st.Router.SMTP, i, rcpts)
 			if err == nil {
@@ -91,7 +103,7 @@ func TestInboundSurvivesCrashes(t *testing.T) {
 	}
 	close(sending)
 	wg.Wait()
-	if kills["cell"] < 2 || kills["worker"] < 2 || kills["broker"] < 2 {
+	if !enoughKills() {
 		t.Fatalf("kills during the run %v: the test proved little", kills)
 	}
 	t.Logf("%d messages accepted, %d refused attempts retried, kills %v", n, retries, kills)
