@@ -31,6 +31,7 @@ test: deps checkgenerate ## Run every test (starts real etcd, PostgreSQL, Redis)
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) test $(TEST_FLAGS) ./...
+	cd third_party/go-smtp && $(GO) test $(TEST_FLAGS) ./... # the patched copy (CELLMAIL.md)
 
 bench: deps ## Run the benchmarks and print their figures (placement, router, inbound SMTP, outbound and submission, IMAP beside Dovecot, mail store, blob store, login)
 	@./scripts/deps.sh bench

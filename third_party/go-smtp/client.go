@@ -429,11 +429,28 @@ func (c *Client) Auth(a sasl.Client) error {
 //
 // If server returns an error, it will be of type *SMTPError.
 func (c *Client) Mail(from string, opts *MailOptions) error {
-	if err := validateLine(from); err != nil {
+	line, err := c.mailCommand(from, opts)
+	if err != nil {
 		return err
 	}
-	if err := c.hello(); err != nil {
+	if _, _, err := c.cmd(250, "%s", line); err != nil {
 		return err
+	}
+
+	// A new transaction has started, forget the previous recipients.
+	c.rcpts = nil
+
+	return nil
+}
+
+// mailCommand is the MAIL command line of Mail (cellmail: split out for
+// MailRcpt).
+func (c *Client) mailCommand(from string, opts *MailOptions) (string, error) {
+	if err := validateLine(from); err != nil {
+		return "", err
+	}
+	if err := c.hello(); err != nil {
+		return "", err
 	}
 
 	var sb strings.Builder
@@ -450,14 +467,14 @@ func (c *Client) Mail(from string, opts *MailOptions) error {
 		if _, ok := c.ext["REQUIRETLS"]; ok {
 			sb.WriteString(" REQUIRETLS")
 		} else {
-			return errors.New("smtp: server does not support REQUIRETLS")
+			return "", errors.New("smtp: server does not support REQUIRETLS")
 		}
 	}
 	if opts != nil && opts.UTF8 {
 		if _, ok := c.ext["SMTPUTF8"]; ok {
 			sb.WriteString(" SMTPUTF8")
 		} else {
-			return errors.New("smtp: server does not support SMTPUTF8")
+			return "", errors.New("smtp: server does not support SMTPUTF8")
 		}
 	}
 	if _, ok := c.ext["DSN"]; ok && opts != nil {
@@ -467,11 +484,11 @@ func (c *Client) Mail(from string, opts *MailOptions) error {
 		case "":
 			// This space is intentionally left blank
 		default:
-			return errors.New("smtp: Unknown RET parameter value")
+			return "", errors.New("smtp: Unknown RET parameter value")
 		}
 		if opts.EnvelopeID != "" {
 			if !isPrintableASCII(opts.EnvelopeID) {
-				return errors.New("smtp: Malformed ENVID parameter value")
+				return "", errors.New("smtp: Malformed ENVID parameter value")
 			}
 			fmt.Fprintf(&sb, " ENVID=%s", encodeXtext(opts.EnvelopeID))
 		}
@@ -482,14 +499,7 @@ func (c *Client) Mail(from string, opts *MailOptions) error {
 		}
 		// We can safely discard parameter if server does not support AUTH.
 	}
-	if _, _, err := c.cmd(250, "%s", sb.String()); err != nil {
-		return err
-	}
-
-	// A new transaction has started, forget the previous recipients.
-	c.rcpts = nil
-
-	return nil
+	return sb.String(), nil
 }
 
 // Rcpt issues a RCPT command to the server using the provided email address.
@@ -501,8 +511,22 @@ func (c *Client) Mail(from string, opts *MailOptions) error {
 //
 // If server returns an error, it will be of type *SMTPError.
 func (c *Client) Rcpt(to string, opts *RcptOptions) error {
-	if err := validateLine(to); err != nil {
+	line, err := c.rcptCommand(to, opts)
+	if err != nil {
 		return err
+	}
+	if _, _, err := c.cmd(25, "%s", line); err != nil {
+		return err
+	}
+	c.rcpts = append(c.rcpts, to)
+	return nil
+}
+
+// rcptCommand is the RCPT command line of Rcpt (cellmail: split out for
+// MailRcpt).
+func (c *Client) rcptCommand(to string, opts *RcptOptions) (string, error) {
+	if err := validateLine(to); err != nil {
+		return "", err
 	}
 
 	var sb strings.Builder
@@ -513,7 +537,7 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 		if len(opts.Notify) != 0 {
 			sb.WriteString(" NOTIFY=")
 			if err := checkNotifySet(opts.Notify); err != nil {
-				return errors.New("smtp: Malformed NOTIFY parameter value")
+				return "", errors.New("smtp: Malformed NOTIFY parameter value")
 			}
 			for i, v := range opts.Notify {
 				if i != 0 {
@@ -527,7 +551,7 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 			switch opts.OriginalRecipientType {
 			case DSNAddressTypeRFC822:
 				if !isPrintableASCII(opts.OriginalRecipient) {
-					return errors.New("smtp: Illegal address")
+					return "", errors.New("smtp: Illegal address")
 				}
 				enc = encodeXtext(opts.OriginalRecipient)
 			case DSNAddressTypeUTF8:
@@ -537,7 +561,7 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 					enc = encodeUTF8AddrXtext(opts.OriginalRecipient)
 				}
 			default:
-				return errors.New("smtp: Unknown address type")
+				return "", errors.New("smtp: Unknown address type")
 			}
 			fmt.Fprintf(&sb, " ORCPT=%s;%s", string(opts.OriginalRecipientType), enc)
 		}
@@ -547,7 +571,7 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 	}
 	if _, ok := c.ext["DELIVERBY"]; ok && opts != nil && opts.DeliverBy != nil {
 		if opts.DeliverBy.Mode == DeliverByReturn && opts.DeliverBy.Time < 1 {
-			return errors.New("smtp: DELIVERBY mode must be greater than zero with return mode")
+			return "", errors.New("smtp: DELIVERBY mode must be greater than zero with return mode")
 		}
 		arg := fmt.Sprintf(" BY=%d;%s", int(opts.DeliverBy.Time.Seconds()), opts.DeliverBy.Mode)
 		if opts.DeliverBy.Trace {
@@ -557,15 +581,11 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 	}
 	if _, ok := c.ext["MT-PRIORITY"]; ok && opts != nil && opts.MTPriority != nil {
 		if *opts.MTPriority < -9 || *opts.MTPriority > 9 {
-			return errors.New("smtp: MT-PRIORITY must be between -9 and 9")
+			return "", errors.New("smtp: MT-PRIORITY must be between -9 and 9")
 		}
 		sb.WriteString(fmt.Sprintf(" MT-PRIORITY=%d", *opts.MTPriority))
 	}
-	if _, _, err := c.cmd(25, "%s", sb.String()); err != nil {
-		return err
-	}
-	c.rcpts = append(c.rcpts, to)
-	return nil
+	return sb.String(), nil
 }
 
 // DataCommand is a pending DATA command. DataCommand is an io.WriteCloser.
@@ -636,11 +656,17 @@ func (cmd *DataCommand) CloseWithLMTPResponse() (map[string]*DataResponse, error
 	cmd.client.conn.SetDeadline(time.Now().Add(cmd.client.SubmissionTimeout))
 	defer cmd.client.conn.SetDeadline(time.Time{})
 
-	resp := make(map[string]*DataResponse, len(cmd.client.rcpts))
-	lmtpErr := make(LMTPDataError, len(cmd.client.rcpts))
-	for i := 0; i < len(cmd.client.rcpts); i++ {
-		rcpt := cmd.client.rcpts[i]
-		_, msg, err := cmd.client.readResponse(250)
+	return cmd.client.readLMTPResponses()
+}
+
+// readLMTPResponses reads the replies to the end of a message's data, one
+// per accepted recipient (RFC 2033 §4.2).
+func (c *Client) readLMTPResponses() (map[string]*DataResponse, error) {
+	resp := make(map[string]*DataResponse, len(c.rcpts))
+	lmtpErr := make(LMTPDataError, len(c.rcpts))
+	for i := 0; i < len(c.rcpts); i++ {
+		rcpt := c.rcpts[i]
+		_, msg, err := c.readResponse(250)
 		if err != nil {
 			if smtpErr, ok := err.(*SMTPError); ok {
 				lmtpErr[rcpt] = smtpErr
@@ -991,4 +1017,75 @@ func allASCII(ss []string) bool {
 		}
 	}
 	return true
+}
+
+// The additions below are cellmail's (see CELLMAIL.md).
+
+// MailRcpt starts a transaction with one recipient, as Mail then Rcpt do,
+// but sends both commands in one write and then reads both replies
+// (PIPELINING, RFC 2920 §3.1; an LMTP server supports it, RFC 2033 §4.1):
+// one round trip instead of two. The server must have advertised
+// PIPELINING (or be an LMTP server). mailErr is MAIL's failure (then the
+// RCPT was refused too, and no transaction started); rcptErr is RCPT's,
+// with the transaction started. A server's refusal is an *SMTPError; any
+// other error leaves the connection out of step.
+func (c *Client) MailRcpt(from string, mopts *MailOptions, to string, ropts *RcptOptions) (mailErr, rcptErr error) {
+	mail, err := c.mailCommand(from, mopts)
+	if err != nil {
+		return err, nil
+	}
+	rcpt, err := c.rcptCommand(to, ropts)
+	if err != nil {
+		return err, nil
+	}
+	c.conn.SetDeadline(time.Now().Add(c.CommandTimeout))
+	defer c.conn.SetDeadline(time.Time{})
+	if _, err := fmt.Fprintf(c.text.W, "%s\r\n%s\r\n", mail, rcpt); err != nil {
+		return err, nil
+	}
+	if err := c.text.W.Flush(); err != nil {
+		return err, nil
+	}
+	_, _, mailErr = c.readResponse(250)
+	if _, ok := mailErr.(*SMTPError); mailErr != nil && !ok {
+		return mailErr, nil
+	}
+	_, _, rcptErr = c.readResponse(25)
+	if mailErr != nil {
+		if _, ok := rcptErr.(*SMTPError); rcptErr != nil && !ok {
+			return rcptErr, nil // out of step: the more serious failure
+		}
+		return mailErr, nil
+	}
+	c.rcpts = nil
+	if rcptErr == nil {
+		c.rcpts = append(c.rcpts, to)
+	}
+	return nil, rcptErr
+}
+
+// BdatLast sends msg as the transaction's only chunk, "BDAT <size> LAST"
+// (CHUNKING, RFC 3030 §2), the command and the chunk in one write: no
+// 354 round trip, and no dot-stuffing on either side. It returns the
+// replies as CloseWithLMTPResponse does for LMTP (one per recipient), as
+// CloseWithResponse does otherwise. The server must have advertised
+// CHUNKING.
+func (c *Client) BdatLast(msg []byte) (map[string]*DataResponse, error) {
+	c.conn.SetDeadline(time.Now().Add(c.SubmissionTimeout))
+	defer c.conn.SetDeadline(time.Time{})
+	if err := c.text.W.Flush(); err != nil {
+		return nil, err
+	}
+	bufs := net.Buffers{[]byte(fmt.Sprintf("BDAT %d LAST\r\n", len(msg))), msg}
+	if _, err := bufs.WriteTo(c.conn); err != nil { // writev on a TCP connection
+		return nil, err
+	}
+	if c.lmtp {
+		return c.readLMTPResponses()
+	}
+	_, text, err := c.readResponse(250)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]*DataResponse{"": {StatusText: text}}, nil
 }

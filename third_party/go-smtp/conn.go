@@ -1,6 +1,7 @@
 package smtp
 
 import (
+	"bytes"
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
@@ -44,6 +45,10 @@ type Conn struct {
 	fromReceived bool
 	recipients   []string
 	didAuth      bool
+
+	// deferFlush: the command being handled may have its success reply
+	// sent with the next one's (cellmail patch, see writeResponse).
+	deferFlush bool
 }
 
 func newConn(c net.Conn, s *Server) *Conn {
@@ -106,6 +111,8 @@ func (c *Conn) handle(cmd string, arg string) {
 	}
 
 	cmd = strings.ToUpper(cmd)
+	c.deferFlush = cmd == "MAIL" || cmd == "RCPT" || cmd == "RSET"
+	defer func() { c.deferFlush = false }()
 	switch cmd {
 	case "SEND", "SOML", "SAML", "EXPN", "HELP", "TURN":
 		// These commands are not implemented in any state
@@ -1312,15 +1319,38 @@ func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
 	// transform each single line with \n, into separate lines
 	text = strings.Split(strings.Join(text, "\n"), "\n")
 
+	w := c.text.W
 	lastLineIndex := len(text) - 1
 	for i := 0; i < lastLineIndex; i++ {
-		c.text.PrintfLine("%d-%v", code, text[i])
+		fmt.Fprintf(w, "%d-%v\r\n", code, text[i])
 	}
 	if enhCode == NoEnhancedCode {
-		c.text.PrintfLine("%d %v", code, text[lastLineIndex])
+		fmt.Fprintf(w, "%d %v\r\n", code, text[lastLineIndex])
 	} else {
-		c.text.PrintfLine("%d %v.%v.%v %v", code, enhCode[0], enhCode[1], enhCode[2], text[lastLineIndex])
+		fmt.Fprintf(w, "%d %v.%v.%v %v\r\n", code, enhCode[0], enhCode[1], enhCode[2], text[lastLineIndex])
 	}
+	// cellmail patch: a success reply to RSET, MAIL or RCPT waits in the
+	// buffer while the client's next command is already here (PIPELINING,
+	// RFC 2920 §3.1: those commands may appear anywhere in a group; the
+	// server may send the group's replies together). Any other reply, and
+	// every reply when nothing more is buffered, is sent at once, with
+	// those waiting before it.
+	if c.deferFlush && code < 300 && c.commandBuffered() {
+		return
+	}
+	w.Flush()
+}
+
+// commandBuffered tells whether a whole command line from the client is
+// already read and buffered (cellmail patch).
+func (c *Conn) commandBuffered() bool {
+	r := c.text.R
+	n := r.Buffered()
+	if n == 0 {
+		return false
+	}
+	b, _ := r.Peek(n)
+	return bytes.IndexByte(b, '\n') >= 0
 }
 
 func (c *Conn) writeError(code int, enhCode EnhancedCode, err error) {

@@ -197,11 +197,18 @@ func (s *session) rcptAt(tgt route.Target, addr string) error {
 		if tgt.Cell.LMTPAddr == "" {
 			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "Mailbox cell not reachable, try again"}
 		}
-		var err error
-		if cc, err = s.startAt(tgt.Cell.Name, tgt.Cell.LMTPAddr); err != nil {
+		cc, err := s.startAt(tgt.Cell.Name, tgt.Cell.LMTPAddr, addr)
+		if cc == nil {
 			return err
 		}
 		s.cells[tgt.Cell.Name] = cc
+		if err != nil {
+			var se *smtp.SMTPError
+			cc.broken = !errors.As(err, &se)
+			return cellErr(err)
+		}
+		cc.rcpts++
+		return nil
 	}
 	if cc.broken {
 		// Its replies may be out of step with its commands (a timed-out
@@ -217,11 +224,13 @@ func (s *session) rcptAt(tgt route.Target, addr string) error {
 	return nil
 }
 
-// startAt sends MAIL to the cell on a pooled connection, or on a new one
-// when there is none or the pooled one turns out closed (the cell
-// restarted, or timed it out): nothing has been accepted on it yet, so
-// trying again is safe.
-func (s *session) startAt(name, addr string) (*cellConn, error) {
+// startAt starts the transaction at the cell with its first recipient,
+// MAIL and RCPT in one round trip, on a pooled connection to the cell or
+// on a new one when there is none or the pooled one turns out closed (the
+// cell restarted, or timed it out): nothing has been accepted on it yet,
+// so trying again is safe. With the transaction started it returns the
+// connection and RCPT's error; else no connection.
+func (s *session) startAt(name, addr, rcpt string) (*cellConn, error) {
 	for {
 		c := s.e.pool.get(addr)
 		pooled := c != nil
@@ -238,16 +247,16 @@ func (s *session) startAt(name, addr string) (*cellConn, error) {
 				return nil, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Mailbox cell failed, try again"}
 			}
 		}
-		err := c.Mail(s.from, nil)
-		if err == nil {
-			return &cellConn{name: name, addr: addr, c: c}, nil
+		mailErr, rcptErr := c.MailRcpt(s.from, nil, rcpt, nil)
+		if mailErr == nil {
+			return &cellConn{name: name, addr: addr, c: c}, rcptErr
 		}
 		c.Close()
 		var se *smtp.SMTPError
-		if pooled && !errors.As(err, &se) {
+		if pooled && !errors.As(mailErr, &se) {
 			continue
 		}
-		return nil, cellErr(err)
+		return nil, cellErr(mailErr)
 	}
 }
 
@@ -393,7 +402,14 @@ func (s *session) traceField() string {
 	return trace.Field(in)
 }
 
+// sendData sends the message to a cell: as one BDAT LAST chunk when the
+// cell offers CHUNKING (one write, no 354 round trip, no dot-stuffing),
+// else with DATA.
 func sendData(c *smtp.Client, raw []byte) error {
+	if ok, _ := c.Extension("CHUNKING"); ok {
+		_, err := c.BdatLast(raw)
+		return err
+	}
 	dc, err := c.Data()
 	if err != nil {
 		return err
