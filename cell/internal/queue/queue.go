@@ -47,64 +47,95 @@ const (
 // the dev broker).
 var Topics = []string{TopicInbound, TopicOutbound, TopicChanges, TopicErrors}
 
-// Producer publishes to the cell's topics.
+// Producer publishes to the cell's topics, with two clients: one for the
+// records a caller waits for (inbound, errors, outbound), sent at once;
+// one for change events, which nothing waits for, lingering so that a
+// burst of deliveries is one produce request and one broker write.
 type Producer struct {
 	brokers []string
 	log     *slog.Logger
 	mu      sync.Mutex
-	cl      *kgo.Client
+	cls     [2]*kgo.Client // by clientKind
 }
+
+type clientKind int
+
+const (
+	syncClient   clientKind = iota // no linger: ProduceSync callers wait
+	eventsClient                   // lingers EventLinger
+)
+
+// EventLinger is how long a change event may wait for others to share its
+// produce request (and the broker's fsync): the events feed search, caches
+// and push, for which milliseconds do not matter; the Redis wake-up that
+// IMAP IDLE and the API's long polls use is published at once.
+const EventLinger = 10 * time.Millisecond
 
 // NewProducer connects lazily to brokers.
 func NewProducer(brokers []string, log *slog.Logger) (*Producer, error) {
-	cl, err := newProducerClient(brokers)
-	if err != nil {
-		return nil, fmt.Errorf("queue: %w", err)
+	p := &Producer{brokers: brokers, log: log}
+	for k := range p.cls {
+		cl, err := newProducerClient(brokers, clientKind(k))
+		if err != nil {
+			p.Close()
+			return nil, fmt.Errorf("queue: %w", err)
+		}
+		p.cls[k] = cl
 	}
-	return &Producer{brokers: brokers, cl: cl, log: log}, nil
+	return p, nil
 }
 
-// client is the current client.
-func (p *Producer) client() *kgo.Client {
+// client is the current client of a kind.
+func (p *Producer) client(k clientKind) *kgo.Client {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.cl
+	return p.cls[k]
 }
 
 // check replaces the client after an error saying the broker's topics are
 // not the ones it knew (a cluster rebuilt after losing its data): the
 // client caches topic ids and producer ids and would fail for good.
-func (p *Producer) check(cl *kgo.Client, err error) {
+func (p *Producer) check(k clientKind, cl *kgo.Client, err error) {
 	if !errors.Is(err, kerr.UnknownTopicID) && !errors.Is(err, kerr.UnknownProducerID) && !errors.Is(err, kerr.InvalidProducerIDMapping) {
 		return
 	}
-	fresh, nerr := newProducerClient(p.brokers)
+	fresh, nerr := newProducerClient(p.brokers, k)
 	if nerr != nil {
 		return
 	}
 	p.mu.Lock()
-	if p.cl != cl {
+	if p.cls[k] != cl {
 		p.mu.Unlock()
 		fresh.Close()
 		return
 	}
-	p.cl = fresh
+	p.cls[k] = fresh
 	p.mu.Unlock()
 	p.log.Warn("broker no longer knows our topics or producer id; new client", "err", err)
 	go cl.Close()
 }
 
-func newProducerClient(brokers []string) (*kgo.Client, error) {
+func newProducerClient(brokers []string, k clientKind) (*kgo.Client, error) {
+	linger := time.Duration(0)
+	if k == eventsClient {
+		linger = EventLinger
+	}
 	return kgo.NewClient(kgo.SeedBrokers(brokers...),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
-		kgo.ProducerLinger(0),
+		kgo.ProducerLinger(linger),
 		kgo.RecordDeliveryTimeout(10*time.Second),
 		kgo.ProduceRequestTimeout(5*time.Second),
 		kgo.RetryTimeout(10*time.Second))
 }
 
-// Close closes the client.
-func (p *Producer) Close() { p.client().Close() }
+// Close closes the clients.
+func (p *Producer) Close() {
+	for k := range p.cls {
+		if cl := p.client(clientKind(k)); cl != nil {
+			cl.Close()
+		}
+	}
+}
 
 // PublishInbound sends one record per entry and returns once the broker
 // acknowledged all of them.
@@ -113,24 +144,27 @@ func (p *Producer) PublishInbound(ctx context.Context, entries []mailstore.Spool
 	for i, e := range entries {
 		recs[i] = &kgo.Record{Topic: TopicInbound, Key: []byte(e.AccountID), Value: []byte(e.ID)}
 	}
-	cl := p.client()
+	cl := p.client(syncClient)
 	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
-		p.check(cl, err)
+		p.check(syncClient, cl, err)
 		return fmt.Errorf("queue: produce inbound: %w", err)
 	}
 	return nil
 }
 
-// Delivered publishes a change event (asynchronously: the journal in the
-// database is the record of truth; the event is a notification).
+// Delivered publishes a change event, asynchronously (the journal in the
+// database is the record of truth; the event is a notification): it
+// lingers up to EventLinger for others, and when the client already holds
+// as many unsent records as it may (the broker down for long), the event
+// is dropped with a warning rather than holding up delivery.
 func (p *Producer) Delivered(ctx context.Context, ev delivery.Delivered) error {
 	v, _ := json.Marshal(map[string]any{"kind": "message_added", "account": ev.AccountID, "mailbox": ev.MailboxID,
 		"message": ev.MessageID, "modseq": ev.Modseq, "spool": ev.SpoolID})
-	cl := p.client()
-	cl.Produce(context.WithoutCancel(ctx), &kgo.Record{Topic: TopicChanges, Key: []byte(ev.AccountID), Value: v},
+	cl := p.client(eventsClient)
+	cl.TryProduce(context.WithoutCancel(ctx), &kgo.Record{Topic: TopicChanges, Key: []byte(ev.AccountID), Value: v},
 		func(_ *kgo.Record, err error) {
 			if err != nil {
-				p.check(cl, err)
+				p.check(eventsClient, cl, err)
 				p.log.Warn("change event not published", "err", err)
 			}
 		})
@@ -143,9 +177,9 @@ func (p *Producer) Failed(ctx context.Context, ev delivery.Failed) error {
 		"attempt": ev.Attempt, "retry_in_seconds": int(ev.Backoff.Seconds()), "final": ev.Final, "at": time.Now().UTC()})
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	cl := p.client()
+	cl := p.client(syncClient)
 	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: TopicErrors, Key: []byte(ev.AccountID), Value: v}).FirstErr(); err != nil {
-		p.check(cl, err)
+		p.check(syncClient, cl, err)
 		return fmt.Errorf("queue: produce error record: %w", err)
 	}
 	return nil
@@ -167,11 +201,11 @@ func ConsumeInbound(ctx context.Context, brokers []string, group string, log *sl
 // processes) look at the outbound table at once instead of on their next
 // pass. The table is the record of truth; a lost notification only delays.
 func (p *Producer) NotifyOutbound(ctx context.Context, accountID string) error {
-	cl := p.client()
+	cl := p.client(syncClient)
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: TopicOutbound, Key: []byte(accountID), Value: []byte(accountID)}).FirstErr(); err != nil {
-		p.check(cl, err)
+		p.check(syncClient, cl, err)
 		return fmt.Errorf("queue: produce outbound: %w", err)
 	}
 	return nil

@@ -328,3 +328,69 @@ func TestFailuresGoToTheErrorTopicAndAreRetried(t *testing.T) {
 		t.Fatalf("backlog %d %v: the failed entry must be kept", n, err)
 	}
 }
+
+// Entries accepted one at a time within the relay's Linger travel as one
+// record batch: one produce, one fetch, one call of the pipeline (so one
+// delivery transaction), not one each; and each delivery's change event
+// reaches the changes topic.
+func TestDirectEntriesShareABatch(t *testing.T) {
+	b, c, prod := newBrokerCell(t)
+	log := slog.New(slog.DiscardHandler)
+	c.p.Events = prod
+	relay := delivery.NewRelay(c.store, prod, log)
+	if relay.Linger <= 0 {
+		t.Fatalf("relay linger %v: entries are not batched", relay.Linger)
+	}
+	relay.Linger = time.Second // longer than the ten arrivals below take
+	run(t, t.Context(), relay.Run)
+	var mu sync.Mutex
+	var calls []int
+	run(t, t.Context(), func(ctx context.Context) {
+		_ = queue.ConsumeInbound(ctx, []string{b.addr()}, "test-inbound", log, func(ctx context.Context, ids []string) error {
+			mu.Lock()
+			calls = append(calls, len(ids))
+			mu.Unlock()
+			return c.p.HandleIDs(ctx, ids)
+		})
+	})
+	entries := c.acceptRelayed(t, 10, true)
+	for _, e := range entries { // as ten LMTP transactions in a row, 10 ms apart
+		relay.Publish([]mailstore.SpoolEntry{e})
+		time.Sleep(10 * time.Millisecond) // the arrivals' pace, not a wait for a condition
+	}
+	c.waitDelivered(t, 30*time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(calls) != 1 || calls[0] != 10 {
+		t.Fatalf("the pipeline was called with %v entries, want all 10 at once", calls)
+	}
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(b.addr()), kgo.ConsumeTopics(queue.TopicChanges),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	events := map[string]bool{} // by spool id
+	for len(events) < len(entries) {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("%d of %d change events on the changes topic", len(events), len(entries))
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			var ev map[string]any
+			if err := json.Unmarshal(r.Value, &ev); err != nil || ev["kind"] != "message_added" || ev["account"] != c.account.ID ||
+				string(r.Key) != c.account.ID {
+				t.Fatalf("change event %s (%v)", r.Value, err)
+			}
+			events[fmt.Sprint(ev["spool"])] = true
+		})
+	}
+	for _, e := range entries {
+		if !events[e.ID] {
+			t.Errorf("no change event for spool entry %s", e.ID)
+		}
+	}
+}
