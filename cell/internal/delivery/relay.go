@@ -34,7 +34,7 @@ type Relay struct {
 	// share their produce request (default DirectLinger).
 	Linger time.Duration
 	Log    *slog.Logger
-	wake  chan struct{}
+	wake   chan struct{}
 	// direct: entries committed as relayed (mailstore.SpoolEntry.Relayed)
 	// by this process, to publish without claiming them.
 	direct chan []mailstore.SpoolEntry
