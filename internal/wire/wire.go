@@ -40,6 +40,34 @@ func Check(body []byte) *smtp.SMTPError {
 	return nil
 }
 
+// MaxLine is the longest line of a message, in octets before its CRLF
+// (RFC 5321 §4.5.3.1.6).
+const MaxLine = 998
+
+// CheckLines returns the reply refusing body when a line of it is longer
+// than MaxLine. DATA's reader enforces the limit as it reads (go-smtp's
+// MaxLineLength); a BDAT chunk is read by length, so a message that came
+// in chunks is held to the same limit here, at the edge and in the cell
+// alike. The API's own submissions are not: it encodes what it builds.
+func CheckLines(body []byte) *smtp.SMTPError {
+	for len(body) > 0 {
+		i := bytes.IndexByte(body, '\n')
+		if i < 0 {
+			i = len(body)
+		}
+		line := body[:i]
+		if len(line) > 0 && line[len(line)-1] == '\r' {
+			line = line[:len(line)-1]
+		}
+		if len(line) > MaxLine {
+			return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
+				Message: "Message has a line over 998 octets (RFC 5321 section 4.5.3.1.6)"}
+		}
+		body = body[min(i+1, len(body)):]
+	}
+	return nil
+}
+
 func bare(what string) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
 		Message: "Message contains a bare " + what + "; lines must end with CRLF (RFC 5321 section 2.3.8)"}

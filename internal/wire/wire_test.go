@@ -1,6 +1,9 @@
 package wire
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestCheck(t *testing.T) {
 	ok := []string{"", "Subject: x\r\n\r\nbody\r\n", "a\r\n\r\n\r\n", "UTF-8 é\r\n"}
@@ -33,6 +36,27 @@ func TestNormalize(t *testing.T) {
 		}
 		if Check(got) != nil {
 			t.Errorf("Normalize(%q) = %q breaks the rule", in, got)
+		}
+	}
+}
+
+func TestCheckLines(t *testing.T) {
+	long := strings.Repeat("a", MaxLine)
+	for _, tc := range []struct {
+		body string
+		ok   bool
+	}{
+		{"", true},
+		{"Subject: x\r\n\r\n" + long + "\r\n", true},
+		{long + "\r\n" + long, true},                  // the last line need not end with CRLF
+		{"Subject: x\r\n\r\n" + long + "a\r\n", false}, // 999 octets
+		{"x\r\n" + long + "a", false},
+		{long + "\n", true}, // the CR is not counted (a bare LF is Check's to refuse)
+	} {
+		if err := CheckLines([]byte(tc.body)); (err == nil) != tc.ok {
+			t.Errorf("%d-octet body: CheckLines = %v, want ok %v", len(tc.body), err, tc.ok)
+		} else if err != nil && (err.Code != 554 || err.EnhancedCode != [3]int{5, 6, 0}) {
+			t.Errorf("reply %d %v, want 554 5.6.0", err.Code, err.EnhancedCode)
 		}
 	}
 }

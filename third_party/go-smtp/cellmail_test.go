@@ -188,4 +188,10 @@ func TestClientMailRcptAndBdatLastOverLMTP(t *testing.T) {
 	if err := cl.Noop(); err != nil {
 		t.Fatalf("the connection is out of step after a refused MAIL: %v", err)
 	}
+	if _, err := cl.BdatLast(msg); err == nil {
+		t.Fatal("BdatLast sent a chunk with no transaction")
+	}
+	if err := cl.Noop(); err != nil {
+		t.Fatalf("the connection is out of step after a refused BdatLast: %v", err)
+	}
 }

@@ -1051,13 +1051,13 @@ func (c *Client) MailRcpt(from string, mopts *MailOptions, to string, ropts *Rcp
 		return mailErr, nil
 	}
 	_, _, rcptErr = c.readResponse(25)
+	c.rcpts = nil // a new transaction, or none
 	if mailErr != nil {
 		if _, ok := rcptErr.(*SMTPError); rcptErr != nil && !ok {
 			return rcptErr, nil // out of step: the more serious failure
 		}
 		return mailErr, nil
 	}
-	c.rcpts = nil
 	if rcptErr == nil {
 		c.rcpts = append(c.rcpts, to)
 	}
@@ -1070,7 +1070,17 @@ func (c *Client) MailRcpt(from string, mopts *MailOptions, to string, ropts *Rcp
 // replies as CloseWithLMTPResponse does for LMTP (one per recipient), as
 // CloseWithResponse does otherwise. The server must have advertised
 // CHUNKING.
+//
+// A chunk the server would refuse whole (no recipient yet, over its SIZE)
+// is not sent: such a refusal is one reply, where an LMTP client expects
+// one per recipient.
 func (c *Client) BdatLast(msg []byte) (map[string]*DataResponse, error) {
+	if len(c.rcpts) == 0 {
+		return nil, errors.New("smtp: BDAT without an accepted recipient")
+	}
+	if size, ok := c.MaxMessageSize(); ok && size > 0 && len(msg) > size {
+		return nil, &SMTPError{Code: 552, EnhancedCode: EnhancedCode{5, 3, 4}, Message: "Message exceeds the server's SIZE"}
+	}
 	c.conn.SetDeadline(time.Now().Add(c.SubmissionTimeout))
 	defer c.conn.SetDeadline(time.Time{})
 	if err := c.text.W.Flush(); err != nil {

@@ -1094,6 +1094,9 @@ func (c *Conn) handleBdat(arg string) {
 		c.lineLimitReader.LineLimit = c.server.MaxLineLength
 	}()
 
+	// cellmail patch: replies held for a pipelined group go out before the
+	// chunk is read (see writeResponse).
+	c.text.W.Flush()
 	chunk := io.LimitReader(c.text.R, int64(size))
 	_, err = io.Copy(c.bdatPipe, chunk)
 	if err != nil {

@@ -128,8 +128,14 @@ func newProducerClient(brokers []string, k clientKind) (*kgo.Client, error) {
 		kgo.RetryTimeout(10*time.Second))
 }
 
-// Close closes the clients.
+// Close closes the clients, after sending the change events still
+// lingering (2 seconds at most).
 func (p *Producer) Close() {
+	if ev := p.client(eventsClient); ev != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = ev.Flush(ctx)
+		cancel()
+	}
 	for k := range p.cls {
 		if cl := p.client(clientKind(k)); cl != nil {
 			cl.Close()

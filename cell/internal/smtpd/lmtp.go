@@ -256,6 +256,9 @@ func (se *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	if rerr := wire.Check(raw); rerr != nil {
 		return rerr // the edge's rule, applied again: nothing reaches the spool that breaks it
 	}
+	if rerr := wire.CheckLines(raw); rerr != nil { // the edge sends BDAT: lines are not limited as read
+		return rerr
+	}
 	ctx, cancel := context.WithTimeout(se.ctx, time.Minute)
 	defer cancel()
 	var ref string

@@ -196,6 +196,7 @@ func itoa(n int) string {
 
 func TestBadInputAnswers(t *testing.T) {
 	h := start(t)
+	longBDAT := "Subject: x\r\n\r\n" + strings.Repeat(strings.Repeat("b", 78)+"\r\n", 100) + strings.Repeat("a", 1200) + "\r\n"
 	cases := []struct{ name, input, want string }{
 		{"relay", "EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@elsewhere.example>\r\n", "550 5.7.1"},
 		{"percent hack", "EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x%elsewhere.example@sink.example>\r\n", "501 5.1.3"},
@@ -207,6 +208,8 @@ func TestBadInputAnswers(t *testing.T) {
 		{"too many recipients", hello + strings.Repeat("RCPT TO:<bob@sink.example>\r\n", 5), "452 4.5.3"},
 		{"over SIZE", hello + "DATA\r\n" + strings.Repeat(strings.Repeat("a", 900)+"\r\n", 80) + ".\r\n", "552 5.3.4"},
 		{"long line", hello + "DATA\r\nSubject: x\r\n\r\n" + strings.Repeat("a", 1200) + "\r\n.\r\n", "500 5.4.0"},
+		// Past what go-smtp reads ahead with the command line limit on.
+		{"long line in BDAT", hello + "BDAT " + itoa(len(longBDAT)) + " LAST\r\n" + longBDAT, "554 5.6.0"},
 		{"NUL", hello + "DATA\r\nSubject: x\r\n\r\na\x00b\r\n.\r\n", "554 5.6.0"},
 		{"bare LF", hello + "DATA\r\nSubject: x\n\r\nb\r\n.\r\n", "554 5.6.0"},
 		{"SIZE declared too big", "EHLO x\r\nMAIL FROM:<a@b.example> SIZE=99999999\r\n", "552 5.3.4"},

@@ -37,6 +37,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -252,12 +253,19 @@ func (s *session) startAt(name, addr, rcpt string) (*cellConn, error) {
 			return &cellConn{name: name, addr: addr, c: c}, rcptErr
 		}
 		c.Close()
-		var se *smtp.SMTPError
-		if pooled && !errors.As(mailErr, &se) {
+		if pooled && closedConn(mailErr) {
 			continue
 		}
 		return nil, cellErr(mailErr)
 	}
+}
+
+// closedConn tells whether err is the network's: a pooled connection the
+// cell closed (or reset) while it sat idle.
+func closedConn(err error) bool {
+	var ne net.Error
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.As(err, &ne)
 }
 
 // lmtpPool keeps idle LMTP connections to cells for the next transaction:
@@ -349,6 +357,9 @@ func (s *session) Data(r io.Reader) error {
 		return err // go-smtp's own limit errors (552 5.3.4) pass through
 	}
 	if rerr := wire.Check(body); rerr != nil {
+		return rerr
+	}
+	if rerr := wire.CheckLines(body); rerr != nil { // a BDAT chunk's lines (DATA's are limited as read)
 		return rerr
 	}
 	raw := append([]byte(s.traceField()), body...)

@@ -250,6 +250,9 @@ func (se *session) Data(r io.Reader) error {
 	}
 	// A client's bare CR or LF is repaired (RFC 6409 §8); a NUL refused.
 	raw = wire.Normalize(raw)
+	if werr := wire.CheckLines(raw); werr != nil { // a BDAT chunk's lines (DATA's are limited as read)
+		return werr
+	}
 	if werr := wire.Check(raw); werr != nil {
 		return werr
 	}
