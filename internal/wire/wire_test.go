@@ -48,7 +48,7 @@ func TestCheckLines(t *testing.T) {
 	}{
 		{"", true},
 		{"Subject: x\r\n\r\n" + long + "\r\n", true},
-		{long + "\r\n" + long, true},                  // the last line need not end with CRLF
+		{long + "\r\n" + long, true},                   // the last line need not end with CRLF
 		{"Subject: x\r\n\r\n" + long + "a\r\n", false}, // 999 octets
 		{"x\r\n" + long + "a", false},
 		{long + "\n", true}, // the CR is not counted (a bare LF is Check's to refuse)
