@@ -299,26 +299,13 @@ func TestFailuresGoToTheErrorTopicAndAreRetried(t *testing.T) {
 		_ = queue.ConsumeInbound(ctx, []string{b.addr()}, "test-inbound", log, c.p.HandleIDs)
 	})
 
-	cl, err := kgo.NewClient(kgo.SeedBrokers(b.addr()), kgo.ConsumeTopics(queue.TopicErrors),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-	defer cancel()
 	var rec map[string]any
-	for rec == nil {
-		fs := cl.PollFetches(ctx)
-		if ctx.Err() != nil {
-			t.Fatal("no record on the error topic")
+	readTopic(t, b, queue.TopicErrors, func(r *kgo.Record) bool {
+		if err := json.Unmarshal(r.Value, &rec); err != nil {
+			t.Fatal(err)
 		}
-		fs.EachRecord(func(r *kgo.Record) {
-			if err := json.Unmarshal(r.Value, &rec); err != nil {
-				t.Fatal(err)
-			}
-		})
-	}
+		return true
+	})
 	if rec["attempt"] != float64(1) || rec["final"] != false || !strings.Contains(fmt.Sprint(rec["reason"]), "blob") {
 		t.Fatalf("error record %v", rec)
 	}
@@ -365,7 +352,28 @@ func TestDirectEntriesShareABatch(t *testing.T) {
 		t.Fatalf("the pipeline was called with %v entries, want all 10 at once", calls)
 	}
 
-	cl, err := kgo.NewClient(kgo.SeedBrokers(b.addr()), kgo.ConsumeTopics(queue.TopicChanges),
+	events := map[string]bool{} // by spool id
+	readTopic(t, b, queue.TopicChanges, func(r *kgo.Record) bool {
+		var ev map[string]any
+		if err := json.Unmarshal(r.Value, &ev); err != nil || ev["kind"] != "message_added" || ev["account"] != c.account.ID ||
+			string(r.Key) != c.account.ID {
+			t.Fatalf("change event %s (%v)", r.Value, err)
+		}
+		events[fmt.Sprint(ev["spool"])] = true
+		return len(events) == len(entries)
+	})
+	for _, e := range entries {
+		if !events[e.ID] {
+			t.Errorf("no change event for spool entry %s", e.ID)
+		}
+	}
+}
+
+// readTopic reads topic from its start, giving each record to enough,
+// until enough says so (20 seconds at most).
+func readTopic(t *testing.T, b *broker, topic string, enough func(*kgo.Record) bool) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(b.addr()), kgo.ConsumeTopics(topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	if err != nil {
 		t.Fatal(err)
@@ -373,24 +381,11 @@ func TestDirectEntriesShareABatch(t *testing.T) {
 	defer cl.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
-	events := map[string]bool{} // by spool id
-	for len(events) < len(entries) {
+	for done := false; !done; {
 		fs := cl.PollFetches(ctx)
 		if ctx.Err() != nil {
-			t.Fatalf("%d of %d change events on the changes topic", len(events), len(entries))
+			t.Fatalf("topic %s: not the records wanted in 20s", topic)
 		}
-		fs.EachRecord(func(r *kgo.Record) {
-			var ev map[string]any
-			if err := json.Unmarshal(r.Value, &ev); err != nil || ev["kind"] != "message_added" || ev["account"] != c.account.ID ||
-				string(r.Key) != c.account.ID {
-				t.Fatalf("change event %s (%v)", r.Value, err)
-			}
-			events[fmt.Sprint(ev["spool"])] = true
-		})
-	}
-	for _, e := range entries {
-		if !events[e.ID] {
-			t.Errorf("no change event for spool entry %s", e.ID)
-		}
+		fs.EachRecord(func(r *kgo.Record) { done = done || enough(r) })
 	}
 }
