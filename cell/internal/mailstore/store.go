@@ -100,21 +100,13 @@ func isUnique(err error) bool {
 // tx runs f in a transaction, retrying serialization failures and
 // deadlocks (YugabyteDB reports conflicts as 40001) a few times.
 func (s *Store) tx(ctx context.Context, f func(tx pgx.Tx) error) error {
-	var err error
-	for attempt := 0; attempt < 5; attempt++ {
-		err = pgx.BeginFunc(ctx, s.pool, f)
-		var pe *pgconn.PgError
-		if errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01") {
-			time.Sleep(time.Duration(attempt+1) * 5 * time.Millisecond)
-			continue
-		}
-		return err
-	}
-	return err
+	return s.retry(ctx, func() error { return pgx.BeginFunc(ctx, s.pool, f) })
 }
 
-// retry runs f, one statement in its own implicit transaction, retrying
-// serialization failures and deadlocks as tx does.
+// retry runs f (one statement in its own implicit transaction, or a whole
+// transaction), again after a serialization failure or a deadlock, five
+// times at most, with a short growing pause while the conflicting
+// transaction finishes.
 func (s *Store) retry(ctx context.Context, f func() error) error {
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
