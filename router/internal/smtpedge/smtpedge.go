@@ -194,31 +194,26 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 // on a pooled connection to the cell or a new one.
 func (s *session) rcptAt(tgt route.Target, addr string) error {
 	cc, ok := s.cells[tgt.Cell.Name]
-	if !ok {
+	var err error
+	switch {
+	case !ok:
 		if tgt.Cell.LMTPAddr == "" {
 			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "Mailbox cell not reachable, try again"}
 		}
-		cc, err := s.startAt(tgt.Cell.Name, tgt.Cell.LMTPAddr, addr)
-		if cc == nil {
+		if cc, err = s.startAt(tgt.Cell.Name, tgt.Cell.LMTPAddr, addr); cc == nil {
 			return err
 		}
 		s.cells[tgt.Cell.Name] = cc
-		if err != nil {
-			var se *smtp.SMTPError
-			cc.broken = !errors.As(err, &se)
-			return cellErr(err)
-		}
-		cc.rcpts++
-		return nil
-	}
-	if cc.broken {
+	case cc.broken:
 		// Its replies may be out of step with its commands (a timed-out
 		// command's reply still unread): send nothing more on it.
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Mailbox cell failed, try again"}
+	default:
+		err = cc.c.Rcpt(addr, nil)
 	}
-	if err := cc.c.Rcpt(addr, nil); err != nil {
+	if err != nil {
 		var se *smtp.SMTPError
-		cc.broken = cc.broken || !errors.As(err, &se)
+		cc.broken = !errors.As(err, &se)
 		return cellErr(err)
 	}
 	cc.rcpts++
