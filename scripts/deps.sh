@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the stack and the tests run against, from Debian's packages:
 # PostgreSQL (stand-in for YugabyteDB), Redis, etcd (for multi-process
-# fault tests), clamd (virus scanning, with a test signature only), and the mail tools the tests drive; with
-# the argument "bench", Dovecot too (the IMAP benchmark's comparison). Idempotent; quiet when
-# everything is there.
+# fault tests), clamd (virus scanning, with a test signature only), the mail
+# tools the tests drive, and dovecot-core (the library of ../shared/tools/imaptest);
+# with the argument "bench", Dovecot's IMAP server too (the IMAP benchmark's
+# comparison). Idempotent; quiet when everything is there.
+#
+# Each check asks for what the tests use, not for a command name: swaks
+# without Net::SSLeay runs but cannot do --tls (a Recommends that
+# --no-install-recommends leaves out), and imaptest runs only where
+# libdovecot can be loaded.
 set -euo pipefail
 need=()
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
@@ -11,6 +17,10 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v swaks >/dev/null || need+=(swaks)
+perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
+command -v python3 >/dev/null || need+=(python3)
+command -v jq >/dev/null || need+=(jq)
+ls /usr/lib/dovecot/libdovecot.so* >/dev/null 2>&1 || need+=(dovecot-core)
 command -v mbsync >/dev/null || need+=(isync)
 test -x /usr/sbin/clamd || need+=(clamav-daemon)
 command -v kcat >/dev/null || need+=(kcat)
