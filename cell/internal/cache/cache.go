@@ -14,11 +14,12 @@
 //   - A command that fails for a reason other than a Redis error reply marks
 //     Redis down; a background probe (PING with backoff) marks it up again.
 //     In between, calls fail fast rather than each waiting for a timeout.
-//   - Allow falls back to an in-process limiter while Redis is down (see
-//     Allow), and Subscribe resubscribes once Redis is back.
+//   - Allow and Take fall back to in-process counters while Redis is down
+//     (see Allow, Take), and Subscribe resubscribes once Redis is back.
 //
 // Keys are used as given, except that Allow keeps its counters under the
-// "rl:" prefix; other callers must not use that prefix.
+// "rl:" prefix and Take its buckets under "th:"; other callers must not use
+// those prefixes.
 package cache
 
 import (
@@ -89,6 +90,10 @@ type Cache struct {
 	// back from EVALSHA to EVAL after a Redis restart empties the script
 	// cache.
 	fixedWindow *rueidis.Lua
+	// throttle and localBuckets are Take's scripts and in-process
+	// fallback.
+	throttle     throttleScripts
+	localBuckets *localBuckets
 
 	life     context.Context // cancelled by Close
 	stop     context.CancelFunc
@@ -138,14 +143,16 @@ func New(ctx context.Context, cfg Config) (*Cache, error) {
 			ConnWriteTimeout:  connTimeout,
 			ClientName:        "cellmail-cell",
 		},
-		local:       newLocalLimiter(time.Now),
-		fixedWindow: newFixedWindow(),
-		life:        life,
-		stop:        stop,
-		done:        make(chan struct{}),
-		firstTry:    make(chan struct{}),
-		wake:        make(chan struct{}, 1),
-		upCh:        make(chan struct{}),
+		local:        newLocalLimiter(time.Now),
+		fixedWindow:  newFixedWindow(),
+		throttle:     newThrottleScripts(),
+		localBuckets: newLocalBuckets(),
+		life:         life,
+		stop:         stop,
+		done:         make(chan struct{}),
+		firstTry:     make(chan struct{}),
+		wake:         make(chan struct{}, 1),
+		upCh:         make(chan struct{}),
 	}
 	go c.supervise()
 	wait := time.NewTimer(dialTimeout)
