@@ -25,7 +25,9 @@ import (
 //   - Per (account, source): the first pairFree failures are free; after
 //     that each attempt waits a delay that doubles per failure, from
 //     pairBase up to pairMax, counted from the last failure. The bucket
-//     drains by one failure per pairLeak; a success empties it.
+//     drains by one failure per pairLeak; a success empties it. From a
+//     known-good source (below) goodFree are free, as a client's parallel
+//     connections log in at once.
 //   - Per source (all accounts): sourceFree free failures, then delays
 //     doubling from sourceBase to sourceMax; drains by one per sourceLeak.
 //     A source from which the account logged in successfully within
@@ -55,8 +57,12 @@ const (
 	// accountLeak drains the account's count by 100 an hour.
 	accountLeak = 36 * time.Second
 	hotFree     = 1
-	hotBase     = time.Minute
-	goodFor     = 30 * 24 * time.Hour
+	// goodFree is pairFree for a known-good source: there, several
+	// connections of one client log in at once (each counts until its
+	// password is checked).
+	goodFree = 10
+	hotBase  = time.Minute
+	goodFor  = 30 * 24 * time.Hour
 )
 
 // Counters keeps the limits' buckets (cache.Cache: Redis, with an
@@ -157,7 +163,10 @@ func (l *LoginLimits) Begin(ctx context.Context, account, source string) (*Attem
 		lv = []float64{0, 0}
 	}
 	known := lv[1] > 0
-	if lv[0] >= accountHot && !known {
+	switch {
+	case known:
+		pair.Free = goodFree
+	case lv[0] >= accountHot:
 		pair.Free, pair.Base = hotFree, hotBase
 	}
 	buckets := []cache.Bucket{pair, acct}

@@ -16,11 +16,11 @@ import (
 const throttlePrefix = "th:"
 
 // Bucket is one failure counter of Take: a leaky bucket whose level grows by
-// one for each event Take admits and drains by one every Leak. While its
-// level (rounded down) is at least Free, the next event must wait
-// Base·2^(level−Free), at most Max, after the last admitted one: the delay
-// grows with each further event and shrinks as the bucket drains, so a
-// bucket never blocks for good.
+// one for each event Take admits and drains by one every Leak. Its count n
+// is the level rounded up (an event partly drained still counts). While n
+// is at least Free, the next event must wait Base·2^(n−Free), at most Max,
+// after the last admitted one: the delay grows with each further event and
+// ends as the bucket drains, so a bucket never blocks for good.
 type Bucket struct {
 	Key string
 	// Free is the level below which an event passes at once (≥ 0).
@@ -43,15 +43,19 @@ func (b Bucket) check() error {
 // wait is how long after the last admitted event, at level l, the next
 // one must wait.
 func (b Bucket) wait(l float64) time.Duration {
-	if b.CountOnly || l < float64(b.Free) {
+	c := count(l)
+	if b.CountOnly || c < float64(b.Free) {
 		return 0
 	}
-	n := math.Floor(l) - float64(b.Free)
+	n := c - float64(b.Free)
 	if n >= 40 {
 		return b.Max
 	}
 	return min(b.Base*time.Duration(1<<int(n)), b.Max)
 }
+
+// count is a level rounded up, ignoring float noise.
+func count(l float64) float64 { return math.Ceil(l - 1e-9) }
 
 // ttl is how long a bucket at level l, last admitted now, must be kept:
 // until it has drained, and no shorter than the wait it imposes.
@@ -76,8 +80,9 @@ for i, k in ipairs(KEYS) do
   local l, t = tonumber(v[1]) or 0, tonumber(v[2]) or now
   if now > t then l = math.max(0, l - (now - t) / leak) end
   levels[i] = l
-  if only ~= '1' and l >= free then
-    local n = math.floor(l) - free
+  local c = math.ceil(l - 1e-9)
+  if only ~= '1' and c >= free then
+    local n = c - free
     local w = maxw
     if n < 40 then w = math.min(base * math.pow(2, n), maxw) end
     local left = t + w - now
