@@ -225,11 +225,12 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	fence := ownership.New(cfg.Name, maps)
 	hasher := auth.NewHasher(auth.OWASP)
+	logins := auth.NewLoginLimits(kv, nil, log.With("part", "login-limits"))
 	srv := api.NewServer(fence, maps, counter{store}, log)
 	var sender *outbound.Sender
 	mailSrv := api.NewMailServer(api.MailConfig{
 		Server: srv, Fence: fence, Maps: maps, Store: store, Blobs: blobs, Cache: kv,
-		Hasher: hasher, Limits: message.DefaultLimits(), OperatorToken: cfg.OperatorToken,
+		Hasher: hasher, Logins: logins, Limits: message.DefaultLimits(), OperatorToken: cfg.OperatorToken,
 		Peers: api.PeerClient{HTTP: &http.Client{Timeout: 2 * time.Minute}, Token: cfg.AgentToken},
 		WakeOutbound: func(accountID string) {
 			if sender != nil { // set before anything is served
@@ -317,7 +318,7 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		}()
 		imapSrv := imapd.New(imapd.Config{Store: store, Blobs: blobs, Append: delivery.New(blobs, store, message.DefaultLimits()),
-			Hasher: hasher, Fence: fence, Limiter: kv, Publish: kv, Hub: hub, Logger: log.With("part", "imap")})
+			Hasher: hasher, Fence: fence, Logins: logins, Publish: kv, Hub: hub, Logger: log.With("part", "imap")})
 		go func() { _ = imapSrv.Serve(iln) }()
 		defer imapSrv.Close()
 		log.Info("cell IMAP serving", "imap", iln.Addr().String())

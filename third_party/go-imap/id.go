@@ -12,4 +12,9 @@ type IDData struct {
 	Command     string
 	Arguments   string
 	Environment string
+
+	// Extra holds the fields RFC 2971 does not name, by lower-cased name,
+	// when they begin with "x-" (cellmail patch): a proxy's
+	// "x-originating-ip", as Dovecot's proxies send it.
+	Extra map[string]string
 }

@@ -11,11 +11,13 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"time"
 
 	"connectrpc.com/connect"
 
 	cellv1 "github.com/cellmail/cellmail/cell/gen/cellv1"
 	"github.com/cellmail/cellmail/cell/gen/cellv1/cellv1connect"
+	"github.com/cellmail/cellmail/cell/internal/auth"
 	"github.com/cellmail/cellmail/cell/internal/mail"
 	"github.com/cellmail/cellmail/cell/internal/ownership"
 	cpv1 "github.com/cellmail/cellmail/controlplane/gen/controlplanev1"
@@ -110,7 +112,12 @@ func (s *Server) toConnect(procedure string, err error) error {
 	}
 	var wrong *mail.WrongCellError
 	var moving *mail.MovingError
+	var limited *auth.LimitError
 	switch {
+	case errors.As(err, &limited):
+		e := connect.NewError(connect.CodeResourceExhausted, err)
+		e.Meta().Set("Retry-After", strconv.FormatInt(int64((limited.RetryAfter+time.Second-1)/time.Second), 10))
+		return e
 	case errors.As(err, &wrong):
 		e := connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("WRONG_CELL: owner %s at epoch %d", wrong.Owner, wrong.Epoch))
 		if d, derr := connect.NewErrorDetail(&cellv1.WrongCell{Owner: wrong.Owner, Epoch: wrong.Epoch, OwnerApiUrl: wrong.OwnerAPIURL}); derr == nil {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -45,9 +44,6 @@ const (
 	MaxRequestBytes = 48 << 20
 	accessTTL       = time.Hour
 	refreshTTL      = 30 * 24 * time.Hour
-	loginPerAccount = 10 // per 15 minutes
-	loginPerSource  = 60 // per 15 minutes
-	loginWindow     = 15 * time.Minute
 )
 
 // Cache is the hot-list cache and rate limiter (Redis); every method may
@@ -80,6 +76,7 @@ type MailServer struct {
 	deliver       *delivery.Deliverer
 	cache         Cache
 	hasher        *auth.Hasher
+	logins        *auth.LoginLimits
 	peers         Peers
 	limits        message.Limits
 	operatorToken string
@@ -95,13 +92,15 @@ var (
 
 // MailConfig wires the mail API.
 type MailConfig struct {
-	Server        *Server
-	Fence         Fence
-	Maps          interface{ Map() *placement.Map }
-	Store         *mailstore.Store
-	Blobs         delivery.Blobs // the files and the inline tier (blobstore.Tiered)
-	Cache         Cache
-	Hasher        *auth.Hasher
+	Server *Server
+	Fence  Fence
+	Maps   interface{ Map() *placement.Map }
+	Store  *mailstore.Store
+	Blobs  delivery.Blobs // the files and the inline tier (blobstore.Tiered)
+	Cache  Cache
+	Hasher *auth.Hasher
+	// Logins is the login policy shared with IMAP (auth.LoginLimits).
+	Logins        *auth.LoginLimits
 	Peers         Peers
 	Limits        message.Limits
 	OperatorToken string
@@ -124,7 +123,7 @@ func NewMailServer(c MailConfig) *MailServer {
 		c.SendLimit = SendLimit
 	}
 	return &MailServer{srv: c.Server, fence: c.Fence, maps: c.Maps, store: c.Store, blobs: c.Blobs,
-		deliver: delivery.New(c.Blobs, c.Store, c.Limits), cache: c.Cache, hasher: c.Hasher, peers: c.Peers,
+		deliver: delivery.New(c.Blobs, c.Store, c.Limits), cache: c.Cache, hasher: c.Hasher, logins: c.Logins, peers: c.Peers,
 		limits: c.Limits, operatorToken: c.OperatorToken, wakeOutbound: wake, sendLimit: c.SendLimit, log: c.Logger}
 }
 
@@ -175,54 +174,50 @@ func checkText(what, s string, maxLen int) error {
 	return nil
 }
 
-// sourceIP is the client address the router saw (last X-Forwarded-For hop).
-func sourceIP(h http.Header) string {
-	xff := h.Get("X-Forwarded-For")
+// HeaderClientAddr is the header in which the router (its HTTP proxy and
+// its submission service) tells the cell the client's address. The router
+// sets it itself, replacing whatever a client sent under that name; the
+// cell's API port is internal, so only the router reaches it.
+const HeaderClientAddr = "X-Forwarded-For"
+
+// sourceOf is the login limits' source of a call: the client address the
+// router saw (the last X-Forwarded-For hop, which the router adds).
+func sourceOf(h http.Header) string {
+	xff := strings.Join(h.Values(HeaderClientAddr), ",")
 	if i := strings.LastIndexByte(xff, ','); i >= 0 {
 		xff = xff[i+1:]
 	}
-	if ip := net.ParseIP(strings.TrimSpace(xff)); ip != nil {
-		return ip.String()
-	}
-	return "unknown"
-}
-
-func (m *MailServer) limit(ctx context.Context, key string, n int) error {
-	ok, retry, err := m.cache.Allow(ctx, key, n, loginWindow)
-	if err != nil {
-		m.log.Warn("rate limiter unavailable", "err", err)
-		return nil
-	}
-	if !ok {
-		return fmt.Errorf("%w: too many login attempts; retry in %s", mail.ErrRateLimited, retry.Round(time.Second))
-	}
-	return nil
+	return auth.Source(xff)
 }
 
 // Login checks a password and opens a session. An unknown address and a
-// wrong password get the same answer after the same work.
+// wrong password get the same answer after the same work. Every attempt
+// passes the login limits first (auth.LoginLimits; runbooks/login-limits.md).
 func (m *MailServer) Login(ctx context.Context, req *connect.Request[mailv1.LoginRequest]) (*connect.Response[mailv1.LoginResponse], error) {
 	rt, _ := ctx.Value(routeKey{}).(placement.Route)
 	addr := rt.Address.String()
-	if err := m.limit(ctx, "login:src:"+sourceIP(req.Header()), loginPerSource); err != nil {
-		return nil, err
-	}
-	if err := m.limit(ctx, "login:acct:"+addr, loginPerAccount); err != nil {
-		return nil, err
-	}
 	if len(req.Msg.Password) > MaxPasswordLength {
 		return nil, invalid("password over %d bytes", MaxPasswordLength)
 	}
+	att, err := m.logins.Begin(ctx, addr, sourceOf(req.Header()))
+	if err != nil {
+		return nil, err
+	}
 	a, err := m.store.AccountByAddress(ctx, addr)
 	if err != nil && !errors.Is(err, mail.ErrNotFound) {
+		att.Abandoned(ctx)
 		return nil, err
 	}
 	if verr := m.hasher.Verify(ctx, a.PasswordHash, req.Msg.Password); verr != nil || err != nil {
 		if verr != nil && !errors.Is(verr, auth.ErrMismatch) {
 			m.log.Error("password verification failed", "err", verr)
+			att.Abandoned(ctx)
+		} else {
+			att.Failed(ctx)
 		}
 		return nil, fmt.Errorf("%w: wrong address or password", mail.ErrUnauthorized)
 	}
+	att.Succeeded(ctx)
 	s, err := m.issue(ctx, a, mailstore.NewID())
 	if err != nil {
 		return nil, err

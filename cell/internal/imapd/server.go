@@ -21,6 +21,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -28,6 +29,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
 
+	"github.com/cellmail/cellmail/cell/internal/auth"
 	"github.com/cellmail/cellmail/cell/internal/blobstore"
 	"github.com/cellmail/cellmail/cell/internal/delivery"
 	"github.com/cellmail/cellmail/cell/internal/mail"
@@ -76,11 +78,6 @@ type Fence interface {
 	Check(ctx context.Context, address string, callerEpoch uint64) (placement.Route, error)
 }
 
-// Limiter counts attempts in a window (Redis; allowed when Redis is down).
-type Limiter interface {
-	Allow(ctx context.Context, key string, limit int, window time.Duration) (bool, time.Duration, error)
-}
-
 // Publisher announces an account's new journal position to its listeners.
 type Publisher interface {
 	Publish(ctx context.Context, channel string, msg []byte) error
@@ -92,10 +89,7 @@ const (
 	MaxAppend = 50 << 20
 	// maxCompressed bounds the sessions under COMPRESS=DEFLATE at once.
 	maxCompressed = 1000
-	// loginPerAccount failed or not, per 15 minutes: a guessing bound.
-	loginPerAccount = 30
-	loginWindow     = 15 * time.Minute
-	maxPassword     = 1024
+	maxPassword   = 1024
 	// idlePoll is how often IDLE looks at the journal without a wake-up.
 	idlePoll = 30 * time.Second
 	// opTimeout bounds one command's store work.
@@ -104,16 +98,21 @@ const (
 
 // Config is what the server needs.
 type Config struct {
-	Store    Store
-	Blobs    Blobs
-	Append   Appender
-	Hasher   Verifier
-	Fence    Fence
-	Limiter  Limiter
-	Publish  Publisher
-	Hub      *Hub
-	Logger   *slog.Logger
-	MaxConns int
+	Store  Store
+	Blobs  Blobs
+	Append Appender
+	Hasher Verifier
+	Fence  Fence
+	// Logins is the login policy, shared with the API (required).
+	Logins *auth.LoginLimits
+	// TrustedProxies are the peers whose ID "x-originating-ip" names the
+	// client (the router's IMAP proxy); nil: loopback and private
+	// addresses, as the cell's IMAP port is internal.
+	TrustedProxies []netip.Prefix
+	Publish        Publisher
+	Hub            *Hub
+	Logger         *slog.Logger
+	MaxConns       int
 	// TLS, when set, offers STARTTLS (the router ends TLS in front of the
 	// cell; the cell's port is internal).
 	TLS *tls.Config
@@ -148,6 +147,11 @@ func New(cfg Config) *Server {
 	}
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = 10000
+	}
+	if cfg.TrustedProxies == nil {
+		for _, p := range []string{"127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"} {
+			cfg.TrustedProxies = append(cfg.TrustedProxies, netip.MustParsePrefix(p))
+		}
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	s := &Server{cfg: cfg, log: cfg.Logger, ctx: ctx, stop: stop, sem: make(chan struct{}, cfg.MaxConns)}

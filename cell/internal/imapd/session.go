@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
 
+	"github.com/cellmail/cellmail/cell/internal/auth"
 	"github.com/cellmail/cellmail/cell/internal/mail"
 )
 
@@ -23,6 +26,11 @@ type session struct {
 	acct   mail.Account
 	authed bool
 	sel    *selected
+	// client is the client's address as the router saw it (its ID
+	// x-originating-ip), empty until then; loginTried and idSeen say that
+	// it can no longer be set.
+	client             string
+	loginTried, idSeen bool
 }
 
 var (
@@ -48,10 +56,14 @@ func (se *session) Close() error {
 }
 
 // Login checks the password (argon2id) of an address this cell owns. The
-// answer is the same for an unknown address and a wrong password.
+// answer is the same for an unknown address and a wrong password. Every
+// attempt — LOGIN, AUTHENTICATE PLAIN (which go-imap brings here), also
+// after UNAUTHENTICATE (RFC 8437) — passes the login limits first, for the
+// client's address (auth.LoginLimits; runbooks/login-limits.md).
 func (se *session) Login(username, password string) error {
 	ctx, cancel := se.op()
 	defer cancel()
+	se.loginTried = true
 	if len(password) > maxPassword || len(username) > 320 || !utf8.ValidString(username) {
 		return imapserver.ErrAuthFailed
 	}
@@ -67,23 +79,69 @@ func (se *session) Login(username, password string) error {
 		return imapserver.ErrAuthFailed
 	}
 	addr := rt.Address.String()
-	if se.srv.cfg.Limiter != nil {
-		ok, _, lerr := se.srv.cfg.Limiter.Allow(ctx, "imap:login:"+addr, loginPerAccount, loginWindow)
-		if lerr == nil && !ok {
-			return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeUnavailable,
-				Text: "Too many login attempts, try again later"}
-		}
+	att, err := se.srv.cfg.Logins.Begin(ctx, addr, se.source())
+	var limited *auth.LimitError
+	if errors.As(err, &limited) {
+		se.srv.log.Info("imap login refused by the login limits", "address", addr, "source", se.source(), "retry_after", limited.RetryAfter)
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeUnavailable,
+			Text: fmt.Sprintf("Too many failed logins, try again in %s", (limited.RetryAfter + time.Second - 1).Truncate(time.Second))}
+	}
+	if err != nil {
+		return se.toIMAPError("login", err)
 	}
 	a, err := se.srv.cfg.Store.AccountByAddress(ctx, addr)
 	if err != nil && !errors.Is(err, mail.ErrNotFound) {
+		att.Abandoned(ctx)
 		return se.toIMAPError("login", err)
 	}
 	if verr := se.srv.cfg.Hasher.Verify(ctx, a.PasswordHash, password); verr != nil || err != nil {
-		se.srv.log.Info("imap login failed", "address", addr, "remote", remote(se.conn))
+		if verr != nil && !errors.Is(verr, auth.ErrMismatch) {
+			se.srv.log.Error("password verification failed", "address", addr, "err", verr)
+			att.Abandoned(ctx)
+			return imapserver.ErrAuthFailed
+		}
+		att.Failed(ctx)
+		se.srv.log.Info("imap login failed", "address", addr, "source", se.source())
 		return imapserver.ErrAuthFailed
 	}
+	att.Succeeded(ctx)
 	se.acct, se.authed = a, true
 	return nil
+}
+
+// source is the login limits' source: the address the router named, or the
+// peer's own.
+func (se *session) source() string {
+	if se.client != "" {
+		return auth.Source(se.client)
+	}
+	return auth.Source(remote(se.conn))
+}
+
+// originatingIP takes the client's address from the first ID of a
+// connection (RFC 2971), before any login, when the peer is a trusted proxy
+// (the router sends it so; Dovecot's proxies do the same). Later IDs — a
+// client's own, sent through the splice — change nothing.
+func (se *session) originatingIP(client *imap.IDData) {
+	first := !se.idSeen && !se.loginTried
+	se.idSeen = true
+	if !first || client == nil || client.Extra["x-originating-ip"] == "" {
+		return
+	}
+	peer, err := netip.ParseAddr(remote(se.conn))
+	if err != nil {
+		return
+	}
+	peer = peer.Unmap()
+	for _, p := range se.srv.cfg.TrustedProxies {
+		if p.Contains(peer) {
+			if ip, err := netip.ParseAddr(client.Extra["x-originating-ip"]); err == nil {
+				se.client = ip.String()
+			}
+			return
+		}
+	}
+	se.srv.log.Info("imap: x-originating-ip from an untrusted peer ignored", "peer", peer)
 }
 
 func remote(c *imapserver.Conn) string {

@@ -486,6 +486,13 @@ func setIDField(d *imap.IDData, k, v string) {
 		d.Arguments = v
 	case "environment":
 		d.Environment = v
+	default:
+		if k = strings.ToLower(k); strings.HasPrefix(k, "x-") {
+			if d.Extra == nil {
+				d.Extra = map[string]string{}
+			}
+			d.Extra[k] = v
+		}
 	}
 }
 
