@@ -97,6 +97,9 @@ type Config struct {
 	SendLimit int
 	// Instance names this process in liveness keys (host-pid when empty).
 	Instance string
+	// LoginClock is the login limits' clock (nil: time.Now); tests move
+	// it instead of waiting for delays to end.
+	LoginClock func() time.Time
 	Logger   *slog.Logger
 }
 
@@ -225,7 +228,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	fence := ownership.New(cfg.Name, maps)
 	hasher := auth.NewHasher(auth.OWASP)
-	logins := auth.NewLoginLimits(kv, nil, log.With("part", "login-limits"))
+	logins := auth.NewLoginLimits(kv, cfg.LoginClock, log.With("part", "login-limits"))
 	srv := api.NewServer(fence, maps, counter{store}, log)
 	var sender *outbound.Sender
 	mailSrv := api.NewMailServer(api.MailConfig{

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -120,7 +121,16 @@ type stack struct {
 	// has seen it sends it (Cellmail-Map-Epoch) so a cell does not answer
 	// from an older copy of the map.
 	epoch uint64
+	// clock is the cells' login-limits clock: it stands still unless a
+	// test moves it (advance), so login delays do not depend on how fast
+	// the machine is.
+	clock atomic.Int64
 }
+
+func (s *stack) loginNow() time.Time { return time.Unix(0, s.clock.Load()) }
+
+// advance moves the cells' login-limits clock.
+func (s *stack) advance(d time.Duration) { s.clock.Add(int64(d)) }
 
 func call[T any](t testing.TB, req *connect.Request[T]) *connect.Request[T] {
 	req.Header().Set("Authorization", "Bearer "+cptest.AdminToken)
@@ -131,6 +141,7 @@ func newStack(t testing.TB, redisOverride ...string) *stack {
 	cp := cptest.StartControlPlane(t, nil)
 	s := &stack{t: t, cp: cp, admin: controlplanev1connect.NewControlPlaneServiceClient(http.DefaultClient, cp.URL),
 		stops: map[string]context.CancelFunc{}, cells: map[string]string{}, redis: redisAddr}
+	s.clock.Store(time.Now().UnixNano())
 	if len(redisOverride) > 0 {
 		s.redis = redisOverride[0]
 	}
@@ -229,7 +240,7 @@ func (s *stack) startCell(name, jur string) {
 	go func() {
 		done <- cell.Run(ctx, cell.Config{Name: name, Listener: ln, Etcd: s.cp.Etcd.Endpoints, DataDir: dataDir,
 			AgentToken: cptest.AgentToken, OperatorToken: cptest.AdminToken, DatabaseURL: dsn, RedisAddr: s.redis, LMTPListener: lln, IMAPListener: iln,
-			DNS: dnsAddr, OutboundPort: remoteMX.port, SendLimit: sendLimit(), Kafka: kafka, Logger: cptest.Logger(t)})
+			DNS: dnsAddr, OutboundPort: remoteMX.port, SendLimit: sendLimit(), Kafka: kafka, LoginClock: s.loginNow, Logger: cptest.Logger(t)})
 	}()
 	stopped := false
 	stop := func() {

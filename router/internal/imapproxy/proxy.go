@@ -8,8 +8,13 @@
 // Before login the proxy keeps to small limits: a command line of
 // maxLine, literals only for LOGIN and of at most maxLiteral, no "+" for a
 // literal it will refuse (so a pre-login APPEND is never read), LOGIN only
-// under TLS, a few bad commands and failed logins per connection, and
-// failed logins counted per client address.
+// under TLS, a few bad commands and failed logins per connection. Failed
+// logins are counted by the cell (its login limits, shared with the API
+// and submission, runbooks/login-limits.md): the proxy tells the cell the
+// client's address with ID "x-originating-ip" (RFC 2971, as Dovecot's
+// proxies do) as the first command of the cell connection, so the cell
+// counts per client also for LOGINs sent after UNAUTHENTICATE through the
+// splice. A client's own ID is answered here and never forwarded.
 package imapproxy
 
 import (
@@ -54,8 +59,6 @@ const (
 	preLoginTotal   = 3 * time.Minute
 	maxBad          = 5
 	maxFailedLogins = 3
-	failsPerAddr    = 20
-	failWindow      = 10 * time.Minute
 	cellTimeout     = 20 * time.Second
 )
 
@@ -65,15 +68,9 @@ type Proxy struct {
 	cfg    Config
 	log    *slog.Logger
 
-	mu    sync.Mutex
-	fails map[string]*window
-	lns   []net.Listener
-	done  bool
-}
-
-type window struct {
-	start time.Time
-	n     int
+	mu   sync.Mutex
+	lns  []net.Listener
+	done bool
 }
 
 // New makes a proxy.
@@ -88,7 +85,7 @@ func New(routes Resolver, cfg Config) *Proxy {
 		d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 		cfg.Dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
 	}
-	return &Proxy{routes: routes, cfg: cfg, log: cfg.Logger, fails: map[string]*window{}}
+	return &Proxy{routes: routes, cfg: cfg, log: cfg.Logger}
 }
 
 // Serve accepts plain connections (STARTTLS offered when TLS is set).
@@ -355,17 +352,12 @@ func (cn *conn) login(tag, user, pass string) (done, spliced bool) {
 	if !cn.tls && !cn.p.cfg.AllowPlaintextLogin {
 		return cn.write("%s NO [PRIVACYREQUIRED] Use STARTTLS first", tag) != nil, false
 	}
-	if !cn.p.allowLogin(cn.addr) {
-		_ = cn.write("%s NO [UNAVAILABLE] Too many failed logins from your address, try later", tag)
-		return true, false
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), cellTimeout)
 	defer cancel()
-	cell, okLine, err := cn.p.cellLogin(ctx, user, pass)
+	cell, okLine, err := cn.p.cellLogin(ctx, cn.addr, user, pass)
 	var fail *loginFailure
 	switch {
 	case errors.As(err, &fail):
-		cn.p.failed(cn.addr)
 		cn.failures++
 		if cn.write("%s %s", tag, fail.line) != nil {
 			return true, false
@@ -403,7 +395,7 @@ var authFailed = &loginFailure{line: "NO [AUTHENTICATIONFAILED] Authentication f
 // cellLogin finds the user's cell and logs in there; the returned line is
 // the cell's tagged OK without its tag. A cell that says the user is
 // served elsewhere (a move) makes it look the user up again, once.
-func (p *Proxy) cellLogin(ctx context.Context, user, pass string) (*cellConn, string, error) {
+func (p *Proxy) cellLogin(ctx context.Context, client, user, pass string) (*cellConn, string, error) {
 	tgt, err := p.routes.Resolve(user)
 	for attempt := 0; ; attempt++ {
 		switch {
@@ -414,7 +406,7 @@ func (p *Proxy) cellLogin(ctx context.Context, user, pass string) (*cellConn, st
 		case tgt.Cell.IMAPAddr == "":
 			return nil, "", fmt.Errorf("cell %s has no IMAP endpoint", tgt.Cell.Name)
 		}
-		cc, line, err := p.loginAt(ctx, tgt.Cell.IMAPAddr, user, pass)
+		cc, line, err := p.loginAt(ctx, tgt.Cell.IMAPAddr, client, user, pass)
 		var fail *loginFailure
 		if attempt == 0 && errors.As(err, &fail) && strings.Contains(fail.line, "[UNAVAILABLE]") &&
 			strings.Contains(fail.line, "elsewhere") {
@@ -425,9 +417,10 @@ func (p *Proxy) cellLogin(ctx context.Context, user, pass string) (*cellConn, st
 	}
 }
 
-// loginAt sends LOGIN with synchronizing literals (any byte of a user name
-// or password passes) and reads the answer.
-func (p *Proxy) loginAt(ctx context.Context, addr, user, pass string) (*cellConn, string, error) {
+// loginAt names the client (ID x-originating-ip, first), sends LOGIN with
+// synchronizing literals (any byte of a user name or password passes) and
+// reads the answer.
+func (p *Proxy) loginAt(ctx context.Context, addr, client, user, pass string) (*cellConn, string, error) {
 	c, err := p.cfg.Dial(ctx, addr)
 	if err != nil {
 		return nil, "", fmt.Errorf("dial cell IMAP %s: %w", addr, err)
@@ -448,6 +441,23 @@ func (p *Proxy) loginAt(ctx context.Context, addr, user, pass string) (*cellConn
 	}
 	if !strings.HasPrefix(greeting, "* OK") {
 		return nil, "", fmt.Errorf("cell greeting: %q", strings.TrimSpace(greeting))
+	}
+	// client is an IP address (the proxy's own view of the peer), so it
+	// needs no quoting beyond the quotes.
+	if _, err := fmt.Fprintf(c, "I ID (\"x-originating-ip\" \"%s\")\r\n", client); err != nil {
+		return nil, "", err
+	}
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return nil, "", fmt.Errorf("cell ID answer: %w", err)
+		}
+		if strings.HasPrefix(line, "I OK") {
+			break
+		}
+		if strings.HasPrefix(line, "I ") || strings.HasPrefix(line, "* BYE") {
+			return nil, "", fmt.Errorf("cell ID answer: %q", strings.TrimSpace(line))
+		}
 	}
 	expectCont := func() error {
 		line, err := br.ReadString('\n')
@@ -532,33 +542,4 @@ func closeWrite(c net.Conn) {
 	default:
 		_ = c.Close()
 	}
-}
-
-// allowLogin: fewer than failsPerAddr failures from addr in the window.
-func (p *Proxy) allowLogin(addr string) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	w := p.fails[addr]
-	if w == nil || time.Since(w.start) > failWindow {
-		return true
-	}
-	return w.n < failsPerAddr
-}
-
-func (p *Proxy) failed(addr string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.fails) > 100000 {
-		for k, w := range p.fails {
-			if time.Since(w.start) > failWindow {
-				delete(p.fails, k)
-			}
-		}
-	}
-	w := p.fails[addr]
-	if w == nil || time.Since(w.start) > failWindow {
-		w = &window{start: time.Now()}
-		p.fails[addr] = w
-	}
-	w.n++
 }
