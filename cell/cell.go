@@ -100,7 +100,7 @@ type Config struct {
 	// LoginClock is the login limits' clock (nil: time.Now); tests move
 	// it instead of waiting for delays to end.
 	LoginClock func() time.Time
-	Logger   *slog.Logger
+	Logger     *slog.Logger
 }
 
 // Roles of a cell process.

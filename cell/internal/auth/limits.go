@@ -30,9 +30,10 @@ import (
 //     connections log in at once.
 //   - Per source (all accounts): sourceFree free failures, then delays
 //     doubling from sourceBase to sourceMax; drains by one per sourceLeak.
-//     A source from which the account logged in successfully within
-//     goodFor ("known good") is exempt, so a guesser behind a NAT does not
-//     stop the NAT's other users.
+//     A source from which the account logged in successfully lately
+//     ("known good": for goodFor after the first success, then at least
+//     goodFor/2 after the last) is exempt, so a guesser behind a NAT does
+//     not stop the NAT's other users.
 //   - Per account (all sources): counted only. Once it passes accountHot
 //     (guessing from many sources), a source that is not known good and
 //     has recent failures for the account gets one free failure instead of
@@ -144,6 +145,7 @@ type Attempt struct {
 	account string
 	source  string
 	counted []cache.Bucket
+	good    float64 // the known-good bucket's level at Begin
 }
 
 // Begin is called before a password for account (the canonical address,
@@ -179,12 +181,12 @@ func (l *LoginLimits) Begin(ctx context.Context, account, source string) (*Attem
 			return nil, err
 		}
 		l.log.Warn("login limits: counters unavailable", "err", err)
-		return &Attempt{l: l, account: account, source: source}, nil
+		return &Attempt{l: l, account: account, source: source, good: lv[1]}, nil
 	}
 	if wait > 0 {
 		return nil, &LimitError{RetryAfter: wait}
 	}
-	return &Attempt{l: l, account: account, source: source, counted: buckets}, nil
+	return &Attempt{l: l, account: account, source: source, counted: buckets, good: lv[1]}, nil
 }
 
 // Succeeded records a right password: the attempt is no failure, the
@@ -196,12 +198,13 @@ func (a *Attempt) Succeeded(ctx context.Context) {
 	if err := a.l.c.Forget(ctx, pairKey(a.account, a.source)); err != nil {
 		a.l.log.Warn("login limits: reset", "err", err)
 	}
-	good := cache.Bucket{Key: goodKey(a.account, a.source), Leak: goodFor, Base: time.Second, Max: time.Second, CountOnly: true}
-	if err := a.l.c.Forget(ctx, good.Key); err != nil {
-		a.l.log.Warn("login limits: mark good", "err", err)
-	}
-	if _, err := a.l.c.Take(ctx, now, []cache.Bucket{good}); err != nil {
-		a.l.log.Warn("login limits: mark good", "err", err)
+	// Known good from now: the bucket is topped up (never emptied, which
+	// parallel logins would see) when it has drained below half.
+	if a.good < 0.5 {
+		good := cache.Bucket{Key: goodKey(a.account, a.source), Leak: goodFor, Base: time.Second, Max: time.Second, CountOnly: true}
+		if _, err := a.l.c.Take(ctx, now, []cache.Bucket{good}); err != nil {
+			a.l.log.Warn("login limits: mark good", "err", err)
+		}
 	}
 }
 

@@ -5,9 +5,11 @@
 //
 //   - AUTH PLAIN (RFC 4616) and LOGIN (draft-murchison-sasl-login): the
 //     username is the user's address; the router finds its owning cell and
-//     logs in there (the cell checks the password and rate-limits); the
-//     session then holds that cell's access token. A failure answers 535
-//     5.7.8, the same for an unknown user and a wrong password.
+//     logs in there, naming the client in X-Forwarded-For (set, never
+//     forwarded); the cell checks the password under its login limits
+//     (runbooks/login-limits.md). The session then holds that cell's access
+//     token. A failure answers 535 5.7.8, the same for an unknown user and a
+//     wrong password; a login the limits refuse 454 4.7.0.
 //   - MAIL FROM must be the authenticated user's own address (553 5.7.1);
 //     the cell checks it again.
 //   - RCPT accepts any syntactically valid address (relaying is what an
