@@ -172,6 +172,12 @@ func TestLoginLimitsAttacker(t *testing.T) {
 	if refused != 20 {
 		t.Errorf("%d guesses refused by the limit, want 20", refused)
 	}
+	// Naming another source through the splice changes nothing: the cell
+	// took the router's ID, before any login, and no later one.
+	r.ok(`ID ("x-originating-ip" "10.9.9.9")`)
+	if _, st := r.do(`LOGIN %q "guess"`, victims[0]); !strings.HasPrefix(st, "NO [UNAVAILABLE]") {
+		t.Errorf("after a forged ID: %s", st)
+	}
 	// AUTHENTICATE PLAIN on the same connection is the same attempt.
 	_, st := r.do("AUTHENTICATE PLAIN %s", plain(victims[0], "guess"))
 	if !strings.HasPrefix(st, "NO [UNAVAILABLE]") {

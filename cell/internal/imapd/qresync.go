@@ -139,7 +139,7 @@ var serverID = &imap.IDData{Name: "cellmail", Vendor: "cellmail"}
 // ID logs what the client says of itself, takes the client's address from
 // the router's ID (originatingIP) and answers with serverID.
 func (se *session) ID(client *imap.IDData) *imap.IDData {
-	se.originatingIP(client)
+	se.originatingIP(client, remote(se.conn))
 	if client != nil {
 		se.srv.log.Debug("imap client", "name", client.Name, "version", client.Version, "os", client.OS,
 			"vendor", client.Vendor)

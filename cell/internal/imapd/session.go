@@ -122,13 +122,13 @@ func (se *session) source() string {
 // connection (RFC 2971), before any login, when the peer is a trusted proxy
 // (the router sends it so; Dovecot's proxies do the same). Later IDs — a
 // client's own, sent through the splice — change nothing.
-func (se *session) originatingIP(client *imap.IDData) {
+func (se *session) originatingIP(client *imap.IDData, from string) {
 	first := !se.idSeen && !se.loginTried
 	se.idSeen = true
 	if !first || client == nil || client.Extra["x-originating-ip"] == "" {
 		return
 	}
-	peer, err := netip.ParseAddr(remote(se.conn))
+	peer, err := netip.ParseAddr(from)
 	if err != nil {
 		return
 	}
