@@ -1,7 +1,8 @@
-// Package auth hashes passwords with argon2id and mints and parses session
-// tokens. A token names its subject (so the router can route it without a
-// lookup) and carries 256 random bits; only its SHA-256 is stored, so a
-// database leak yields no usable token.
+// Package auth is how the cell authenticates: it hashes passwords with
+// argon2id, mints and parses session tokens, and applies the login limits
+// (LoginLimits) to every password check. A token names its subject (so the
+// router can route it without a lookup) and carries 256 random bits; only
+// its SHA-256 is stored, so a database leak yields no usable token.
 package auth
 
 import (
