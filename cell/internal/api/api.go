@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
-	"time"
 
 	"connectrpc.com/connect"
 
@@ -116,7 +115,7 @@ func (s *Server) toConnect(procedure string, err error) error {
 	switch {
 	case errors.As(err, &limited):
 		e := connect.NewError(connect.CodeResourceExhausted, err)
-		e.Meta().Set("Retry-After", strconv.FormatInt(int64((limited.RetryAfter+time.Second-1)/time.Second), 10))
+		e.Meta().Set("Retry-After", strconv.FormatInt(limited.RetrySeconds(), 10))
 		return e
 	case errors.As(err, &wrong):
 		e := connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("WRONG_CELL: owner %s at epoch %d", wrong.Owner, wrong.Epoch))

@@ -82,14 +82,16 @@ type LimitError struct {
 }
 
 func (e *LimitError) Error() string {
-	return fmt.Sprintf("%v: too many failed logins; retry in %s", mail.ErrRateLimited, roundUp(e.RetryAfter))
+	return fmt.Sprintf("%v: too many failed logins; retry in %ds", mail.ErrRateLimited, e.RetrySeconds())
 }
 
 // Is makes errors.Is(err, mail.ErrRateLimited) true.
 func (e *LimitError) Is(target error) bool { return target == mail.ErrRateLimited }
 
-func roundUp(d time.Duration) time.Duration {
-	return (d + time.Second - 1).Truncate(time.Second)
+// RetrySeconds is RetryAfter in whole seconds, rounded up (what users are
+// told, and a Retry-After header's value).
+func (e *LimitError) RetrySeconds() int64 {
+	return int64((e.RetryAfter + time.Second - 1) / time.Second)
 }
 
 // LoginLimits applies the login policy; safe for concurrent use.

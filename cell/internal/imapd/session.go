@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"time"
 	"unicode/utf8"
 
 	"github.com/emersion/go-imap/v2"
@@ -84,7 +83,7 @@ func (se *session) Login(username, password string) error {
 	if errors.As(err, &limited) {
 		se.srv.log.Info("imap login refused by the login limits", "address", addr, "source", se.source(), "retry_after", limited.RetryAfter)
 		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeUnavailable,
-			Text: fmt.Sprintf("Too many failed logins, try again in %s", (limited.RetryAfter + time.Second - 1).Truncate(time.Second))}
+			Text: fmt.Sprintf("Too many failed logins, try again in %ds", limited.RetrySeconds())}
 	}
 	if err != nil {
 		return se.toIMAPError("login", err)
