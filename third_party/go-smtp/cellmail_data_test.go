@@ -1,0 +1,268 @@
+package smtp_test
+
+// Tests of cellmail's changes to reading a message (CELLMAIL.md): DATA's
+// end, its dot and CR handling and line limit, BDAT chunks cut short or
+// with long lines, and RCPT TO:<postmaster>.
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// recorder is a backend that reports each Data call's outcome: the message
+// it read whole, or the read error it got (and then stored nothing).
+type recorder struct {
+	lmtp    bool
+	results chan result
+	mu      sync.Mutex
+	rcpts   []string
+}
+
+type result struct {
+	body []byte
+	err  error
+}
+
+func (b *recorder) NewSession(*smtp.Conn) (smtp.Session, error) {
+	if b.lmtp {
+		return lmtpRecSession{&recSession{b}}, nil
+	}
+	return &recSession{b}, nil
+}
+
+type recSession struct{ b *recorder }
+
+func (s *recSession) Reset()                               {}
+func (s *recSession) Logout() error                        { return nil }
+func (s *recSession) Mail(string, *smtp.MailOptions) error { return nil }
+func (s *recSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	s.b.rcpts = append(s.b.rcpts, to)
+	return nil
+}
+
+func (s *recSession) Data(r io.Reader) error {
+	body, err := io.ReadAll(r)
+	if err != nil {
+		s.b.results <- result{err: err}
+		return err
+	}
+	s.b.results <- result{body: body}
+	return nil
+}
+
+type lmtpRecSession struct{ *recSession }
+
+func (s lmtpRecSession) LMTPData(r io.Reader, _ smtp.StatusCollector) error { return s.Data(r) }
+
+// startRecorder serves b on a real socket with the limits cellmail uses
+// (1000-octet lines, RFC 5321 §4.5.3.1.6) and returns a client connection
+// past the greeting and EHLO/LHLO.
+func startRecorder(t *testing.T, b *recorder) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	b.results = make(chan result, 16)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := smtp.NewServer(b)
+	s.Domain, s.LMTP = "localhost", b.lmtp
+	s.MaxLineLength = 1000
+	s.MaxMessageBytes = 1 << 20
+	s.AllowInsecureAuth = true
+	go s.Serve(l)
+	t.Cleanup(func() { s.Close() })
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(c)
+	reply(t, r)
+	if b.lmtp {
+		io.WriteString(c, "LHLO localhost\r\n")
+	} else {
+		io.WriteString(c, "EHLO localhost\r\n")
+	}
+	reply(t, r)
+	return c, r
+}
+
+// transaction starts MAIL and RCPT and checks their replies.
+func transaction(t *testing.T, c net.Conn, r *bufio.Reader) {
+	t.Helper()
+	io.WriteString(c, "MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n")
+	for i := 0; i < 2; i++ {
+		if got := reply(t, r); !strings.HasPrefix(got, "250 ") {
+			t.Fatalf("MAIL/RCPT: %q", got)
+		}
+	}
+}
+
+// expect reads the next reply and checks its start.
+func expect(t *testing.T, r *bufio.Reader, what, want string) {
+	t.Helper()
+	if got := reply(t, r); !strings.HasPrefix(got, want) {
+		t.Fatalf("%s: reply %q, want %q…", what, got, want)
+	}
+}
+
+// DATA's text goes through the reader as RFC 5321 §4.5.2 says (a leading
+// dot removed, nothing else changed, the end only at <CRLF>.<CRLF>), and
+// exactly one reply comes after the end, then the session goes on.
+func TestDataTextAndItsEnd(t *testing.T) {
+	for _, tc := range []struct{ name, data, want string }{
+		// Upstream lost the line at a CR before the CRLF: the data never
+		// ended and no reply came.
+		{"CR before the final CRLF", "Subject: x\r\n\r\nx\r\r\n.\r\n", "Subject: x\r\n\r\nx\r\r\n"},
+		{"CRs before a CRLF", "a\r\r\r\n..b\r\n.\r\n", "a\r\r\r\n.b\r\n"},
+		// Upstream dropped the CR of ".\r" followed by more.
+		{"dot CR then text", "a\r\n.\rb\r\n.\r\n", "a\r\n\rb\r\n"},
+		{"dot CR CR LF", "a\r\n.\r\r\n.\r\n", "a\r\n\r\r\n"},
+		{"dot-stuffed dot line", "a\r\n..\r\n.\r\n", "a\r\n.\r\n"},
+		{"bare LF dot is text", "a\n.\nb\r\n.\r\n", "a\n.\nb\r\n"},
+		{"998-octet line", strings.Repeat("x", 998) + "\r\n.\r\n", strings.Repeat("x", 998) + "\r\n"},
+		{"998 octets after a stuffed dot", "." + strings.Repeat("x", 998) + "\r\n.\r\n", strings.Repeat("x", 998) + "\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := &recorder{}
+			c, r := startRecorder(t, b)
+			transaction(t, c, r)
+			io.WriteString(c, "DATA\r\n")
+			expect(t, r, "DATA", "354 ")
+			io.WriteString(c, tc.data+"NOOP\r\n")
+			expect(t, r, "end of data", "250 2.0.0 OK")
+			expect(t, r, "NOOP after the data", "250 2.0.0 I have successfully done nothing")
+			if res := <-b.results; res.err != nil || string(res.body) != tc.want {
+				t.Fatalf("the backend read %q (%v), want %q", res.body, res.err, tc.want)
+			}
+		})
+	}
+}
+
+// A line over the limit inside DATA: one 554 5.6.0 after the end of the
+// data (not before it, with the rest read as commands), and the session
+// stays usable. The same for a message as big as the size limit.
+func TestDataOverALimitAnswersOnceAtItsEnd(t *testing.T) {
+	for _, tc := range []struct{ name, data, want string }{
+		{"999-octet line", "Subject: x\r\n\r\n" + strings.Repeat("a", 999) + "\r\nRSET\r\n.\r\n", "554 5.6.0"},
+		{"long line, long message", strings.Repeat("a", 5000) + "\r\n" + strings.Repeat(strings.Repeat("b", 900)+"\r\n", 100) + ".\r\n", "554 5.6.0"},
+		{"over SIZE", strings.Repeat(strings.Repeat("b", 998)+"\r\n", 1100) + ".\r\n", "552 5.3.4"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := &recorder{}
+			c, r := startRecorder(t, b)
+			transaction(t, c, r)
+			io.WriteString(c, "DATA\r\n")
+			expect(t, r, "DATA", "354 ")
+			go io.WriteString(c, tc.data+"NOOP\r\n")
+			expect(t, r, "end of data", tc.want)
+			expect(t, r, "NOOP after the data", "250 2.0.0 I have successfully done nothing")
+			if res := <-b.results; res.err == nil {
+				t.Fatalf("the backend read the message whole (%d octets)", len(res.body))
+			}
+		})
+	}
+	// Exactly the size limit is not over it.
+	b := &recorder{}
+	c, r := startRecorder(t, b)
+	transaction(t, c, r)
+	io.WriteString(c, "DATA\r\n")
+	expect(t, r, "DATA", "354 ")
+	body := strings.Repeat(strings.Repeat("b", 510)+"\r\n", 2048) // 1 MiB
+	go io.WriteString(c, body+".\r\n")
+	expect(t, r, "a message of exactly MaxMessageBytes", "250 ")
+	if res := <-b.results; res.err != nil || len(res.body) != 1<<20 {
+		t.Fatalf("the backend read %d octets (%v)", len(res.body), res.err)
+	}
+}
+
+// A BDAT chunk is read by its length, whatever its lines: a long line in a
+// chunk sent with its command (as every client does) does not end the
+// session as an over-long command line did upstream.
+func TestBDATChunkWithALongLineSentWithItsCommand(t *testing.T) {
+	b := &recorder{}
+	c, r := startRecorder(t, b)
+	transaction(t, c, r)
+	chunk := "Subject: x\r\n\r\n" + strings.Repeat("a", 1200) + "\r\n"
+	io.WriteString(c, "BDAT "+itoa(len(chunk))+" LAST\r\n"+chunk+"NOOP\r\n")
+	expect(t, r, "BDAT LAST", "250 2.0.0 OK")
+	expect(t, r, "NOOP", "250 2.0.0 I have")
+	if res := <-b.results; res.err != nil || string(res.body) != chunk {
+		t.Fatalf("the backend read %q (%v)", res.body, res.err)
+	}
+}
+
+// A chunk cut short by the client closing the connection is an error for
+// the backend (io.ErrUnexpectedEOF), never a short message: upstream
+// handed it over as the whole message, and it was stored although no 250
+// was sent. SMTP and LMTP, last chunk or not.
+func TestBDATChunkCutShortIsNotAMessage(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		lmtp bool
+		cmds string
+	}{
+		{"SMTP last chunk", false, "BDAT 100 LAST\r\n"},
+		{"SMTP second chunk", false, "BDAT 5\r\nabcdeBDAT 100 LAST\r\n"},
+		{"SMTP not last", false, "BDAT 100\r\n"},
+		{"LMTP last chunk", true, "BDAT 100 LAST\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := &recorder{lmtp: tc.lmtp}
+			c, r := startRecorder(t, b)
+			transaction(t, c, r)
+			io.WriteString(c, tc.cmds+"Subject: cut\r\n\r\nonly part of the body\r\n")
+			c.(*net.TCPConn).CloseWrite()
+			if res := <-b.results; !errors.Is(res.err, io.ErrUnexpectedEOF) {
+				t.Fatalf("the backend read %q (%v), want io.ErrUnexpectedEOF", res.body, res.err)
+			}
+			rest, _ := io.ReadAll(r)
+			if strings.Contains(string(rest), "250 2.0.0 OK") {
+				t.Fatalf("a cut chunk was acknowledged: %q", rest)
+			}
+		})
+	}
+}
+
+// RFC 5321 §4.1.1.3 and §4.5.1: RCPT TO:<Postmaster>, with no domain, is
+// accepted and passed to the backend; another local part alone is not.
+func TestRcptPostmasterWithoutDomain(t *testing.T) {
+	b := &recorder{}
+	c, r := startRecorder(t, b)
+	io.WriteString(c, "MAIL FROM:<a@example.org>\r\n")
+	expect(t, r, "MAIL", "250 ")
+	io.WriteString(c, "RCPT TO:<Postmaster>\r\n")
+	expect(t, r, "RCPT TO:<Postmaster>", "250 ")
+	io.WriteString(c, "RCPT TO:<postmaster> NOTIFY=NEVER\r\n")
+	expect(t, r, "RCPT with a parameter the server does not offer", "504 ")
+	io.WriteString(c, "RCPT TO:<webmaster>\r\n")
+	expect(t, r, "RCPT TO:<webmaster>", "501 ")
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.rcpts) != 1 || b.rcpts[0] != "Postmaster" {
+		t.Fatalf("the backend got %q", b.rcpts)
+	}
+}
+
+func itoa(n int) string {
+	var b [20]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = byte('0' + n%10)
+		if n /= 10; n == 0 {
+			return string(b[i:])
+		}
+	}
+}
