@@ -266,3 +266,145 @@ func itoa(n int) string {
 		}
 	}
 }
+
+// refText is the reference reading of DATA's text, written from RFC 5321
+// §4.1.1.4 and §4.5.2 alone: lines end at CRLF only; the first line that
+// is a single dot ends the text; a leading dot is removed from any other
+// line. It returns the text, the octets of in that the data took, whether
+// a line (with its CRLF, without a removed dot) is over lineLimit, and
+// whether the data ended at all.
+func refText(in []byte, lineLimit int) (text []byte, used int, long, ended bool) {
+	for used < len(in) {
+		i := strings.Index(string(in[used:]), "\r\n")
+		if i < 0 {
+			break
+		}
+		line := in[used : used+i]
+		used += i + 2
+		if string(line) == "." {
+			return text, used, long, true
+		}
+		if len(line) > 0 && line[0] == '.' {
+			line = line[1:]
+		}
+		if len(line)+2 > lineLimit {
+			long = true
+		}
+		text = append(append(text, line...), '\r', '\n')
+	}
+	return text, len(in), long, false
+}
+
+// replyCodes reads replies until the server closes the connection and
+// returns the code (and enhanced code) of each.
+func replyCodes(r io.Reader) ([]string, error) {
+	out, err := io.ReadAll(r)
+	var codes []string
+	for _, line := range strings.Split(string(out), "\r\n") {
+		if len(line) >= 4 && line[3] == ' ' {
+			f := strings.Fields(line)
+			code := f[0]
+			if len(f) > 1 && strings.Count(f[1], ".") == 2 && code[0] >= '2' && code[0] <= '5' && f[1][0] == code[0] {
+				code += " " + f[1]
+			}
+			codes = append(codes, code)
+		}
+	}
+	return codes, err
+}
+
+// FuzzDataReader sends arbitrary DATA text to a server and checks it
+// against refText: the text ends where the reference says, exactly one
+// reply comes after the terminating line (and then the session goes on),
+// or, when the data never ends, the session ends with one reply; the
+// backend gets the reference's text exactly when the reply is 250, and a
+// line or size over the limits is refused (554 5.6.0, 552 5.3.4). Small
+// limits make the fuzzer reach them. The seeds, in
+// testdata/fuzz/FuzzDataReader, are the cases of cellmail issue 13.
+func FuzzDataReader(f *testing.F) {
+	const lineLimit, maxBytes = 64, 1024
+	b := &recorder{results: make(chan result, 4)}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		f.Fatal(err)
+	}
+	s := smtp.NewServer(b)
+	s.Domain, s.MaxLineLength, s.MaxMessageBytes = "localhost", lineLimit, maxBytes
+	s.ReadTimeout = 5 * time.Second
+	go s.Serve(l)
+	defer s.Close()
+	const prelude = "EHLO localhost\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
+	start := []string{"220", "250", "250 2.0.0", "250 2.0.0", "354"}
+	// session sends input after the prelude, half-closes, and returns the
+	// replies after the 354 and what the backend read.
+	session := func(t *testing.T, input []byte) ([]string, result) {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		go func() {
+			c.Write(append([]byte(prelude), input...))
+			c.(*net.TCPConn).CloseWrite()
+		}()
+		codes, err := replyCodes(c)
+		if err != nil {
+			t.Fatalf("session did not end: %v (replies %q, input %q)", err, codes, input)
+		}
+		if len(codes) < len(start) || strings.Join(codes[:len(start)], ",") != strings.Join(start, ",") {
+			t.Fatalf("replies %q before the data, input %q", codes, input)
+		}
+		select {
+		case res := <-b.results:
+			return codes[len(start):], res
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the backend got no data, input %q", input)
+		}
+		return nil, result{}
+	}
+	// check holds a data reply and the backend's reading to the reference.
+	check := func(t *testing.T, input []byte, reply string, res result, text []byte, long, ended bool) {
+		t.Helper()
+		switch {
+		case !ended:
+			if strings.HasPrefix(reply, "2") || res.err == nil {
+				t.Fatalf("data that never ended: reply %q, backend read %q (%v); input %q", reply, res.body, res.err, input)
+			}
+		case long || len(text) > maxBytes:
+			if reply != "554 5.6.0" && reply != "552 5.3.4" || res.err == nil {
+				t.Fatalf("over a limit: reply %q, backend read %q (%v); input %q", reply, res.body, res.err, input)
+			}
+		default:
+			if reply != "250 2.0.0" || res.err != nil || string(res.body) != string(text) {
+				t.Fatalf("reply %q, backend read %q (%v), want %q; input %q", reply, res.body, res.err, text, input)
+			}
+		}
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if len(data) > 4096 {
+			return
+		}
+		// The data ended by the terminator (the reference's end, or an
+		// earlier one in data), then a command: one reply to the data,
+		// then NOOP's and QUIT's.
+		stream := append(append([]byte{}, data...), "\r\n.\r\n"...)
+		text, used, long, ended := refText(stream, lineLimit)
+		if !ended {
+			t.Fatalf("reference: %q does not end", stream)
+		}
+		codes, res := session(t, append(stream[:used:used], "NOOP\r\nQUIT\r\n"...))
+		if len(codes) != 3 || codes[1] != "250 2.0.0" || codes[2] != "221 2.0.0" {
+			t.Fatalf("replies after the data %q, want the data's, NOOP's and QUIT's; input %q", codes, stream[:used])
+		}
+		check(t, stream[:used], codes[0], res, text, long, ended)
+
+		// The data alone, then the client closes: one reply, the last.
+		text, used, long, ended = refText(data, lineLimit)
+		codes, res = session(t, data[:used])
+		if len(codes) != 1 {
+			t.Fatalf("replies after the data %q, want one; input %q", codes, data[:used])
+		}
+		check(t, data[:used], codes[0], res, text, long, ended)
+	})
+}
