@@ -67,9 +67,10 @@ type Config struct {
 	// fields (default mx.cellmail.local).
 	Hostname string
 	// Postmaster is the mailbox for the reserved name postmaster (RFC 5321
-	// §4.5.1) on the SMTP edge: RCPT TO:<postmaster> with no domain, and
-	// postmaster@ any hosted domain without a postmaster account of its
-	// own. An account of a hosted domain; default postmaster@Hostname.
+	// §4.5.1): RCPT TO:<postmaster> with no domain (SMTP edge and
+	// submission), and on the edge postmaster@ any hosted domain without a
+	// postmaster account of its own. An account of a hosted domain;
+	// default postmaster@Hostname.
 	Postmaster string
 	Logger     *slog.Logger
 	// Maps, when set, is used instead of a client the router makes and runs
@@ -142,7 +143,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if cfg.TLS == nil {
 			return errors.New("router: submission needs a TLS certificate")
 		}
-		sub := submission.New(table, submission.Config{Domain: cfg.Hostname, TLS: cfg.TLS, HTTP: &http.Client{Transport: proxy},
+		sub := submission.New(table, submission.Config{Domain: cfg.Hostname, Postmaster: cfg.Postmaster, TLS: cfg.TLS, HTTP: &http.Client{Transport: proxy},
 			Logger: log.With("part", "submission")})
 		defer sub.Close()
 		if cfg.SubmissionListener != nil || cfg.SubmissionListen != "" {
