@@ -212,7 +212,6 @@ func TestBadInputAnswers(t *testing.T) {
 		{"over SIZE", hello + "DATA\r\n" + strings.Repeat(strings.Repeat("a", 900)+"\r\n", 80) + ".\r\n", "552 5.3.4"},
 		{"empty DATA", hello + "DATA\r\n.\r\n", "554 5.6.0"},
 		{"BDAT 0 LAST alone", hello + "BDAT 0 LAST\r\n", "554 5.6.0"},
-		// Past what go-smtp reads ahead with the command line limit on.
 		{"long line in BDAT", hello + "BDAT " + itoa(len(longBDAT)) + " LAST\r\n" + longBDAT, "554 5.6.0"},
 		{"NUL", hello + "DATA\r\nSubject: x\r\n\r\na\x00b\r\n.\r\n", "554 5.6.0"},
 		{"bare LF", hello + "DATA\r\nSubject: x\n\r\nb\r\n.\r\n", "554 5.6.0"},
