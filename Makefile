@@ -55,6 +55,7 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s)
 	$(GO) test -run '^$$' -fuzz '^FuzzAddressFromBody$$' -fuzztime $(FUZZTIME) ./router/internal/httpproxy/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./cell/internal/message/
 	$(GO) test -run '^$$' -fuzz '^FuzzEdgeSession$$' -fuzztime $(FUZZTIME) ./router/internal/smtpedge/
+	cd third_party/go-smtp && $(GO) test -run '^$$' -fuzz '^FuzzDataReader$$' -fuzztime $(FUZZTIME) .
 	$(GO) test -run '^$$' -fuzz '^FuzzPreLogin$$' -fuzztime $(FUZZTIME) ./router/internal/imapproxy/
 	$(GO) test -run '^$$' -fuzz '^FuzzCommands$$' -fuzztime $(FUZZTIME) ./cell/internal/imapd/
 

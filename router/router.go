@@ -66,7 +66,13 @@ type Config struct {
 	// Hostname is the name the SMTP edge gives in its greeting and trace
 	// fields (default mx.cellmail.local).
 	Hostname string
-	Logger   *slog.Logger
+	// Postmaster is the mailbox for the reserved name postmaster (RFC 5321
+	// §4.5.1): RCPT TO:<postmaster> with no domain (SMTP edge and
+	// submission), and on the edge postmaster@ any hosted domain without a
+	// postmaster account of its own. An account of a hosted domain;
+	// default postmaster@Hostname.
+	Postmaster string
+	Logger     *slog.Logger
 	// Maps, when set, is used instead of a client the router makes and runs
 	// itself (tests use it to hold a router's map still).
 	Maps *client.Client
@@ -127,7 +133,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return fmt.Errorf("router: smtp: %w", err)
 		}
-		edge := smtpedge.New(table, smtpedge.Config{Domain: cfg.Hostname, TLS: cfg.TLS, Logger: log.With("part", "smtp")})
+		edge := smtpedge.New(table, smtpedge.Config{Domain: cfg.Hostname, Postmaster: cfg.Postmaster, TLS: cfg.TLS, Logger: log.With("part", "smtp")})
 		go func() { _ = edge.Serve(serve.LimitListener(sln, 2000, 64)) }()
 		defer edge.Close()
 		log.Info("router SMTP serving", "smtp", sln.Addr().String())
@@ -137,7 +143,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if cfg.TLS == nil {
 			return errors.New("router: submission needs a TLS certificate")
 		}
-		sub := submission.New(table, submission.Config{Domain: cfg.Hostname, TLS: cfg.TLS, HTTP: &http.Client{Transport: proxy},
+		sub := submission.New(table, submission.Config{Domain: cfg.Hostname, Postmaster: cfg.Postmaster, TLS: cfg.TLS, HTTP: &http.Client{Transport: proxy},
 			Logger: log.With("part", "submission")})
 		defer sub.Close()
 		if cfg.SubmissionListener != nil || cfg.SubmissionListen != "" {

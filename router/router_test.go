@@ -117,6 +117,9 @@ type stack struct {
 	submission, submissions string
 	// The last started router's IMAP addresses (STARTTLS, implicit TLS).
 	imap, imaps string
+	// postmaster, when set before startRouter, is the router's
+	// Config.Postmaster.
+	postmaster string
 	// The map epoch of the stack's last range assignment: a caller that
 	// has seen it sends it (Cellmail-Map-Epoch) so a cell does not answer
 	// from an older copy of the map.
@@ -310,7 +313,7 @@ func (s *stack) startRouter(maps *client.Client) string {
 	go func() {
 		done <- router.Run(ctx, router.Config{HTTPListener: ln, SMTPListener: sln, Etcd: s.cp.Etcd.Endpoints, DataDir: t.TempDir(),
 			SubmissionListener: subLn, SubmissionsListener: subsLn, TLS: testTLS(t), IMAPListener: imapLn, IMAPSListener: imapsLn,
-			Maps: maps, Logger: cptest.Logger(t)})
+			Maps: maps, Postmaster: s.postmaster, Logger: cptest.Logger(t)})
 	}()
 	t.Cleanup(func() {
 		cancel()

@@ -420,7 +420,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	rt, err := start("routerd", filepath.Join(logDir, "router.log"), nil, filepath.Join(*binDir, "routerd"),
 		"-http", st.Router.HTTP, "-smtp", st.Router.SMTP, "-etcd", st.Etcd, "-data-dir", filepath.Join(*dir, "router"),
 		"-tls-cert", certFile, "-tls-key", keyFile, "-submission", st.Router.Submission, "-submissions", st.Router.Submissions,
-		"-imap", st.Router.IMAP, "-imaps", st.Router.IMAPS)
+		"-imap", st.Router.IMAP, "-imaps", st.Router.IMAPS,
+		"-postmaster", "alice@demo-eu.example") // RFC 5321 §4.5.1: <postmaster> and postmaster@ demo domains reach a mailbox
 	if err != nil {
 		return err
 	}

@@ -34,6 +34,7 @@ func run(args []string) error {
 	cert := fs.String("tls-cert", cli.Env("CELLMAIL_TLS_CERT", ""), "PEM certificate chain for STARTTLS (env CELLMAIL_TLS_CERT)")
 	key := fs.String("tls-key", cli.Env("CELLMAIL_TLS_KEY", ""), "PEM private key of -tls-cert (env CELLMAIL_TLS_KEY)")
 	hostname := fs.String("hostname", cli.Env("CELLMAIL_HOSTNAME", "mx.cellmail.local"), "name in the SMTP greeting and trace fields (env CELLMAIL_HOSTNAME)")
+	postmaster := fs.String("postmaster", cli.Env("CELLMAIL_POSTMASTER", ""), "mailbox for mail to postmaster (RFC 5321 §4.5.1): <postmaster> and postmaster@ hosted domains without such an account; default postmaster@<hostname> (env CELLMAIL_POSTMASTER)")
 	logger := cli.LogFlags(fs, os.Stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -43,7 +44,7 @@ func run(args []string) error {
 		return err
 	}
 	cfg := router.Config{HTTPListen: *listen, SMTPListen: *smtpAddr, Etcd: cli.List(*etcd), DataDir: *dataDir,
-		SubmissionListen: *subAddr, SubmissionsListen: *subsAddr, IMAPListen: *imapAddr, IMAPSListen: *imapsAddr, Hostname: *hostname, Logger: log}
+		SubmissionListen: *subAddr, SubmissionsListen: *subsAddr, IMAPListen: *imapAddr, IMAPSListen: *imapsAddr, Hostname: *hostname, Postmaster: *postmaster, Logger: log}
 	if *cert != "" || *key != "" {
 		pair, err := tls.LoadX509KeyPair(*cert, *key)
 		if err != nil {

@@ -11,6 +11,9 @@
 //     byte-identical to what the sender sent.
 //   - A NUL octet is refused the same way (RFC 5321 §4.5.2 allows none in
 //     text, and many readers truncate at it).
+//   - An empty message (DATA ended at once, or BDAT 0 LAST as the only
+//     chunk) is refused the same way: RFC 5322 §3.6 requires header
+//     fields (Date and From at least), so nothing is stored for it.
 package wire
 
 import (
@@ -22,6 +25,10 @@ import (
 
 // Check returns the reply refusing body, or nil when it follows the rule.
 func Check(body []byte) *smtp.SMTPError {
+	if len(body) == 0 {
+		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
+			Message: "Message is empty; it needs header fields (RFC 5322 section 3.6)"}
+	}
 	if bytes.IndexByte(body, 0) >= 0 {
 		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
 			Message: "Message contains a NUL octet (RFC 5321 section 4.5.2)"}
@@ -48,7 +55,9 @@ const MaxLine = 998
 // than MaxLine. DATA's reader enforces the limit as it reads (go-smtp's
 // MaxLineLength); a BDAT chunk is read by length, so a message that came
 // in chunks is held to the same limit here, at the edge and in the cell
-// alike. The API's own submissions are not: it encodes what it builds.
+// alike, and answered with the reply go-smtp's DATA reader gives
+// (smtp.ErrDataLineTooLong, 554 5.6.0, once, after the end of the
+// message). The API's own submissions are not: it encodes what it builds.
 func CheckLines(body []byte) *smtp.SMTPError {
 	for len(body) > 0 {
 		i := bytes.IndexByte(body, '\n')
@@ -60,8 +69,7 @@ func CheckLines(body []byte) *smtp.SMTPError {
 			line = line[:len(line)-1]
 		}
 		if len(line) > MaxLine {
-			return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
-				Message: "Message has a line over 998 octets (RFC 5321 section 4.5.3.1.6)"}
+			return smtp.ErrDataLineTooLong
 		}
 		body = body[min(i+1, len(body)):]
 	}

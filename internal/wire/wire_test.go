@@ -6,8 +6,8 @@ import (
 )
 
 func TestCheck(t *testing.T) {
-	ok := []string{"", "Subject: x\r\n\r\nbody\r\n", "a\r\n\r\n\r\n", "UTF-8 é\r\n"}
-	bad := []string{"a\nb\r\n", "a\rb\r\n", "a\r\n\n", "x\r", "\n", "a\x00b\r\n", "a\r\r\n"}
+	ok := []string{"Subject: x\r\n\r\nbody\r\n", "a\r\n\r\n\r\n", "UTF-8 é\r\n"}
+	bad := []string{"", "a\nb\r\n", "a\rb\r\n", "a\r\n\n", "x\r", "\n", "a\x00b\r\n", "a\r\r\n"}
 	for _, s := range ok {
 		if err := Check([]byte(s)); err != nil {
 			t.Errorf("Check(%q) = %v", s, err)
@@ -27,7 +27,6 @@ func TestNormalize(t *testing.T) {
 		"a\rb\r":          "a\r\nb\r\n",
 		"a\r\r\nb":        "a\r\n\r\nb",
 		"x\n.\ny\r\n":     "x\r\n.\r\ny\r\n",
-		"":                "",
 		"no line ending ": "no line ending ",
 	} {
 		got := Normalize([]byte(in))

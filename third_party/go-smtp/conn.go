@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/ioutil"
 	"net"
 	"net/textproto"
 	"regexp"
@@ -36,11 +35,10 @@ type Conn struct {
 	locker     sync.Mutex
 	binarymime bool
 
-	lineLimitReader *lineLimitReader
-	bdatPipe        *io.PipeWriter
-	bdatStatus      *statusCollector // used for BDAT on LMTP
-	dataResult      chan error
-	bytesReceived   int64 // counts total size of chunks when BDAT is used
+	bdatPipe      *io.PipeWriter
+	bdatStatus    *statusCollector // used for BDAT on LMTP
+	dataResult    chan error
+	bytesReceived int64 // counts total size of chunks when BDAT is used
 
 	fromReceived bool
 	recipients   []string
@@ -61,17 +59,19 @@ func newConn(c net.Conn, s *Server) *Conn {
 	return sc
 }
 
+// init sets up the connection's reading and writing. cellmail patch: the
+// line limit is applied to command lines as they are read (readLine) and
+// to DATA's lines by its reader, not to every byte read from the socket:
+// a limit on the raw stream also counted the BDAT chunk or the DATA text
+// read ahead with a command, and dropped the session over a long line in
+// a message.
 func (c *Conn) init() {
-	c.lineLimitReader = &lineLimitReader{
-		R:         c.conn,
-		LineLimit: c.server.MaxLineLength,
-	}
 	rwc := struct {
 		io.Reader
 		io.Writer
 		io.Closer
 	}{
-		Reader: c.lineLimitReader,
+		Reader: c.conn,
 		Writer: c.conn,
 		Closer: c.conn,
 	}
@@ -693,10 +693,20 @@ func (c *Conn) handleRcpt(arg string) {
 	}
 
 	p := parser{s: strings.TrimSpace(arg)}
-	recipient, err := p.parsePath()
-	if err != nil {
-		c.writeResponse(501, EnhancedCode{5, 5, 2}, "Was expecting RCPT arg syntax of TO:<address>")
-		return
+	var recipient string
+	if rest, ok := cutPrefixFold(p.s, "<postmaster>"); ok {
+		// cellmail patch: RFC 5321 §4.1.1.3 (`"<Postmaster>"`) and §4.5.1:
+		// the reserved mailbox with no domain must be accepted. The
+		// backend gets "postmaster" as the client wrote it and decides
+		// where it goes.
+		recipient, p.s = p.s[1:len("<postmaster>")-1], rest
+	} else {
+		var err error
+		recipient, err = p.parsePath()
+		if err != nil {
+			c.writeResponse(501, EnhancedCode{5, 5, 2}, "Was expecting RCPT arg syntax of TO:<address>")
+			return
+		}
 	}
 
 	if c.server.MaxRecipients > 0 && len(c.recipients) >= c.server.MaxRecipients {
@@ -992,9 +1002,14 @@ func (c *Conn) handleData(arg string) {
 
 	r := newDataReader(c)
 	code, enhancedCode, msg := dataErrorToStatus(c.Session().Data(r))
-	r.limited = false
-	io.Copy(ioutil.Discard, r) // Make sure all the data has been consumed
+	// cellmail patch: the reply comes after the end of the data, whatever
+	// limit the data broke (RFC 5321 §4.2.5); when the data cannot be read
+	// to its end, what follows is not commands: close.
+	drainErr := r.drain()
 	c.writeResponse(code, enhancedCode, msg)
+	if drainErr != nil {
+		c.Close()
+	}
 }
 
 func (c *Conn) handleBdat(arg string) {
@@ -1035,7 +1050,7 @@ func (c *Conn) handleBdat(arg string) {
 	if !c.fromReceived || len(c.recipients) == 0 {
 		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
 		// The chunk follows the command even when the command is rejected.
-		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
+		c.discardChunk(int64(size))
 		return
 	}
 
@@ -1043,7 +1058,7 @@ func (c *Conn) handleBdat(arg string) {
 		c.writeResponse(552, EnhancedCode{5, 3, 4}, "Max message size exceeded")
 
 		// Discard chunk itself without passing it to backend.
-		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
+		c.discardChunk(int64(size))
 
 		c.reset()
 		return
@@ -1089,20 +1104,37 @@ func (c *Conn) handleBdat(arg string) {
 		}()
 	}
 
-	c.lineLimitReader.LineLimit = 0
-	defer func() {
-		c.lineLimitReader.LineLimit = c.server.MaxLineLength
-	}()
-
 	// cellmail patch: replies held for a pipelined group go out before the
 	// chunk is read (see writeResponse).
 	c.text.W.Flush()
-	chunk := io.LimitReader(c.text.R, int64(size))
-	_, err = io.Copy(c.bdatPipe, chunk)
+	pw := &chunkWriter{w: c.bdatPipe}
+	chunk := &io.LimitedReader{R: c.text.R, N: int64(size)}
+	_, err = io.Copy(pw, chunk)
+	if err == nil && chunk.N > 0 {
+		err = io.EOF
+	}
+	if err != nil && pw.err == nil {
+		// cellmail patch: the chunk could not be read whole (the client
+		// closed the connection in it, or timed out). The backend gets an
+		// error, never a short message to store: nothing is accepted
+		// without a 250. What follows is not commands (RFC 3030 §2):
+		// close.
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		c.bdatPipe.CloseWithError(err)
+		<-c.dataResult // the backend has seen the error and given up
+		c.writeResponse(421, EnhancedCode{4, 4, 2}, "Message transfer interrupted, closing connection")
+		c.Close()
+		return
+	}
 	if err != nil {
+		err = pw.err
 		// Backend might return an error early using CloseWithError without consuming
 		// the whole chunk.
-		io.Copy(ioutil.Discard, chunk)
+		if !c.discardChunk(chunk.N) {
+			return
+		}
 
 		c.writeResponse(dataErrorToStatus(err))
 
@@ -1140,6 +1172,33 @@ func (c *Conn) handleBdat(arg string) {
 	} else {
 		c.writeResponse(250, EnhancedCode{2, 0, 0}, "Continue")
 	}
+}
+
+// chunkWriter passes a BDAT chunk to the backend, keeping the error of a
+// write (the backend stopped reading) apart from that of a read (cellmail
+// patch).
+type chunkWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (w *chunkWriter) Write(b []byte) (int, error) {
+	n, err := w.w.Write(b)
+	if err != nil && w.err == nil {
+		w.err = err
+	}
+	return n, err
+}
+
+// discardChunk reads and drops the rest of a BDAT chunk that is not passed
+// on. When it cannot be read whole the connection is closed, since what
+// follows would be the chunk's bytes read as commands (cellmail patch).
+func (c *Conn) discardChunk(n int64) bool {
+	if _, err := io.CopyN(io.Discard, c.text.R, n); err != nil {
+		c.Close()
+		return false
+	}
+	return true
 }
 
 // ErrDataReset is returned by Reader pased to Data function if client does not
@@ -1235,8 +1294,10 @@ func (c *Conn) handleDataLMTP() {
 	if !ok {
 		// Fallback to using a single status for all recipients.
 		err := c.Session().Data(r)
-		r.limited = false
-		io.Copy(ioutil.Discard, r) // Make sure all the data has been consumed
+		if r.drain() != nil {
+			err = io.ErrUnexpectedEOF
+			defer c.Close()
+		}
 		for _, rcpt := range c.recipients {
 			status.SetStatus(rcpt, err)
 		}
@@ -1257,9 +1318,15 @@ func (c *Conn) handleDataLMTP() {
 				}
 			}()
 
-			status.fillRemaining(lmtpSession.LMTPData(r, status))
-			r.limited = false
-			io.Copy(ioutil.Discard, r) // Make sure all the data has been consumed
+			err := lmtpSession.LMTPData(r, status)
+			if r.drain() != nil {
+				// cellmail patch: the data did not end; what follows
+				// is not commands.
+				status.fillRemaining(io.ErrUnexpectedEOF)
+				done <- false
+				return
+			}
+			status.fillRemaining(err)
 			done <- true
 		}()
 	}
@@ -1372,7 +1439,43 @@ func (c *Conn) readLine() (string, error) {
 		}
 	}
 
-	return c.text.ReadLine()
+	return c.readLimitedLine()
+}
+
+// readLimitedLine reads a command line (or a SASL response) as
+// textproto.Reader.ReadLine does, with its CRLF or LF removed, and returns
+// ErrTooLongLine when it is longer than MaxLineLength octets with its
+// CRLF (cellmail patch: the limit applies to the line, not to whatever
+// was read ahead with it).
+func (c *Conn) readLimitedLine() (string, error) {
+	r, limit := c.text.R, c.server.MaxLineLength
+	var line []byte
+	for {
+		// What is buffered is looked at before more is read, so that a
+		// line over the limit is answered without waiting for its end.
+		buf, _ := r.Peek(r.Buffered())
+		i := bytes.IndexByte(buf, '\n')
+		if i >= 0 {
+			buf = buf[:i+1]
+		}
+		if limit > 0 && len(line)+len(buf) > limit {
+			return "", ErrTooLongLine
+		}
+		line = append(line, buf...)
+		r.Discard(len(buf))
+		if i >= 0 {
+			break
+		}
+		if _, err := r.Peek(1); err != nil {
+			if err == io.EOF && len(line) > 0 {
+				break // the last line, with no line ending
+			}
+			return "", err
+		}
+	}
+	line = bytes.TrimSuffix(line, []byte("\n"))
+	line = bytes.TrimSuffix(line, []byte("\r"))
+	return string(line), nil
 }
 
 func (c *Conn) reset() {

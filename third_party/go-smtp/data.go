@@ -47,17 +47,40 @@ var ErrDataTooLarge = &SMTPError{
 	Message:      "Maximum message size exceeded",
 }
 
+// ErrDataLineTooLong is the reply to DATA whose text has a line longer
+// than the server's MaxLineLength (cellmail patch; RFC 5321 §4.5.3.1.6:
+// 1000 octets with the CRLF, not counting a dot added for transparency).
+// It is 554 5.6.0 rather than 500: it is sent once, after the end of the
+// data (§4.2.5: the reply comes after <CRLF>.<CRLF>), and 500 is not among
+// the replies §4.3.2 allows there.
+var ErrDataLineTooLong = &SMTPError{
+	Code:         554,
+	EnhancedCode: EnhancedCode{5, 6, 0},
+	Message:      "Message has a line over the length limit (RFC 5321 section 4.5.3.1.6)",
+}
+
+// dataReader reads DATA's text (RFC 5321 §4.1.1.4, §4.5.2): it removes the
+// dot added for transparency, ends at the line that is a single dot, and
+// holds the text to the size and line limits. Lines end only at CRLF; a
+// bare CR or LF is text and passed on as it came, for the backend to
+// refuse or repair.
 type dataReader struct {
 	r     *bufio.Reader
 	state int
 
 	limited bool
 	n       int64 // Maximum bytes remaining
+
+	// cellmail patch: lineLimit (0: none) bounds a line's octets with its
+	// CRLF; lineLen counts the current line's.
+	lineLimit int
+	lineLen   int
 }
 
 func newDataReader(c *Conn) *dataReader {
 	dr := &dataReader{
-		r: c.text.R,
+		r:         c.text.R,
+		lineLimit: c.server.MaxLineLength,
 	}
 
 	if c.server.MaxMessageBytes > 0 {
@@ -68,29 +91,34 @@ func newDataReader(c *Conn) *dataReader {
 	return dr
 }
 
+// drain reads the rest of the data, past any limit, so that the reply
+// comes after its end and the next command is read from after it
+// (cellmail patch: a limit error does not end the reading of the data).
+func (r *dataReader) drain() error {
+	r.limited = false
+	r.lineLimit = 0
+	_, err := io.Copy(io.Discard, r)
+	return err
+}
+
+// States of dataReader.
+const (
+	stateBeginLine = iota // beginning of line; initial state; must be zero
+	stateDot              // read . at beginning of line
+	stateDotCR            // read .\r at beginning of line
+	stateCR               // read \r (possibly at end of line)
+	stateData             // reading data in middle of line
+	stateEOF              // reached .\r\n end marker line
+)
+
 func (r *dataReader) Read(b []byte) (n int, err error) {
-	if r.limited {
-		if r.n <= 0 {
-			return 0, ErrDataTooLarge
-		}
-		if int64(len(b)) > r.n {
-			b = b[0:r.n]
-		}
-	}
-
-	// Code below is taken from net/textproto with only one modification to
-	// not rewrite CRLF -> LF.
-
-	// Run data through a simple state machine to
-	// elide leading dots and detect End-of-Data (<CR><LF>.<CR><LF>) line.
-	const (
-		stateBeginLine = iota // beginning of line; initial state; must be zero
-		stateDot              // read . at beginning of line
-		stateDotCR            // read .\r at beginning of line
-		stateCR               // read \r (possibly at end of line)
-		stateData             // reading data in middle of line
-		stateEOF              // reached .\r\n end marker line
-	)
+	// The state machine of net/textproto's dotReader, without its CRLF to
+	// LF rewriting. cellmail patch: a CR that is not followed by LF is
+	// emitted and the byte after it looked at again, so that "x\r\r\n.\r\n"
+	// ends the data and ".\rx" keeps its CR (upstream lost track of the
+	// line there: the data never ended, or a CR was dropped); the size
+	// limit counts the octets emitted, so a message of exactly
+	// MaxMessageBytes is accepted.
 	for n < len(b) && r.state != stateEOF {
 		var c byte
 		c, err = r.r.ReadByte()
@@ -102,47 +130,67 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 		}
 		switch r.state {
 		case stateBeginLine:
-			if c == '.' {
+			switch c {
+			case '.':
 				r.state = stateDot
 				continue
-			}
-			if c == '\r' {
+			case '\r':
 				r.state = stateCR
-				break
+			default:
+				r.state = stateData
 			}
-			r.state = stateData
 		case stateDot:
 			if c == '\r' {
 				r.state = stateDotCR
 				continue
 			}
+			// The leading dot of a line with more on it is removed.
 			r.state = stateData
 		case stateDotCR:
 			if c == '\n' {
 				r.state = stateEOF
 				continue
 			}
+			// ".\r" then not LF: the dot is removed, the CR is text; the
+			// byte after it is looked at again.
+			r.r.UnreadByte()
+			c = '\r'
 			r.state = stateData
 		case stateCR:
 			if c == '\n' {
 				r.state = stateBeginLine
 				break
 			}
+			// A CR not followed by LF: look at this byte again as the
+			// first after a line's text.
+			r.r.UnreadByte()
 			r.state = stateData
+			continue
 		case stateData:
 			if c == '\r' {
 				r.state = stateCR
 			}
 		}
+		if r.limited && r.n <= 0 {
+			return n, ErrDataTooLarge
+		}
+		if r.lineLimit > 0 {
+			r.lineLen++
+			if r.lineLen > r.lineLimit {
+				return n, ErrDataLineTooLong
+			}
+			if r.state == stateBeginLine {
+				r.lineLen = 0
+			}
+		}
 		b[n] = c
 		n++
+		if r.limited {
+			r.n--
+		}
 	}
 	if err == nil && r.state == stateEOF {
 		err = io.EOF
-	}
-
-	if r.limited {
-		r.n -= int64(n)
 	}
 	return
 }

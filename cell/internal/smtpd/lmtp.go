@@ -14,8 +14,11 @@
 //     trace field, which differs on every retry) makes a retried delivery
 //     a no-op.
 //   - Line endings: go-smtp reads DATA as dot-stuffed CRLF lines ending at
-//     <CRLF>.<CRLF>; a message with a bare CR or LF, or a NUL, is refused
-//     (554 5.6.0), the same rule as at the edge (package internal/wire).
+//     <CRLF>.<CRLF>; a message with a bare CR or LF, a NUL, or nothing
+//     after the edge's trace field is refused (554 5.6.0), the same rule
+//     as at the edge (package internal/wire). A BDAT chunk cut short
+//     reaches LMTPData as a read error (io.ErrUnexpectedEOF), so nothing
+//     is spooled that was not acknowledged.
 //   - The session's context is made in NewSession and cancelled on Logout;
 //     errors become SMTP replies in one place (reply).
 package smtpd
@@ -256,6 +259,12 @@ func (se *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	if rerr := wire.Check(raw); rerr != nil {
 		return rerr // the edge's rule, applied again: nothing reaches the spool that breaks it
 	}
+	// The edge's trace field differs on each of the sender's retries; the
+	// key is over the message as the sender sent it.
+	_, sent, _ := trace.Split(raw)
+	if len(sent) == 0 {
+		return wire.Check(sent) // the edge's trace field alone: an empty message
+	}
 	if rerr := wire.CheckLines(raw); rerr != nil { // the edge sends BDAT: lines are not limited as read
 		return rerr
 	}
@@ -269,9 +278,6 @@ func (se *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 		se.log.Error("message blob not stored", "err", err)
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary storage failure, try again"}
 	}
-	// The edge's trace field differs on each of the sender's retries; the
-	// key is over the message as the sender sent it.
-	_, sent, _ := trace.Split(raw)
 	entries := make([]mailstore.SpoolEntry, len(se.rcpts))
 	for i, rc := range se.rcpts {
 		entries[i] = mailstore.SpoolEntry{AccountID: rc.account, MailFrom: se.from, Rcpt: rc.addr, BlobRef: ref, Body: body,

@@ -21,27 +21,29 @@ import (
 // sink is an LMTP server standing in for a cell in these unit tests and the
 // fuzz target (which need thousands of sessions a second; the real cell's
 // LMTP endpoint is exercised through the router's and dev stack's tests).
-// It accepts every recipient at sink.example and counts stored messages.
+// It accepts every recipient at sink.example but postmaster (the domain
+// has no postmaster account) and counts stored messages.
 type sink struct {
-	stored atomic.Int64
-	last   atomic.Value // []byte of the last message
+	stored    atomic.Int64
+	last      atomic.Value // []byte of the last message
+	lastRcpts atomic.Value // []string, the last message's recipients
 }
 
 func (k *sink) NewSession(*smtp.Conn) (smtp.Session, error) { return &sinkSession{k: k}, nil }
 
 type sinkSession struct {
 	k     *sink
-	rcpts int
+	rcpts []string
 }
 
-func (s *sinkSession) Reset()                               { s.rcpts = 0 }
+func (s *sinkSession) Reset()                               { s.rcpts = nil }
 func (s *sinkSession) Logout() error                        { return nil }
 func (s *sinkSession) Mail(string, *smtp.MailOptions) error { return nil }
 func (s *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
-	if !strings.HasSuffix(to, "@sink.example") {
+	if !strings.HasSuffix(to, "@sink.example") || to == "postmaster@sink.example" {
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "No such user"}
 	}
-	s.rcpts++
+	s.rcpts = append(s.rcpts, to)
 	return nil
 }
 func (s *sinkSession) Data(r io.Reader) error {
@@ -50,6 +52,7 @@ func (s *sinkSession) Data(r io.Reader) error {
 		return err
 	}
 	s.k.last.Store(b)
+	s.k.lastRcpts.Store(s.rcpts)
 	s.k.stored.Add(1)
 	return nil
 }
@@ -91,7 +94,7 @@ func start(tb testing.TB) *harness {
 		}
 		go lsrv.Serve(lln)
 		e := New(resolver{lmtp: lln.Addr().String()}, Config{MaxMessageBytes: 64 << 10, MaxRecipients: 5,
-			Logger: slog.New(slog.DiscardHandler)})
+			Postmaster: "admin@sink.example", Logger: slog.New(slog.DiscardHandler)})
 		e.srv.ReadTimeout = 2 * time.Second
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -207,8 +210,8 @@ func TestBadInputAnswers(t *testing.T) {
 		{"data without rcpt", "EHLO x\r\nMAIL FROM:<a@b.example>\r\nDATA\r\n", "503"},
 		{"too many recipients", hello + strings.Repeat("RCPT TO:<bob@sink.example>\r\n", 5), "452 4.5.3"},
 		{"over SIZE", hello + "DATA\r\n" + strings.Repeat(strings.Repeat("a", 900)+"\r\n", 80) + ".\r\n", "552 5.3.4"},
-		{"long line", hello + "DATA\r\nSubject: x\r\n\r\n" + strings.Repeat("a", 1200) + "\r\n.\r\n", "500 5.4.0"},
-		// Past what go-smtp reads ahead with the command line limit on.
+		{"empty DATA", hello + "DATA\r\n.\r\n", "554 5.6.0"},
+		{"BDAT 0 LAST alone", hello + "BDAT 0 LAST\r\n", "554 5.6.0"},
 		{"long line in BDAT", hello + "BDAT " + itoa(len(longBDAT)) + " LAST\r\n" + longBDAT, "554 5.6.0"},
 		{"NUL", hello + "DATA\r\nSubject: x\r\n\r\na\x00b\r\n.\r\n", "554 5.6.0"},
 		{"bare LF", hello + "DATA\r\nSubject: x\n\r\nb\r\n.\r\n", "554 5.6.0"},
@@ -223,6 +226,97 @@ func TestBadInputAnswers(t *testing.T) {
 		if h.sink.stored.Load() != before {
 			t.Errorf("%s: a message was stored", tc.name)
 		}
+	}
+}
+
+// codes lists the code and enhanced code of each reply's last line.
+func codes(replies string) []string {
+	var out []string
+	for _, line := range strings.Split(replies, "\r\n") {
+		if len(line) >= 4 && line[3] == ' ' {
+			f := strings.Fields(line)
+			if len(f) > 1 && strings.Count(f[1], ".") == 2 && f[1][0] >= '2' && f[1][0] <= '5' {
+				out = append(out, f[0]+" "+f[1])
+			} else {
+				out = append(out, f[0])
+			}
+		}
+	}
+	return out
+}
+
+const after = "MAIL FROM:<a@b.example>\r\nRCPT TO:<bob@sink.example>\r\nDATA\r\nSubject: after\r\n\r\nok\r\n.\r\nQUIT\r\n"
+
+// A message the edge refuses gets exactly one reply, after the end of its
+// data (RFC 5321 §4.2.5), nothing is stored, and the session goes on: the
+// next transaction is accepted. Each case broke this before: no reply at
+// all (a CR before the final CRLF), a reply before the end of the data
+// and the rest read as commands (a long line), a CR dropped and the
+// message stored (".\r"), an empty message stored (BDAT 0 LAST).
+func TestRefusedMessageGetsOneReplyAfterItsData(t *testing.T) {
+	h := start(t)
+	long := strings.Repeat("a", 1200)
+	for _, tc := range []struct {
+		name, input string
+		want        []string
+	}{
+		{"CR before the final CRLF", "DATA\r\nSubject: x\r\n\r\nx\r\r\n.\r\n", []string{"354", "554 5.6.0"}},
+		{"dot CR", "DATA\r\nSubject: x\r\n\r\na\r\n.\rb\r\n.\r\n", []string{"354", "554 5.6.0"}},
+		{"dot CR CRLF", "DATA\r\nSubject: x\r\n\r\na\r\n.\r\r\n.\r\n", []string{"354", "554 5.6.0"}},
+		{"long line in DATA", "DATA\r\nSubject: x\r\n\r\n" + long + "\r\nRSET\r\nMAIL FROM:<e@x.example>\r\n.\r\n", []string{"354", "554 5.6.0"}},
+		{"long line in a BDAT chunk", "BDAT " + itoa(len(long)+16) + " LAST\r\nSubject: x\r\n\r\n" + long + "\r\n", []string{"554 5.6.0"}},
+		{"long line in the first of two chunks", "BDAT " + itoa(len(long)+16) + "\r\nSubject: x\r\n\r\n" + long + "\r\nBDAT 4 LAST\r\nab\r\n", []string{"250 2.0.0", "554 5.6.0"}},
+		{"empty DATA", "DATA\r\n.\r\n", []string{"354", "554 5.6.0"}},
+		{"BDAT 0 LAST alone", "BDAT 0 LAST\r\n", []string{"554 5.6.0"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := h.sink.stored.Load()
+			out := h.session(t, []byte(hello+tc.input+after))
+			got := codes(out)
+			// Greeting, EHLO, MAIL, RCPT; the case; MAIL, RCPT, 354, 250, 221.
+			want := append(append([]string{"220", "250", "250 2.0.0", "250 2.0.0"}, tc.want...), "250 2.0.0", "250 2.0.0", "354", "250 2.0.0", "221 2.0.0")
+			if strings.Join(got, ",") != strings.Join(want, ",") {
+				t.Fatalf("replies %q, want %q\n%s", got, want, out)
+			}
+			if n := h.sink.stored.Load() - before; n != 1 || !strings.HasSuffix(string(h.sink.last.Load().([]byte)), "Subject: after\r\n\r\nok\r\n") {
+				t.Fatalf("stored %d messages, want only the next one", n)
+			}
+		})
+	}
+}
+
+// A BDAT chunk cut short (the client closed the connection in it) is
+// never stored: no 250 was sent for it (issue 13, 2.6).
+func TestCutBDATChunkIsNotStored(t *testing.T) {
+	h := start(t)
+	for _, cmds := range []string{"BDAT 100 LAST\r\n", "BDAT 12\r\nSubject: a\r\nBDAT 100 LAST\r\n"} {
+		before := h.sink.stored.Load()
+		out := h.session(t, []byte(hello+cmds+"Subject: cut\r\n\r\nonly part"))
+		if n := h.sink.stored.Load() - before; n != 0 || queued(out) != 0 {
+			t.Errorf("%q: %d messages stored, replies %q", cmds, n, out)
+		}
+	}
+}
+
+// RFC 5321 §4.5.1: <postmaster> without a domain, and postmaster@ a hosted
+// domain with no postmaster account, are accepted and go to the
+// configured postmaster's mailbox; postmaster@ a domain we do not host is
+// still relaying.
+func TestPostmaster(t *testing.T) {
+	h := start(t)
+	for _, rcpt := range []string{"<postmaster>", "<PostMaster>", "<Postmaster@SINK.example>"} {
+		before := h.sink.stored.Load()
+		out := h.session(t, []byte("EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:"+rcpt+"\r\nDATA\r\nSubject: pm\r\n\r\nhi\r\n.\r\nQUIT\r\n"))
+		if h.sink.stored.Load()-before != 1 || queued(out) != 1 {
+			t.Fatalf("RCPT TO:%s: %q", rcpt, out)
+		}
+		if got := h.sink.lastRcpts.Load().([]string); len(got) != 1 || got[0] != "admin@sink.example" {
+			t.Fatalf("RCPT TO:%s reached %q, want the postmaster admin@sink.example", rcpt, got)
+		}
+	}
+	out := h.session(t, []byte("EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<postmaster@elsewhere.example>\r\nQUIT\r\n"))
+	if !strings.Contains(out, "\r\n550 5.7.1") {
+		t.Fatalf("postmaster of a domain not ours: %q", out)
 	}
 }
 

@@ -12,9 +12,15 @@
 //     only when every cell accepted every recipient (each cell commits to
 //     its spool before answering), else 451 4.3.0. Cells recognise the
 //     sender's retry by envelope and body hash and do not store it twice.
-//   - Limits: SIZE (552 5.3.4), 100 recipients (452 4.5.3), 998-octet lines
-//     (500 5.4.0); a bare CR or LF, or a NUL, refuses the message (554
-//     5.6.0, package internal/wire).
+//   - Postmaster (RFC 5321 §4.5.1): RCPT TO:<postmaster> (no domain) goes to
+//     Config.Postmaster, the operator's mailbox; postmaster@ a hosted domain
+//     goes to that domain's own postmaster account when it has one, else
+//     to Config.Postmaster too, so every hosted domain has a postmaster
+//     without an account of its own.
+//   - Limits: SIZE (552 5.3.4), 100 recipients (452 4.5.3), 998-octet
+//     lines (554 5.6.0, answered once after the end of the data; the
+//     session goes on); a bare CR or LF, a NUL, or an empty message refuses
+//     the message (554 5.6.0, package internal/wire).
 //   - Trace (RFC 5321 §4.4): one Received field is prepended to the DATA the
 //     cells get, naming the client's HELO and IP address and whether TLS was
 //     used (RFC 3848 ESMTPS); the cell's pipeline reads it for SPF and leaves
@@ -56,7 +62,12 @@ type Resolver interface {
 
 // Config tunes the edge.
 type Config struct {
-	Domain          string
+	Domain string
+	// Postmaster is the mailbox (an account of a hosted domain) that gets
+	// mail for the reserved name postmaster (RFC 5321 §4.5.1): to
+	// <postmaster> with no domain, and to postmaster@ a hosted domain that
+	// has no such account. Default postmaster@Domain.
+	Postmaster      string
 	MaxMessageBytes int64
 	MaxRecipients   int
 	// TLS, when set, offers STARTTLS.
@@ -82,6 +93,9 @@ func New(routes Resolver, cfg Config) *Edge {
 	}
 	if cfg.Domain == "" {
 		cfg.Domain = "mx.cellmail.local"
+	}
+	if cfg.Postmaster == "" {
+		cfg.Postmaster = "postmaster@" + cfg.Domain
 	}
 	e := &Edge{routes: routes, cfg: cfg}
 	srv := smtp.NewServer(e)
@@ -164,10 +178,27 @@ func (s *session) Mail(from string, _ *smtp.MailOptions) error {
 }
 
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if strings.EqualFold(to, "postmaster") { // RFC 5321 §4.1.1.3 "<Postmaster>"
+		to = s.e.cfg.Postmaster
+	}
 	a, err := placement.ParseAddress(to)
 	if err != nil {
 		return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad recipient address syntax"}
 	}
+	err = s.rcpt(a)
+	var se *smtp.SMTPError
+	if a.Local == "postmaster" && errors.As(err, &se) && se.EnhancedCode == (smtp.EnhancedCode{5, 1, 1}) {
+		// A hosted domain with no postmaster account of its own: the
+		// operator's postmaster takes its mail (RFC 5321 §4.5.1).
+		if pm, perr := placement.ParseAddress(s.e.cfg.Postmaster); perr == nil && pm != a {
+			err = s.rcpt(pm)
+		}
+	}
+	return err
+}
+
+// rcpt adds a recipient at its owning cell.
+func (s *session) rcpt(a placement.Address) error {
 	tgt, err := s.e.routes.Resolve(a.String())
 	if errors.Is(err, placement.ErrUnknownDomain) {
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relaying denied"}

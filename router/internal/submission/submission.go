@@ -13,7 +13,9 @@
 //   - MAIL FROM must be the authenticated user's own address (553 5.7.1);
 //     the cell checks it again.
 //   - RCPT accepts any syntactically valid address (relaying is what an
-//     authenticated submission is for); at most 100.
+//     authenticated submission is for); at most 100. <postmaster> with no
+//     domain (RFC 5321 §4.1.1.3, §4.5.1) is Config.Postmaster, as at the
+//     MX edge.
 //   - DATA: bare CR or LF are made CRLF (RFC 6409 §8 fix-ups), a NUL is
 //     refused (package internal/wire); then the message goes to the cell's SubmitMessage: a copy in Sent, our
 //     own recipients delivered to their cells, remote ones queued; 250 only
@@ -51,7 +53,10 @@ type Resolver interface {
 
 // Config tunes the service.
 type Config struct {
-	Domain          string
+	Domain string
+	// Postmaster is where RCPT TO:<postmaster> goes (default
+	// postmaster@Domain), as on the MX edge.
+	Postmaster      string
 	TLS             *tls.Config // required: AUTH only over TLS
 	MaxMessageBytes int64
 	HTTP            *http.Client // to the cells' APIs (HTTP/2)
@@ -72,6 +77,9 @@ func New(routes Resolver, cfg Config) *Server {
 	}
 	if cfg.Domain == "" {
 		cfg.Domain = "submit.cellmail.local"
+	}
+	if cfg.Postmaster == "" {
+		cfg.Postmaster = "postmaster@" + cfg.Domain
 	}
 	s := &Server{routes: routes, cfg: cfg}
 	srv := smtp.NewServer(s)
@@ -236,6 +244,9 @@ func (se *session) Mail(from string, _ *smtp.MailOptions) error {
 func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if se.user == "" {
 		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
+	}
+	if strings.EqualFold(to, "postmaster") {
+		to = se.s.cfg.Postmaster
 	}
 	a, err := placement.ParseAddress(to)
 	if err != nil {
