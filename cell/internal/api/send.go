@@ -106,6 +106,9 @@ func (m *MailServer) SendMessage(ctx context.Context, req *connect.Request[mailv
 		}
 		return nil, fmt.Errorf("compose: %w", err)
 	}
+	if err := checkOriginators(c.account, raw.Bytes()); err != nil {
+		return nil, fmt.Errorf("composed message: %w", err)
+	}
 	sent, err := m.store.MailboxByUse(ctx, c.account.ID, mail.UseSent)
 	if err != nil {
 		return nil, err
@@ -426,8 +429,7 @@ func (m *MailServer) SubmitMessage(ctx context.Context, req *connect.Request[mai
 		return nil, err
 	}
 	r := req.Msg
-	from, err := placement.ParseAddress(r.MailFrom)
-	if err != nil || from.String() != c.account.Address {
+	if !owns(c.account, r.MailFrom) {
 		return nil, fmt.Errorf("%w: not allowed to send as %q", mail.ErrDenied, r.MailFrom)
 	}
 	if len(r.Recipients) == 0 {
@@ -455,6 +457,9 @@ func (m *MailServer) SubmitMessage(ctx context.Context, req *connect.Request[mai
 	if werr := wire.Check(r.Raw); werr != nil {
 		return nil, invalid("%s", werr.Message)
 	}
+	if err := checkOriginators(c.account, r.Raw); err != nil {
+		return nil, err
+	}
 	if err := m.sendAllowed(ctx, c.account.ID, len(rcpts)); err != nil {
 		return nil, err
 	}
@@ -471,4 +476,37 @@ func (m *MailServer) SubmitMessage(ctx context.Context, req *connect.Request[mai
 	out := &mailv1.SubmitMessageResponse{MessageId: copyInSent.ID}
 	out.Recipients = m.route(ctx, c.account.ID, c.account.Address, rcpts, r.Raw, true)
 	return connect.NewResponse(out), nil
+}
+
+// owns reports whether the account may send as addr: addr is its own
+// address once canonicalised (case and +tag do not make another account,
+// placement.ParseAddress). Aliases and sending identities, when accounts
+// have them, are added here: every sender check (MAIL FROM, From, Sender)
+// comes through this function.
+func owns(a mail.Account, addr string) bool {
+	pa, err := placement.ParseAddress(addr)
+	return err == nil && pa.String() == a.Address
+}
+
+// ReasonFromNotOwned is the ErrorInfo reason of a message whose From or
+// Sender names an address the account does not own.
+const ReasonFromNotOwned = "FROM_NOT_OWNED"
+
+// checkOriginators refuses a message whose From or Sender field names an
+// address the account does not own (or that cannot be read with
+// certainty): the cell signs what it sends with its domain's DKIM key, so
+// a forged From would pass DMARC at the receiver (RFC 7489 §3.1).
+func checkOriginators(a mail.Account, raw []byte) error {
+	addrs, err := message.Originators(raw)
+	if err != nil {
+		return &reasonError{err: fmt.Errorf("%w: %v", mail.ErrDenied, err), reason: ReasonFromNotOwned,
+			public: "the From and Sender fields must each be one field naming your own address: " + err.Error()}
+	}
+	for _, addr := range addrs {
+		if !owns(a, addr) {
+			return &reasonError{err: fmt.Errorf("%w: From/Sender %q", mail.ErrDenied, addr), reason: ReasonFromNotOwned,
+				public: fmt.Sprintf("not allowed to send as %q: From and Sender must be your own address", addr)}
+		}
+	}
+	return nil
 }
