@@ -32,8 +32,6 @@ const (
 	DefaultPageSize   = 50
 	MaxBatch          = 1000
 	MaxRecipients     = 100
-	MaxMailboxName    = 200
-	MaxMailboxDepth   = 16
 	MaxDisplayName    = 200
 	MinPasswordLength = 8
 	MaxPasswordLength = 1024
@@ -316,28 +314,10 @@ func (m *MailServer) ListMailboxes(ctx context.Context, _ *connect.Request[mailv
 	return connect.NewResponse(out), nil
 }
 
+// checkMailboxName applies mail.MailboxName (the store applies it again).
 func checkMailboxName(name string) error {
-	if name == "" {
-		return invalid("mailbox name is empty")
-	}
-	if err := checkText("mailbox name", name, MaxMailboxName); err != nil {
-		return err
-	}
-	if strings.HasPrefix(name, "/") || strings.HasSuffix(name, "/") || strings.Contains(name, "//") {
-		return invalid("mailbox name has an empty level")
-	}
-	if strings.Count(name, "/") >= MaxMailboxDepth {
-		return invalid("mailbox nested deeper than %d", MaxMailboxDepth)
-	}
-	if strings.EqualFold(strings.Split(name, "/")[0], "INBOX") {
-		return invalid("INBOX is reserved")
-	}
-	for _, r := range name {
-		if r < 0x20 || r == 0x7f || r == '*' || r == '%' {
-			return invalid("mailbox name has a character IMAP cannot name (control, * or %%)")
-		}
-	}
-	return nil
+	_, err := mail.MailboxName(name)
+	return err
 }
 
 // CreateMailbox creates a user mailbox.

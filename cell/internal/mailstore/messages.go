@@ -78,8 +78,12 @@ func (s *Store) MailboxByUse(ctx context.Context, accountID string, use mail.Spe
 
 // CreateMailbox makes a user mailbox; parents are not required to exist.
 func (s *Store) CreateMailbox(ctx context.Context, accountID, name string) (mail.Mailbox, error) {
+	name, err := mail.MailboxName(name)
+	if err != nil {
+		return mail.Mailbox{}, err
+	}
 	m := mail.Mailbox{ID: NewID(), Name: name, UIDValidity: uint32(time.Now().Unix()), UIDNext: 1}
-	err := s.tx(ctx, func(tx pgx.Tx) error {
+	err = s.tx(ctx, func(tx pgx.Tx) error {
 		var last, uv int64
 		err := tx.QueryRow(ctx, `UPDATE accounts SET modseq = modseq + 1, uidvalidity_last = greatest(uidvalidity_last + 1, $2)
 			WHERE id = $1 RETURNING modseq, uidvalidity_last`, accountID, int64(m.UIDValidity)).Scan(&last, &uv)
@@ -110,8 +114,12 @@ func (s *Store) CreateMailbox(ctx context.Context, accountID, name string) (mail
 // RenameMailbox renames a user mailbox and the mailboxes under it. Special
 // mailboxes keep their names.
 func (s *Store) RenameMailbox(ctx context.Context, accountID, id, name string) (mail.Mailbox, error) {
+	name, err := mail.MailboxName(name)
+	if err != nil {
+		return mail.Mailbox{}, err
+	}
 	var m mail.Mailbox
-	err := s.tx(ctx, func(tx pgx.Tx) error {
+	err = s.tx(ctx, func(tx pgx.Tx) error {
 		var err error
 		if m, err = s.lockMailbox(ctx, tx, accountID, id); err != nil {
 			return err
