@@ -5,10 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"mime"
 	"net/http"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -331,7 +333,93 @@ func (m *MailServer) ServeDownload(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Security-Policy", "sandbox; default-src 'none'")
 	w.Header().Set("Cache-Control", "private, max-age=3600")
 	w.Header().Set("ETag", `"`+ref+`"`)
+	size, err := blob.Seek(0, io.SeekEnd)
+	if err == nil {
+		_, err = blob.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		m.httpError(w, r, fmt.Errorf("download: %w", err))
+		return
+	}
+	if !limitRanges(w, r, size) {
+		return
+	}
 	http.ServeContent(w, r, "", blob.ModTime(), blob)
+}
+
+// MaxRanges is the most byte ranges one download request may ask for; a
+// request for more is served whole (RFC 9110 §14.2 lets a server ignore
+// Range), so that many small ranges cannot turn a small file into a large
+// multipart answer.
+const MaxRanges = 8
+
+// limitRanges prepares r's Range header for http.ServeContent (RFC 9110
+// §14.1.2): more than MaxRanges ranges, or overlapping ones, make it drop
+// the header (the whole content, 200); a suffix range of length 0 is
+// unsatisfiable and is left out, and when nothing is left it answers 416
+// with "Content-Range: bytes */size" itself and returns false.
+func limitRanges(w http.ResponseWriter, r *http.Request, size int64) bool {
+	h := r.Header.Get("Range")
+	spec, ok := strings.CutPrefix(h, "bytes=")
+	if !ok {
+		return true // not a byte range, or none: ServeContent's answer
+	}
+	var keep []string
+	type span struct{ start, end int64 } // end exclusive; -1: to the end
+	var spans []span
+	for _, part := range strings.Split(spec, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		first, last, ok := strings.Cut(part, "-")
+		if !ok {
+			return true // malformed: ServeContent answers it
+		}
+		if first == "" {
+			n, err := strconv.ParseInt(last, 10, 64)
+			if err != nil {
+				return true
+			}
+			if n == 0 {
+				continue // suffix-length 0: unsatisfiable
+			}
+			spans = append(spans, span{max(size-n, 0), size})
+		} else {
+			a, err := strconv.ParseInt(first, 10, 64)
+			if err != nil {
+				return true
+			}
+			b := size
+			if last != "" {
+				if b, err = strconv.ParseInt(last, 10, 64); err != nil {
+					return true
+				}
+				b = min(b+1, size)
+			}
+			spans = append(spans, span{a, b})
+		}
+		keep = append(keep, part)
+	}
+	if len(keep) == 0 {
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+		http.Error(w, "range not satisfiable", http.StatusRequestedRangeNotSatisfiable)
+		return false
+	}
+	overlap := false
+	for i := range spans {
+		for j := range i {
+			if spans[i].start < spans[j].end && spans[j].start < spans[i].end {
+				overlap = true
+			}
+		}
+	}
+	if len(keep) > MaxRanges || overlap {
+		r.Header.Del("Range")
+		return true
+	}
+	r.Header.Set("Range", "bytes="+strings.Join(keep, ","))
+	return true
 }
 
 func parseEpoch(s string) uint64 {
