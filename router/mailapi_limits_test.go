@@ -2,11 +2,18 @@ package router_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	neturl "net/url"
 	"strings"
+	"sync"
 	"testing"
+
+	"connectrpc.com/connect"
+	"github.com/emersion/go-imap/v2"
 
 	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
 )
@@ -69,5 +76,106 @@ func TestDownloadRanges(t *testing.T) {
 	}
 	if code, _, b := getRaw(t, url, path, alice.access, "bytes=0-1,10-11"); code != http.StatusPartialContent || !strings.Contains(string(b), "multipart") && !strings.Contains(string(b), "Content-Range") {
 		t.Fatalf("two ranges: %d %q", code, b)
+	}
+}
+
+// tcpProxy forwards connections to a target until it is closed; closing
+// it drops every connection and refuses new ones (the port is closed), as
+// a database that went down does.
+type tcpProxy struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func startTCPProxy(t testing.TB, target string) *tcpProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tcpProxy{ln: ln}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, u)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(u, c); u.Close() }()
+			go func() { _, _ = io.Copy(c, u); c.Close() }()
+		}
+	}()
+	t.Cleanup(p.Close)
+	return p
+}
+
+func (p *tcpProxy) Close() {
+	p.ln.Close()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// While a cell's database is down, its API answers unavailable and its
+// IMAP NO [UNAVAILABLE] (clients retry both), never internal / SERVERBUG.
+func TestDatabaseDownIsUnavailable(t *testing.T) {
+	s := newStack(t)
+	var proxy *tcpProxy
+	s.dsnFor = func(_, dsn string) string {
+		u, err := neturl.Parse(dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		proxy = startTCPProxy(t, u.Host)
+		u.Host = proxy.ln.Addr().String()
+		return u.String()
+	}
+	s.stops["us-1"]()
+	s.startCell("us-1", "us")
+	url := s.startRouter(nil)
+	bob := s.user(t, url, "bob@us.example")
+	c := imapLogin(t, s.imaps, "bob@us.example", nil)
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+
+	proxy.Close()
+	ctx := context.Background()
+	if _, err := bob.c.ListMailboxes(ctx, withToken(bob.access, &mailv1.ListMailboxesRequest{})); connect.CodeOf(err) != connect.CodeUnavailable {
+		t.Errorf("ListMailboxes with the database down: %v, want unavailable", err)
+	}
+	if _, err := bob.c.CreateMailbox(ctx, withToken(bob.access, &mailv1.CreateMailboxRequest{Name: "x"})); connect.CodeOf(err) != connect.CodeUnavailable {
+		t.Errorf("CreateMailbox with the database down: %v, want unavailable", err)
+	}
+	for _, cmd := range []struct {
+		name string
+		run  func() error
+	}{
+		{"STATUS", func() error {
+			_, err := c.Status("Sent", &imap.StatusOptions{NumMessages: true}).Wait()
+			return err
+		}},
+		{"CREATE", func() error { return c.Create("y", nil).Wait() }},
+		{"SELECT", func() error {
+			_, err := c.Select("Sent", nil).Wait()
+			return err
+		}},
+	} {
+		err := cmd.run()
+		var ie *imap.Error
+		if !errors.As(err, &ie) || ie.Code != imap.ResponseCodeUnavailable {
+			t.Errorf("IMAP %s with the database down: %v, want NO [UNAVAILABLE]", cmd.name, err)
+		}
 	}
 }

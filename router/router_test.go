@@ -120,6 +120,9 @@ type stack struct {
 	// has seen it sends it (Cellmail-Map-Epoch) so a cell does not answer
 	// from an older copy of the map.
 	epoch uint64
+	// dsnFor, when set, gives the database URL a cell started from now
+	// on uses instead of its fresh database's (a proxy in front of it).
+	dsnFor func(cell, dsn string) string
 }
 
 func call[T any](t testing.TB, req *connect.Request[T]) *connect.Request[T] {
@@ -209,6 +212,9 @@ func (s *stack) startCell(name, jur string) {
 	dsn, err := pg.NewDB()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if s.dsnFor != nil {
+		dsn = s.dsnFor(name, dsn)
 	}
 	dataDir := t.TempDir()
 	var kafka []string
