@@ -275,10 +275,13 @@ func Run(ctx context.Context, cfg Config) error {
 	mux.Handle(cellv1connect.NewCellServiceHandler(srv, append(limits, connect.WithInterceptors(srv.FenceInterceptor()))...))
 	mux.Handle(controlplanev1connect.NewCellAgentServiceHandler(srv, append(limits,
 		connect.WithInterceptors(api.AgentAuthInterceptor(cfg.AgentToken), srv.FenceInterceptor()))...))
-	mux.Handle(mailv1connect.NewMailServiceHandler(mailSrv, connect.WithReadMaxBytes(api.MaxRequestBytes),
-		connect.WithInterceptors(mailSrv.MailInterceptor())))
-	mux.Handle(mailv1connect.NewDeliveryServiceHandler(mailSrv, connect.WithReadMaxBytes(api.MaxRequestBytes),
-		connect.WithInterceptors(api.AgentAuthInterceptor(cfg.AgentToken), srv.FenceInterceptor())))
+	// Bodies are bounded while read: small before login (LimitBody).
+	mailPath, mailHandler := mailv1connect.NewMailServiceHandler(mailSrv, connect.WithReadMaxBytes(api.MaxRequestBytes),
+		connect.WithInterceptors(mailSrv.MailInterceptor()))
+	mux.Handle(mailPath, mailSrv.LimitBody(mailHandler, ""))
+	deliveryPath, deliveryHandler := mailv1connect.NewDeliveryServiceHandler(mailSrv, connect.WithReadMaxBytes(api.MaxRequestBytes),
+		connect.WithInterceptors(api.AgentAuthInterceptor(cfg.AgentToken), srv.FenceInterceptor()))
+	mux.Handle(deliveryPath, mailSrv.LimitBody(deliveryHandler, cfg.AgentToken))
 	mux.HandleFunc("GET /v1/messages/{id}/raw", mailSrv.ServeDownload)
 	mux.HandleFunc("GET /v1/dkim/{domain}", mailSrv.ServeDKIM(DKIMSelector(cfg.Name)))
 	mailSrv.QueueHandlers(mux)

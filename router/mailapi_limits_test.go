@@ -2,6 +2,8 @@ package router_test
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +18,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 
 	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
+	"github.com/cellmail/cellmail/cell/gen/mailv1/mailv1connect"
 )
 
 // getRaw downloads path with a Range header and returns the status, the
@@ -177,5 +180,89 @@ func TestDatabaseDownIsUnavailable(t *testing.T) {
 		if !errors.As(err, &ie) || ie.Code != imap.ResponseCodeUnavailable {
 			t.Errorf("IMAP %s with the database down: %v, want NO [UNAVAILABLE]", cmd.name, err)
 		}
+	}
+}
+
+// countingReader yields n bytes of 'a' (endless when n < 0), counting
+// what was read of it.
+type countingReader struct {
+	n, read int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	if c.n >= 0 && c.read >= c.n {
+		return 0, io.EOF
+	}
+	if c.n >= 0 && int64(len(p)) > c.n-c.read {
+		p = p[:c.n-c.read]
+	}
+	for i := range p {
+		p[i] = 'a'
+	}
+	c.read += int64(len(p))
+	return len(p), nil
+}
+
+// post sends body (of unknown length) to a Connect procedure and returns
+// the status, the Connect error code and how much of the body was read.
+func post(t *testing.T, url, procedure, token string, body *countingReader) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url+procedure, io.NopCloser(body))
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := (&http.Client{Transport: h2cTransport()}).Do(req)
+	if err != nil {
+		t.Fatalf("POST %s: %v", procedure, err)
+	}
+	defer resp.Body.Close()
+	var e struct{ Code string }
+	_ = json.NewDecoder(resp.Body).Decode(&e)
+	return resp.StatusCode, e.Code
+}
+
+// Calls made before login are bounded to 64 KiB, enforced while the body
+// is read, at the router and at the cell: an endless body is refused
+// resource_exhausted after a little of it was read; so is a large body
+// behind a token that is not a live session. Authenticated large sends
+// still work.
+func TestPreLoginBodyLimit(t *testing.T) {
+	s := newStack(t)
+	url := s.startRouter(nil)
+	alice := s.user(t, url, "alice@eu.example")
+	ctx := context.Background()
+	const limit = 64 << 10
+
+	// A Login whose password is 1 MB: resource_exhausted, not read whole.
+	_, err := alice.c.Login(ctx, connect.NewRequest(&mailv1.LoginRequest{Address: "alice@eu.example", Password: strings.Repeat("p", 1<<20)}))
+	if connect.CodeOf(err) != connect.CodeResourceExhausted {
+		t.Fatalf("1 MB Login through the router: %v, want resource_exhausted", err)
+	}
+	login := "/" + mailv1connect.MailServiceName + "/Login"
+	for _, target := range []struct{ name, url string }{{"router", url}, {"cell", s.cells[s.owner("alice@eu.example")]}} {
+		body := &countingReader{n: -1}
+		status, code := post(t, target.url, login, "", body)
+		if code != "resource_exhausted" || body.read > 4<<20 { // what HTTP/2 flow control lets the client send ahead
+			t.Errorf("endless Login body at the %s: %d %q after reading %d bytes; want resource_exhausted after about %d",
+				target.name, status, code, body.read, limit)
+		}
+		// A token that looks like a session's but is none: the cell does
+		// not take more than the pre-login bound either.
+		forged := "cm1." + base64.RawURLEncoding.EncodeToString([]byte("alice@eu.example")) + ".bm90YXRva2Vu"
+		body = &countingReader{n: 40 << 20}
+		status, code = post(t, target.url, "/"+mailv1connect.MailServiceName+"/SendMessage", forged, body)
+		if code != "resource_exhausted" || body.read > 8<<20 {
+			t.Errorf("40 MB SendMessage with a forged token at the %s: %d %q after reading %d bytes; want resource_exhausted, not read whole",
+				target.name, status, code, body.read)
+		}
+	}
+
+	// A logged-in user's 2 MB send goes through (streamed by the router).
+	big := make([]byte, 2<<20)
+	if _, err := alice.c.SendMessage(ctx, withToken(alice.access, &mailv1.SendMessageRequest{
+		To: []*mailv1.EmailAddress{{Email: "alice@eu.example"}}, Subject: "big", Text: "see attached",
+		Attachments: []*mailv1.OutgoingAttachment{{Filename: "big.bin", Content: big}}})); err != nil {
+		t.Fatalf("authenticated 2 MB send: %v", err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -122,3 +123,105 @@ func (m *MailServer) MailInterceptor() connect.UnaryInterceptorFunc {
 		}
 	}
 }
+
+// PreLoginBodyBytes bounds the body of a call made without a valid session
+// (Login, CreateAccount, RefreshSession, a call with a bad token) or agent
+// token: such calls are small, and nobody may make the cell hold large
+// bodies before logging in. The router applies the same bound.
+const PreLoginBodyBytes = 64 << 10
+
+// LimitBody bounds the request bodies of next (a MailService or
+// DeliveryService handler) while they are read, before Connect buffers
+// them: PreLoginBodyBytes, and MaxRequestBytes for a call whose bearer
+// token is a live access token of an account this cell owns (checked once
+// the body turns out larger) or, with agent set, the control plane's agent
+// token. A body over the bound answers resource_exhausted. A large body
+// whose token the fence turns away (WRONG_CELL, MOVING, unavailable) is
+// answered that, before its body is read, so the router re-routes it.
+func (m *MailServer) LimitBody(next http.Handler, agentToken string) http.Handler {
+	errw := connect.NewErrorWriter()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		admit := func() error {
+			tok := bearer(r.Header)
+			if agentToken != "" && subtle.ConstantTimeCompare([]byte(tok), []byte(agentToken)) == 1 {
+				return nil
+			}
+			_, err := m.session(r.Context(), tok, parseEpoch(r.Header.Get(HeaderMapEpoch)), mailstore.SessionAccess)
+			return err
+		}
+		g := &gatedBody{r: r.Body, left: PreLoginBodyBytes, more: MaxRequestBytes - PreLoginBodyBytes, admit: admit}
+		// A compressed body could expand to MaxRequestBytes: it needs the
+		// token checked first, whatever its size.
+		compressed := false
+		for _, h := range []string{"Content-Encoding", "Connect-Content-Encoding", "Grpc-Encoding"} {
+			if v := r.Header.Get(h); v != "" && v != "identity" {
+				compressed = true
+			}
+		}
+		if r.ContentLength > PreLoginBodyBytes || compressed {
+			if err := g.open(); errors.Is(err, mail.ErrUnauthorized) && compressed {
+				_ = errw.Write(w, r, connect.NewError(connect.CodeInvalidArgument, errors.New(
+					"compressed requests need a session: send calls made before login uncompressed")))
+				return
+			} else if errors.Is(err, mail.ErrUnauthorized) {
+				_ = errw.Write(w, r, connect.NewError(connect.CodeResourceExhausted, fmt.Errorf(
+					"request body over %d bytes: calls made before login are limited to that", PreLoginBodyBytes)))
+				return
+			} else if err != nil {
+				_ = errw.Write(w, r, m.srv.toConnect(r.URL.Path, err))
+				return
+			}
+		}
+		r.Body = g
+		next.ServeHTTP(w, r)
+	})
+}
+
+// gatedBody reads left bytes, then asks admit once whether more may follow;
+// past what it allows it fails with *http.MaxBytesError, which Connect
+// answers resource_exhausted.
+type gatedBody struct {
+	r      io.ReadCloser
+	left   int64
+	more   int64
+	admit  func() error
+	asked  bool
+	admErr error
+	limit  int64
+}
+
+// open asks admit (once) and, when it allows, raises the bound.
+func (g *gatedBody) open() error {
+	if g.asked {
+		return g.admErr
+	}
+	g.asked = true
+	g.limit = g.left
+	if g.admErr = g.admit(); g.admErr == nil {
+		g.left += g.more
+		g.limit += g.more
+	}
+	return g.admErr
+}
+
+func (g *gatedBody) Read(p []byte) (int, error) {
+	if g.left <= 0 && !g.asked {
+		_ = g.open()
+	}
+	if g.left <= 0 {
+		// One byte more tells a body at the bound from one over it.
+		var one [1]byte
+		if n, err := g.r.Read(one[:]); n == 0 {
+			return 0, err
+		}
+		return 0, &http.MaxBytesError{Limit: g.limit}
+	}
+	if int64(len(p)) > g.left {
+		p = p[:g.left]
+	}
+	n, err := g.r.Read(p)
+	g.left -= int64(n)
+	return n, err
+}
+
+func (g *gatedBody) Close() error { return g.r.Close() }
