@@ -19,6 +19,7 @@ import (
 
 	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
 	"github.com/cellmail/cellmail/cell/gen/mailv1/mailv1connect"
+	"github.com/cellmail/cellmail/controlplane/cptest"
 )
 
 // getRaw downloads path with a Range header and returns the status, the
@@ -264,5 +265,44 @@ func TestPreLoginBodyLimit(t *testing.T) {
 		To: []*mailv1.EmailAddress{{Email: "alice@eu.example"}}, Subject: "big", Text: "see attached",
 		Attachments: []*mailv1.OutgoingAttachment{{Filename: "big.bin", Content: big}}})); err != nil {
 		t.Fatalf("authenticated 2 MB send: %v", err)
+	}
+}
+
+// Through the API: too many labels answer invalid_argument naming the
+// limit; labels past the quota answer resource_exhausted; filters too.
+func TestLabelLimitsAtTheAPI(t *testing.T) {
+	s := newStack(t)
+	url := s.startRouter(nil)
+	ctx := context.Background()
+	c := mailv1connect.NewMailServiceClient(&http.Client{Transport: h2cTransport()}, url)
+	if _, err := c.CreateAccount(ctx, withToken(cptest.AdminToken, &mailv1.CreateAccountRequest{Address: "small@eu.example",
+		Password: "correct horse battery", QuotaBytes: 4000})); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Login(ctx, connect.NewRequest(&mailv1.LoginRequest{Address: "small@eu.example", Password: "correct horse battery"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &user{addr: "small@eu.example", access: resp.Msg.AccessToken, c: c}
+	if _, err := u.c.SendMessage(ctx, withToken(u.access, &mailv1.SendMessageRequest{
+		To: []*mailv1.EmailAddress{{Email: "small@eu.example"}}, Subject: "labels", Text: "hi"})); err != nil {
+		t.Fatal(err)
+	}
+	in := waitInbox(t, u, 1)
+	many := make([]string, 5000)
+	for i := range many {
+		many[i] = fmt.Sprintf("%0200d", i)
+	}
+	_, err = u.c.UpdateFlags(ctx, withToken(u.access, &mailv1.UpdateFlagsRequest{MessageIds: []string{in[0].Id}, AddLabels: many}))
+	if connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "100") {
+		t.Fatalf("5000 labels: %v, want invalid_argument naming the limit of 100", err)
+	}
+	_, err = u.c.UpdateFlags(ctx, withToken(u.access, &mailv1.UpdateFlagsRequest{MessageIds: []string{in[0].Id}, AddLabels: many[:30]}))
+	if connect.CodeOf(err) != connect.CodeResourceExhausted {
+		t.Fatalf("6000 bytes of labels on a 4000-byte quota: %v, want resource_exhausted", err)
+	}
+	_, err = u.c.SetFilters(ctx, withToken(u.access, &mailv1.SetFiltersRequest{Filters: []*mailv1.Filter{{Field: "subject", Contains: "x", Labels: many[:21]}}}))
+	if connect.CodeOf(err) != connect.CodeInvalidArgument {
+		t.Fatalf("filter with 21 labels: %v, want invalid_argument", err)
 	}
 }

@@ -417,7 +417,7 @@ func (m *MailServer) ListMessages(ctx context.Context, req *connect.Request[mail
 	if err != nil {
 		return nil, err
 	}
-	if err := checkText("label", r.Label, 200); err != nil {
+	if err := checkText("label", r.Label, mail.MaxLabelBytes); err != nil {
 		return nil, err
 	}
 	mb, err := m.store.Mailbox(ctx, c.account.ID, r.MailboxId)
@@ -531,13 +531,8 @@ func (m *MailServer) UpdateFlags(ctx context.Context, req *connect.Request[mailv
 	if err := checkBatch(r.MessageIds); err != nil {
 		return nil, err
 	}
-	for _, l := range append(append([]string{}, r.AddLabels...), r.RemoveLabels...) {
-		if l == "" {
-			return nil, invalid("empty label")
-		}
-		if err := checkText("label", l, 200); err != nil {
-			return nil, err
-		}
+	if err := mail.CheckLabels(r.AddLabels, mail.MaxMessageLabels, "labels on a message"); err != nil {
+		return nil, err
 	}
 	if err := m.requireOwned(ctx, c.account.ID, r.MessageIds); err != nil {
 		return nil, err
@@ -691,14 +686,6 @@ func (m *MailServer) SetFilters(ctx context.Context, req *connect.Request[mailv1
 	for i, f := range req.Msg.Filters {
 		if err := checkText("filter value", f.Contains, 1000); err != nil {
 			return nil, err
-		}
-		for _, l := range f.Labels {
-			if l == "" {
-				return nil, invalid("empty label")
-			}
-			if err := checkText("label", l, 200); err != nil {
-				return nil, err
-			}
 		}
 		fs[i] = mail.Filter{Field: f.Field, Contains: f.Contains, MailboxID: f.MailboxId, MarkSeen: f.MarkSeen,
 			Flag: f.Flag, Labels: f.Labels, Stop: f.Stop}

@@ -295,7 +295,7 @@ func (s *Store) CopyMessages(ctx context.Context, accountID string, ids []string
 		return tx.SendBatch(ctx, b).Close()
 	})
 	if err != nil {
-		return nil, fmt.Errorf("copy messages: %w", err)
+		return nil, fmt.Errorf("copy messages: %w", labelsError(err))
 	}
 	return out, nil
 }
