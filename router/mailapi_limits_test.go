@@ -2,6 +2,7 @@ package router_test
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -16,6 +17,8 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
 
 	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
 	"github.com/cellmail/cellmail/cell/gen/mailv1/mailv1connect"
@@ -304,5 +307,109 @@ func TestLabelLimitsAtTheAPI(t *testing.T) {
 	_, err = u.c.SetFilters(ctx, withToken(u.access, &mailv1.SetFiltersRequest{Filters: []*mailv1.Filter{{Field: "subject", Contains: "x", Labels: many[:21]}}}))
 	if connect.CodeOf(err) != connect.CodeInvalidArgument {
 		t.Fatalf("filter with 21 labels: %v, want invalid_argument", err)
+	}
+}
+
+// overLimitMessage has 501 MIME parts (the store reads 500).
+func overLimitMessage(to string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "From: sender@elsewhere.test\r\nTo: %s\r\nSubject: too many parts\r\nMIME-Version: 1.0\r\n"+
+		"Content-Type: multipart/mixed; boundary=p\r\n\r\n", to)
+	for i := range 501 {
+		fmt.Fprintf(&b, "--p\r\nContent-Type: text/plain\r\n\r\npart %d\r\n", i)
+	}
+	b.WriteString("--p--\r\n")
+	return b.String()
+}
+
+// A message over the MIME limits is refused when offered — 554 5.6.0 by
+// SMTP (inbound and submission, before any 250), NO [LIMIT] by APPEND —
+// and one stored before is shown degraded by GetMessage, not answered
+// internal for ever.
+func TestMIMELimitsAtAcceptance(t *testing.T) {
+	s := newStack(t)
+	var bobDB string
+	s.dsnFor = func(_, dsn string) string {
+		u, err := neturl.Parse(dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bobDB = strings.TrimPrefix(u.Path, "/")
+		return dsn
+	}
+	s.stops["us-1"]()
+	s.startCell("us-1", "us")
+	url := s.startRouter(nil)
+	alice := s.user(t, url, "alice@eu.example")
+	bob := s.user(t, url, "bob@us.example")
+	is5_6_0 := func(err error) bool {
+		var se *smtp.SMTPError
+		return errors.As(err, &se) && se.Code == 554 && se.EnhancedCode == smtp.EnhancedCode{5, 6, 0}
+	}
+
+	// Inbound, through the router's MX and the cell's LMTP.
+	c, err := smtp.Dial(s.smtp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Hello("sender.test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SendMail("sender@elsewhere.test", []string{"bob@us.example"}, strings.NewReader(overLimitMessage("bob@us.example"))); !is5_6_0(err) {
+		t.Fatalf("inbound message with 501 parts: %v, want 554 5.6.0", err)
+	}
+
+	// Submission.
+	sc, err := smtp.DialTLS(s.submissions, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	if err := sc.Auth(sasl.NewPlainClient("", "alice@eu.example", "correct horse battery")); err != nil {
+		t.Fatal(err)
+	}
+	sub := strings.Replace(overLimitMessage("bob@us.example"), "sender@elsewhere.test", "alice@eu.example", 1)
+	if err := sc.SendMail("alice@eu.example", []string{"bob@us.example"}, strings.NewReader(sub)); !is5_6_0(err) {
+		t.Fatalf("submitted message with 501 parts: %v, want 554 5.6.0", err)
+	}
+
+	// APPEND.
+	ic := imapLogin(t, s.imaps, "bob@us.example", nil)
+	raw := overLimitMessage("bob@us.example")
+	ap := ic.Append("INBOX", int64(len(raw)), nil)
+	if _, err := ap.Write([]byte(raw)); err != nil {
+		t.Fatal(err)
+	}
+	if err := ap.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var ie *imap.Error
+	if _, err := ap.Wait(); !errors.As(err, &ie) || ie.Code != imap.ResponseCodeLimit {
+		t.Fatalf("APPEND of a message with 501 parts: %v, want NO [LIMIT]", err)
+	}
+	if n := len(bob.list(t, bob.box(t, mailv1.SpecialUse_SPECIAL_USE_INBOX).Id)); n != 0 {
+		t.Fatalf("bob's INBOX has %d messages, want none", n)
+	}
+	if n := len(alice.list(t, alice.box(t, mailv1.SpecialUse_SPECIAL_USE_SENT).Id)); n != 0 {
+		t.Fatalf("alice's Sent has %d messages, want none", n)
+	}
+
+	// One stored before the limits were applied at acceptance: its blob
+	// is made such a message behind the store's back.
+	s.deliver(t, "bob@us.example", "stored before", "fine at first")
+	in := waitInbox(t, bob, 1)
+	hexRaw := fmt.Sprintf("%x", raw)
+	out, err := pg.Psql(bobDB, fmt.Sprintf(`UPDATE inline_blobs SET data = decode('%s', 'hex')
+		WHERE ref = (SELECT blob_ref FROM messages WHERE id = '%s')`, hexRaw, in[0].Id))
+	if err != nil || out != "UPDATE 1" {
+		t.Fatalf("replacing the stored message: %q %v", out, err)
+	}
+	got, err := bob.c.GetMessage(context.Background(), withToken(bob.access, &mailv1.GetMessageRequest{MessageId: in[0].Id}))
+	if err != nil {
+		t.Fatalf("GetMessage of a stored message over the limits: %v, want a degraded view", err)
+	}
+	if !strings.Contains(got.Msg.Text, "cannot be shown") || got.Msg.RawPath == "" || len(got.Msg.Headers) == 0 {
+		t.Fatalf("degraded view: text %q raw %q headers %d", got.Msg.Text, got.Msg.RawPath, len(got.Msg.Headers))
 	}
 }

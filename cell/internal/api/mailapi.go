@@ -472,7 +472,13 @@ func (m *MailServer) GetMessage(ctx context.Context, req *connect.Request[mailv1
 	defer blob.Close()
 	p, err := message.Parse(blob, m.limits)
 	if err != nil {
-		return nil, fmt.Errorf("parse stored message: %w", err)
+		// Stored before the limits were applied at acceptance, or not
+		// readable: the header and what the store knows, and the raw
+		// message to download, rather than an error for ever.
+		m.log.Warn("stored message shown degraded", "message", msg.ID, "err", err)
+		if p, err = m.degraded(ctx, msg, err); err != nil {
+			return nil, err
+		}
 	}
 	out := &mailv1.GetMessageResponse{Summary: summaryPB(msg), MessageIdHeader: p.MessageID, Text: p.Text, Html: p.HTML,
 		RawPath: "/v1/messages/" + msg.ID + "/raw"}
@@ -491,6 +497,28 @@ func (m *MailServer) GetMessage(ctx context.Context, req *connect.Request[mailv1
 			DownloadPath: "/v1/messages/" + msg.ID + "/attachments/" + a.PartID})
 	}
 	return connect.NewResponse(out), nil
+}
+
+// degraded is what GetMessage shows of a stored message that Parse
+// refuses (why): its header when that can be read, and a text saying why
+// the body is not shown.
+func (m *MailServer) degraded(ctx context.Context, msg mail.Message, why error) (*message.Parsed, error) {
+	blob, err := m.blobs.Open(ctx, msg.BlobRef)
+	if err != nil {
+		return nil, fmt.Errorf("open message blob: %w", err)
+	}
+	defer blob.Close()
+	p, err := message.ParseHeader(blob, m.limits)
+	if err != nil {
+		p = &message.Parsed{MessageID: msg.MessageID}
+	}
+	reason := "it cannot be read"
+	if errors.Is(why, message.ErrLimit) {
+		reason = "it is beyond this service's limits (" + strings.TrimPrefix(why.Error(), message.ErrLimit.Error()+": ") + ")"
+	}
+	p.Text = "This message cannot be shown here because " + reason + ". Download the original message to read it."
+	p.HTML = ""
+	return p, nil
 }
 
 func checkBatch(ids []string) error {

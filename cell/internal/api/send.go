@@ -558,6 +558,11 @@ func (m *MailServer) SubmitMessage(ctx context.Context, req *connect.Request[mai
 	// Each submission is its own Sent copy, even of identical bytes.
 	copyInSent, err := m.deliver.Deliver(ctx, c.account.ID, sent.ID, r.Raw, delivery.Options{Flags: mail.Flags{Seen: true},
 		Lenient: true, Key: "submit:" + mailstore.NewID()})
+	if errors.Is(err, mail.ErrLimit) {
+		// Over the MIME limits: the message itself is refused, for good
+		// (554 5.6.0 at submission), not a rate limit.
+		return nil, invalid("%v", strings.TrimPrefix(err.Error(), mail.ErrLimit.Error()+": "))
+	}
 	if err != nil {
 		return nil, err
 	}

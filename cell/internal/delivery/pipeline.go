@@ -261,7 +261,7 @@ func (p *Pipeline) prepare(ctx context.Context, e mailstore.SpoolEntry) job {
 		j.err = fmt.Errorf("%v mailbox: %w", use, err)
 		return j
 	}
-	opt := Options{Key: e.DeliveryKey, SpoolID: e.ID, Lenient: true, ReceivedAt: time.Now()}
+	opt := Options{Key: e.DeliveryKey, SpoolID: e.ID, Lenient: true, Accepted: true, ReceivedAt: time.Now()}
 	mailboxID := box.ID
 	if to := applyFilters(filters, sent, &opt); to != "" && to != box.ID {
 		mailboxID, j.inbox = to, box.ID
