@@ -574,8 +574,11 @@ func (s *Store) StoreFlags(ctx context.Context, accountID string, ids []string, 
 	if errors.Is(err, mail.ErrLimit) {
 		// The account's record of labels may hold some no message uses any
 		// more: collect them, and try once more.
+		// One pass over the account's messages (an anti-join with the
+		// labels in use), not one per recorded label.
 		if _, gcErr := s.pool.Exec(ctx, `DELETE FROM account_labels al WHERE al.account_id = $1 AND NOT EXISTS
-			(SELECT 1 FROM messages m WHERE m.account_id = $1 AND al.label = ANY(m.labels))`, accountID); gcErr != nil {
+			(SELECT 1 FROM (SELECT DISTINCT l FROM messages m, unnest(m.labels) AS l WHERE m.account_id = $1) u
+			 WHERE u.l = al.label)`, accountID); gcErr != nil {
 			return nil, nil, fmt.Errorf("collect labels: %w", gcErr)
 		}
 		changed, conflicts, err = s.storeFlags(ctx, accountID, ids, fc)
