@@ -252,14 +252,35 @@ func TestPreLoginBodyLimit(t *testing.T) {
 				target.name, status, code, body.read, limit)
 		}
 		// A token that looks like a session's but is none: the cell does
-		// not take more than the pre-login bound either.
-		forged := "cm1." + base64.RawURLEncoding.EncodeToString([]byte("alice@eu.example")) + ".bm90YXRva2Vu"
+		// not read on past the pre-login bound, and says the token is bad
+		// (a client with an expired one refreshes it).
+		send := "/" + mailv1connect.MailServiceName + "/SendMessage"
+		forged := "cm1." + base64.RawURLEncoding.EncodeToString([]byte("alice@eu.example")) + "." +
+			base64.RawURLEncoding.EncodeToString(make([]byte, 32))
 		body = &countingReader{n: 40 << 20}
-		status, code = post(t, target.url, "/"+mailv1connect.MailServiceName+"/SendMessage", forged, body)
-		if code != "resource_exhausted" || body.read > 8<<20 {
-			t.Errorf("40 MB SendMessage with a forged token at the %s: %d %q after reading %d bytes; want resource_exhausted, not read whole",
+		status, code = post(t, target.url, send, forged, body)
+		if code != "unauthenticated" || body.read > 8<<20 {
+			t.Errorf("40 MB SendMessage with a forged token at the %s: %d %q after reading %d bytes; want unauthenticated, not read whole",
 				target.name, status, code, body.read)
 		}
+		body = &countingReader{n: 40 << 20}
+		status, code = post(t, target.url, send, "not-a-session-token", body)
+		if code != "resource_exhausted" || body.read > 8<<20 {
+			t.Errorf("40 MB SendMessage with a malformed token at the %s: %d %q after reading %d bytes; want resource_exhausted, not read whole",
+				target.name, status, code, body.read)
+		}
+	}
+
+	// A revoked session's token with a 2 MB body (its length announced):
+	// unauthenticated, so that the client logs in again.
+	old := s.user(t, url, "old@eu.example")
+	if _, err := old.c.Logout(ctx, withToken(old.access, &mailv1.LogoutRequest{})); err != nil {
+		t.Fatal(err)
+	}
+	_, err = old.c.SendMessage(ctx, withToken(old.access, &mailv1.SendMessageRequest{To: []*mailv1.EmailAddress{{Email: "alice@eu.example"}},
+		Attachments: []*mailv1.OutgoingAttachment{{Filename: "big.bin", Content: make([]byte, 2<<20)}}}))
+	if connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Fatalf("2 MB send with a revoked token: %v, want unauthenticated", err)
 	}
 
 	// A logged-in user's 2 MB send goes through (streamed by the router).

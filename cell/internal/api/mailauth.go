@@ -134,41 +134,51 @@ const PreLoginBodyBytes = 64 << 10
 // DeliveryService handler) while they are read, before Connect buffers
 // them: PreLoginBodyBytes, and MaxRequestBytes for a call whose bearer
 // token is a live access token of an account this cell owns (checked once
-// the body turns out larger) or, with agent set, the control plane's agent
-// token. A body over the bound answers resource_exhausted. A large body
-// whose token the fence turns away (WRONG_CELL, MOVING, unavailable) is
-// answered that, before its body is read, so the router re-routes it.
+// the body turns out larger, or at once when Content-Length says so) or,
+// with agent set, the control plane's agent token. Past the bound: no
+// token, resource_exhausted; a session token that is no longer live,
+// unauthenticated (the client refreshes it); a token the fence turns away,
+// its answer (WRONG_CELL, MOVING, unavailable), which the router acts on.
+// A compressed body could expand to MaxRequestBytes: it needs the token
+// checked first, whatever its size, and is refused invalid_argument
+// without one.
 func (m *MailServer) LimitBody(next http.Handler, agentToken string) http.Handler {
 	errw := connect.NewErrorWriter()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		admit := func() error {
-			tok := bearer(r.Header)
-			if agentToken != "" && subtle.ConstantTimeCompare([]byte(tok), []byte(agentToken)) == 1 {
-				return nil
-			}
-			_, err := m.session(r.Context(), tok, parseEpoch(r.Header.Get(HeaderMapEpoch)), mailstore.SessionAccess)
-			return err
-		}
-		g := &gatedBody{r: r.Body, left: PreLoginBodyBytes, more: MaxRequestBytes - PreLoginBodyBytes, admit: admit}
-		// A compressed body could expand to MaxRequestBytes: it needs the
-		// token checked first, whatever its size.
+		tok := bearer(r.Header)
+		_, session := auth.Subject(tok)
 		compressed := false
 		for _, h := range []string{"Content-Encoding", "Connect-Content-Encoding", "Grpc-Encoding"} {
 			if v := r.Header.Get(h); v != "" && v != "identity" {
 				compressed = true
 			}
 		}
+		// refusal is the answer to a body past the bound, from why the
+		// token did not admit more.
+		refusal := func(err error) error {
+			switch {
+			case errors.Is(err, mail.ErrUnauthorized) && session:
+				return m.srv.toConnect(r.URL.Path, err)
+			case errors.Is(err, mail.ErrUnauthorized) && compressed:
+				return connect.NewError(connect.CodeInvalidArgument, errors.New(
+					"compressed requests need a session: send calls made before login uncompressed"))
+			case errors.Is(err, mail.ErrUnauthorized):
+				return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf(
+					"request body over %d bytes: calls made before login are limited to that", PreLoginBodyBytes))
+			}
+			return m.srv.toConnect(r.URL.Path, err)
+		}
+		g := &gatedBody{r: r.Body, left: PreLoginBodyBytes, more: MaxRequestBytes - PreLoginBodyBytes, refusal: refusal,
+			admit: func() error {
+				if agentToken != "" && subtle.ConstantTimeCompare([]byte(tok), []byte(agentToken)) == 1 {
+					return nil
+				}
+				_, err := m.session(r.Context(), tok, parseEpoch(r.Header.Get(HeaderMapEpoch)), mailstore.SessionAccess)
+				return err
+			}}
 		if r.ContentLength > PreLoginBodyBytes || compressed {
-			if err := g.open(); errors.Is(err, mail.ErrUnauthorized) && compressed {
-				_ = errw.Write(w, r, connect.NewError(connect.CodeInvalidArgument, errors.New(
-					"compressed requests need a session: send calls made before login uncompressed")))
-				return
-			} else if errors.Is(err, mail.ErrUnauthorized) {
-				_ = errw.Write(w, r, connect.NewError(connect.CodeResourceExhausted, fmt.Errorf(
-					"request body over %d bytes: calls made before login are limited to that", PreLoginBodyBytes)))
-				return
-			} else if err != nil {
-				_ = errw.Write(w, r, m.srv.toConnect(r.URL.Path, err))
+			if err := g.open(); err != nil {
+				_ = errw.Write(w, r, refusal(err))
 				return
 			}
 		}
@@ -177,29 +187,26 @@ func (m *MailServer) LimitBody(next http.Handler, agentToken string) http.Handle
 	})
 }
 
-// gatedBody reads left bytes, then asks admit once whether more may follow;
-// past what it allows it fails with *http.MaxBytesError, which Connect
-// answers resource_exhausted.
+// gatedBody reads left bytes, then asks admit once whether more may
+// follow; past what it allows it fails with refusal's error (a Connect
+// error, which Connect answers as it is).
 type gatedBody struct {
-	r      io.ReadCloser
-	left   int64
-	more   int64
-	admit  func() error
-	asked  bool
-	admErr error
-	limit  int64
+	r       io.ReadCloser
+	left    int64
+	more    int64
+	admit   func() error
+	refusal func(error) error
+	asked   bool
+	admErr  error
 }
 
 // open asks admit (once) and, when it allows, raises the bound.
 func (g *gatedBody) open() error {
-	if g.asked {
-		return g.admErr
-	}
-	g.asked = true
-	g.limit = g.left
-	if g.admErr = g.admit(); g.admErr == nil {
-		g.left += g.more
-		g.limit += g.more
+	if !g.asked {
+		g.asked = true
+		if g.admErr = g.admit(); g.admErr == nil {
+			g.left += g.more
+		}
 	}
 	return g.admErr
 }
@@ -214,7 +221,10 @@ func (g *gatedBody) Read(p []byte) (int, error) {
 		if n, err := g.r.Read(one[:]); n == 0 {
 			return 0, err
 		}
-		return 0, &http.MaxBytesError{Limit: g.limit}
+		if g.admErr != nil {
+			return 0, g.refusal(g.admErr)
+		}
+		return 0, &http.MaxBytesError{Limit: MaxRequestBytes}
 	}
 	if int64(len(p)) > g.left {
 		p = p[:g.left]
