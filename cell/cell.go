@@ -272,7 +272,11 @@ func Run(ctx context.Context, cfg Config) error {
 
 	mux := http.NewServeMux()
 	limits := []connect.HandlerOption{connect.WithReadMaxBytes(1 << 20)}
-	mux.Handle(cellv1connect.NewCellServiceHandler(srv, append(limits, connect.WithInterceptors(srv.FenceInterceptor()))...))
+	// CellService calls carry no token (WhoAmI routes by address): the
+	// pre-login bound, on the wire (gzip included) and decoded.
+	cellPath, cellHandler := cellv1connect.NewCellServiceHandler(srv, connect.WithReadMaxBytes(api.PreLoginBodyBytes),
+		connect.WithInterceptors(srv.FenceInterceptor()))
+	mux.Handle(cellPath, http.MaxBytesHandler(cellHandler, api.PreLoginBodyBytes))
 	mux.Handle(controlplanev1connect.NewCellAgentServiceHandler(srv, append(limits,
 		connect.WithInterceptors(api.AgentAuthInterceptor(cfg.AgentToken), srv.FenceInterceptor()))...))
 	// Bodies are bounded while read: small before login (LimitBody).
