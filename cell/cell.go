@@ -276,13 +276,20 @@ func Run(ctx context.Context, cfg Config) error {
 
 	mux := http.NewServeMux()
 	limits := []connect.HandlerOption{connect.WithReadMaxBytes(1 << 20)}
-	mux.Handle(cellv1connect.NewCellServiceHandler(srv, append(limits, connect.WithInterceptors(srv.FenceInterceptor()))...))
+	// CellService calls carry no token (WhoAmI routes by address): the
+	// pre-login bound, on the wire (gzip included) and decoded.
+	cellPath, cellHandler := cellv1connect.NewCellServiceHandler(srv, connect.WithReadMaxBytes(api.PreLoginBodyBytes),
+		connect.WithInterceptors(srv.FenceInterceptor()))
+	mux.Handle(cellPath, http.MaxBytesHandler(cellHandler, api.PreLoginBodyBytes))
 	mux.Handle(controlplanev1connect.NewCellAgentServiceHandler(srv, append(limits,
 		connect.WithInterceptors(api.AgentAuthInterceptor(cfg.AgentToken), srv.FenceInterceptor()))...))
-	mux.Handle(mailv1connect.NewMailServiceHandler(mailSrv, connect.WithReadMaxBytes(api.MaxRequestBytes),
-		connect.WithInterceptors(mailSrv.MailInterceptor())))
-	mux.Handle(mailv1connect.NewDeliveryServiceHandler(mailSrv, connect.WithReadMaxBytes(api.MaxRequestBytes),
-		connect.WithInterceptors(api.AgentAuthInterceptor(cfg.AgentToken), srv.FenceInterceptor())))
+	// Bodies are bounded while read: small before login (LimitBody).
+	mailPath, mailHandler := mailv1connect.NewMailServiceHandler(mailSrv, connect.WithReadMaxBytes(api.MaxRequestBytes),
+		connect.WithInterceptors(mailSrv.MailInterceptor()))
+	mux.Handle(mailPath, mailSrv.LimitBody(mailHandler, ""))
+	deliveryPath, deliveryHandler := mailv1connect.NewDeliveryServiceHandler(mailSrv, connect.WithReadMaxBytes(api.MaxRequestBytes),
+		connect.WithInterceptors(api.AgentAuthInterceptor(cfg.AgentToken), srv.FenceInterceptor()))
+	mux.Handle(deliveryPath, mailSrv.LimitBody(deliveryHandler, cfg.AgentToken))
 	mux.HandleFunc("GET /v1/messages/{id}/raw", mailSrv.ServeDownload)
 	mux.HandleFunc("GET /v1/dkim/{domain}", mailSrv.ServeDKIM(DKIMSelector(cfg.Name)))
 	mailSrv.QueueHandlers(mux)

@@ -128,6 +128,9 @@ type stack struct {
 	// test moves it (advance), so login delays do not depend on how fast
 	// the machine is.
 	clock atomic.Int64
+	// dsnFor, when set, gives the database URL a cell started from now
+	// on uses instead of its fresh database's (a proxy in front of it).
+	dsnFor func(cell, dsn string) string
 }
 
 func (s *stack) loginNow() time.Time { return time.Unix(0, s.clock.Load()) }
@@ -223,6 +226,9 @@ func (s *stack) startCell(name, jur string) {
 	dsn, err := pg.NewDB()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if s.dsnFor != nil {
+		dsn = s.dsnFor(name, dsn)
 	}
 	dataDir := t.TempDir()
 	var kafka []string

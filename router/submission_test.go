@@ -1,13 +1,18 @@
 package router_test
 
 import (
+	"context"
 	"crypto/tls"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+
+	"connectrpc.com/connect"
 
 	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
 )
@@ -111,5 +116,85 @@ func TestSubmission(t *testing.T) {
 	}
 	if !subjects["via 465"] || !subjects["Undelivered Mail Returned to Sender"] {
 		t.Fatalf("alice's INBOX: %v", subjects)
+	}
+}
+
+// A submitted message whose From or Sender is not the user's own address
+// is refused 553 5.7.1 (the cell would sign it with our domain), the
+// SubmitMessage API answers permission_denied with an ErrorInfo reason,
+// and nothing reaches the recipient or Sent. The user's own address in
+// another case or with a +tag is the same account and goes through.
+func TestSubmissionFromForgery(t *testing.T) {
+	s := newStack(t)
+	url := s.startRouter(nil)
+	alice := s.user(t, url, "alice@eu.example")
+	bob := s.user(t, url, "bob@us.example")
+	c, err := smtp.DialTLS(s.submissions, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewPlainClient("", "alice@eu.example", "correct horse battery")); err != nil {
+		t.Fatal(err)
+	}
+	send := func(header string) error {
+		return c.SendMail("alice@eu.example", []string{"bob@us.example"}, strings.NewReader(header+
+			"To: bob@us.example\r\nSubject: forged\r\n\r\nbody\r\n"))
+	}
+	for _, h := range []string{
+		"From: Bob <bob@us.example>\r\n",                               // another user
+		"From: Acme <ceo@acme.example>\r\n",                            // another domain we host
+		"From: Security <security@bank.example>\r\n",                   // anyone
+		"From: alice@eu.example, security@bank.example\r\n",            // one of several
+		"From: alice@eu.example\r\nSender: security@bank.example\r\n",  // Sender
+		"From: alice@eu.example\r\nFrom: security@bank.example\r\n",    // a second From
+		"From : security@bank.example\r\n",                             // obsolete space before the colon
+		"From: =?utf-8?q?security=40bank.example?=\r\n",                // no address at all
+		"Subject: x\r\nnot a field\r\nFrom: security@bank.example\r\n", // header cut short for us only
+		"From: \"alice@eu.example\" <security@bank.example>\r\n",       // own address as the name
+	} {
+		var se *smtp.SMTPError
+		if err := send(h); !errors.As(err, &se) || se.Code != 553 || se.EnhancedCode != (smtp.EnhancedCode{5, 7, 1}) {
+			t.Errorf("%q: %v, want 553 5.7.1", h, err)
+		}
+		if err := c.Reset(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, h := range []string{
+		"From: Alice <alice@eu.example>\r\n",
+		"From: Alice <Alice+lists@EU.example>\r\nSender: alice@eu.example\r\n",
+	} {
+		if err := send(h); err != nil {
+			t.Errorf("%q: %v, want 250", h, err)
+		}
+	}
+	if in := waitInbox(t, bob, 2); len(in) != 2 {
+		t.Fatalf("bob's INBOX has %d messages, want the 2 genuine ones", len(in))
+	}
+	if sent := alice.list(t, alice.box(t, mailv1.SpecialUse_SPECIAL_USE_SENT).Id); len(sent) != 2 {
+		t.Fatalf("alice's Sent has %d messages, want 2", len(sent))
+	}
+
+	// The API's answer carries the reason.
+	_, err = alice.c.SubmitMessage(context.Background(), withToken(alice.access, &mailv1.SubmitMessageRequest{
+		MailFrom: "alice@eu.example", Recipients: []string{"bob@us.example"},
+		Raw: []byte("From: bob@us.example\r\nTo: bob@us.example\r\nSubject: forged\r\n\r\nbody\r\n")}))
+	if connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Fatalf("SubmitMessage with a forged From: %v, want permission_denied", err)
+	}
+	var reason string
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		for _, d := range ce.Details() {
+			if v, derr := d.Value(); derr == nil {
+				if info, ok := v.(*errdetails.ErrorInfo); ok {
+					reason = info.Reason
+				}
+			}
+		}
+	}
+	if reason != "FROM_NOT_OWNED" {
+		t.Fatalf("SubmitMessage with a forged From: detail reason %q, want FROM_NOT_OWNED (%v)", reason, err)
 	}
 }

@@ -207,9 +207,13 @@ func (s *Server) NewDB() (string, error) {
 	return s.DSN(name), nil
 }
 
-func (s *Server) psql(sql string) (string, error) {
+func (s *Server) psql(sql string) (string, error) { return s.Psql("postgres", sql) }
+
+// Psql runs one SQL command in database db with psql and returns its
+// unaligned output (tests that need to reach into a cell's database).
+func (s *Server) Psql(db, sql string) (string, error) {
 	out, err := exec.Command(filepath.Join(s.bin, "psql"), "-h", "127.0.0.1", "-p", strconv.Itoa(s.Port),
-		"-U", "postgres", "-d", "postgres", "-tAc", sql).CombinedOutput()
+		"-U", "postgres", "-d", db, "-tAc", sql).CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("psql %q: %v: %s", sql, err, out)
 	}

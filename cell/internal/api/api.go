@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"connectrpc.com/connect"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 
 	cellv1 "github.com/cellmail/cellmail/cell/gen/cellv1"
 	"github.com/cellmail/cellmail/cell/gen/cellv1/cellv1connect"
@@ -112,7 +113,14 @@ func (s *Server) toConnect(procedure string, err error) error {
 	var wrong *mail.WrongCellError
 	var moving *mail.MovingError
 	var limited *auth.LimitError
+	var reasoned *reasonError
 	switch {
+	case errors.As(err, &reasoned):
+		e := connect.NewError(connect.CodeOf(s.toConnect(procedure, reasoned.err)), errors.New(reasoned.public))
+		if d, derr := connect.NewErrorDetail(&errdetails.ErrorInfo{Reason: reasoned.reason, Domain: ErrorDomain}); derr == nil {
+			e.AddDetail(d)
+		}
+		return e
 	case errors.As(err, &limited):
 		e := connect.NewError(connect.CodeResourceExhausted, err)
 		e.Meta().Set("Retry-After", strconv.FormatInt(limited.RetrySeconds(), 10))
@@ -154,6 +162,21 @@ func (s *Server) toConnect(procedure string, err error) error {
 	s.log.Error("call failed", "procedure", procedure, "err", err)
 	return connect.NewError(connect.CodeInternal, errors.New("internal error"))
 }
+
+// ErrorDomain is the ErrorInfo domain of the cell's typed error details.
+const ErrorDomain = "mail.cellmail"
+
+// reasonError is a domain error (err, which picks the code) with a
+// machine-readable reason for an ErrorInfo detail and a message the caller
+// may see (the user's own data, nobody else's).
+type reasonError struct {
+	err    error
+	reason string
+	public string
+}
+
+func (e *reasonError) Error() string { return e.err.Error() }
+func (e *reasonError) Unwrap() error { return e.err }
 
 // WhoAmI answers for an address this cell owns (the fence ran already).
 func (s *Server) WhoAmI(ctx context.Context, req *connect.Request[cellv1.WhoAmIRequest]) (*connect.Response[cellv1.WhoAmIResponse], error) {

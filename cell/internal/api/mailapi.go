@@ -31,8 +31,6 @@ const (
 	DefaultPageSize   = 50
 	MaxBatch          = 1000
 	MaxRecipients     = 100
-	MaxMailboxName    = 200
-	MaxMailboxDepth   = 16
 	MaxDisplayName    = 200
 	MinPasswordLength = 8
 	MaxPasswordLength = 1024
@@ -311,28 +309,10 @@ func (m *MailServer) ListMailboxes(ctx context.Context, _ *connect.Request[mailv
 	return connect.NewResponse(out), nil
 }
 
+// checkMailboxName applies mail.MailboxName (the store applies it again).
 func checkMailboxName(name string) error {
-	if name == "" {
-		return invalid("mailbox name is empty")
-	}
-	if err := checkText("mailbox name", name, MaxMailboxName); err != nil {
-		return err
-	}
-	if strings.HasPrefix(name, "/") || strings.HasSuffix(name, "/") || strings.Contains(name, "//") {
-		return invalid("mailbox name has an empty level")
-	}
-	if strings.Count(name, "/") >= MaxMailboxDepth {
-		return invalid("mailbox nested deeper than %d", MaxMailboxDepth)
-	}
-	if strings.EqualFold(strings.Split(name, "/")[0], "INBOX") {
-		return invalid("INBOX is reserved")
-	}
-	for _, r := range name {
-		if r < 0x20 || r == 0x7f || r == '*' || r == '%' {
-			return invalid("mailbox name has a character IMAP cannot name (control, * or %%)")
-		}
-	}
-	return nil
+	_, err := mail.MailboxName(name)
+	return err
 }
 
 // CreateMailbox creates a user mailbox.
@@ -432,7 +412,7 @@ func (m *MailServer) ListMessages(ctx context.Context, req *connect.Request[mail
 	if err != nil {
 		return nil, err
 	}
-	if err := checkText("label", r.Label, 200); err != nil {
+	if err := checkText("label", r.Label, mail.MaxLabelBytes); err != nil {
 		return nil, err
 	}
 	mb, err := m.store.Mailbox(ctx, c.account.ID, r.MailboxId)
@@ -487,7 +467,13 @@ func (m *MailServer) GetMessage(ctx context.Context, req *connect.Request[mailv1
 	defer blob.Close()
 	p, err := message.Parse(blob, m.limits)
 	if err != nil {
-		return nil, fmt.Errorf("parse stored message: %w", err)
+		// Stored before the limits were applied at acceptance, or not
+		// readable: the header and what the store knows, and the raw
+		// message to download, rather than an error for ever.
+		m.log.Warn("stored message shown degraded", "message", msg.ID, "err", err)
+		if p, err = m.degraded(ctx, msg, err); err != nil {
+			return nil, err
+		}
 	}
 	out := &mailv1.GetMessageResponse{Summary: summaryPB(msg), MessageIdHeader: p.MessageID, Text: p.Text, Html: p.HTML,
 		RawPath: "/v1/messages/" + msg.ID + "/raw"}
@@ -506,6 +492,28 @@ func (m *MailServer) GetMessage(ctx context.Context, req *connect.Request[mailv1
 			DownloadPath: "/v1/messages/" + msg.ID + "/attachments/" + a.PartID})
 	}
 	return connect.NewResponse(out), nil
+}
+
+// degraded is what GetMessage shows of a stored message that Parse
+// refuses (why): its header when that can be read, and a text saying why
+// the body is not shown.
+func (m *MailServer) degraded(ctx context.Context, msg mail.Message, why error) (*message.Parsed, error) {
+	blob, err := m.blobs.Open(ctx, msg.BlobRef)
+	if err != nil {
+		return nil, fmt.Errorf("open message blob: %w", err)
+	}
+	defer blob.Close()
+	p, err := message.ParseHeader(blob, m.limits)
+	if err != nil {
+		p = &message.Parsed{MessageID: msg.MessageID}
+	}
+	reason := "it cannot be read"
+	if errors.Is(why, message.ErrLimit) {
+		reason = "it is beyond this service's limits (" + strings.TrimPrefix(why.Error(), message.ErrLimit.Error()+": ") + ")"
+	}
+	p.Text = "This message cannot be shown here because " + reason + ". Download the original message to read it."
+	p.HTML = ""
+	return p, nil
 }
 
 func checkBatch(ids []string) error {
@@ -546,13 +554,8 @@ func (m *MailServer) UpdateFlags(ctx context.Context, req *connect.Request[mailv
 	if err := checkBatch(r.MessageIds); err != nil {
 		return nil, err
 	}
-	for _, l := range append(append([]string{}, r.AddLabels...), r.RemoveLabels...) {
-		if l == "" {
-			return nil, invalid("empty label")
-		}
-		if err := checkText("label", l, 200); err != nil {
-			return nil, err
-		}
+	if err := mail.CheckLabels(r.AddLabels, mail.MaxMessageLabels, "labels on a message"); err != nil {
+		return nil, err
 	}
 	if err := m.requireOwned(ctx, c.account.ID, r.MessageIds); err != nil {
 		return nil, err
@@ -706,14 +709,6 @@ func (m *MailServer) SetFilters(ctx context.Context, req *connect.Request[mailv1
 	for i, f := range req.Msg.Filters {
 		if err := checkText("filter value", f.Contains, 1000); err != nil {
 			return nil, err
-		}
-		for _, l := range f.Labels {
-			if l == "" {
-				return nil, invalid("empty label")
-			}
-			if err := checkText("label", l, 200); err != nil {
-				return nil, err
-			}
 		}
 		fs[i] = mail.Filter{Field: f.Field, Contains: f.Contains, MailboxID: f.MailboxId, MarkSeen: f.MarkSeen,
 			Flag: f.Flag, Labels: f.Labels, Stop: f.Stop}

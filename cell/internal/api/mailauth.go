@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -122,3 +123,115 @@ func (m *MailServer) MailInterceptor() connect.UnaryInterceptorFunc {
 		}
 	}
 }
+
+// PreLoginBodyBytes bounds the body of a call made without a valid session
+// (Login, CreateAccount, RefreshSession, a call with a bad token) or agent
+// token: such calls are small, and nobody may make the cell hold large
+// bodies before logging in. The router applies the same bound.
+const PreLoginBodyBytes = 64 << 10
+
+// LimitBody bounds the request bodies of next (a MailService or
+// DeliveryService handler) while they are read, before Connect buffers
+// them: PreLoginBodyBytes, and MaxRequestBytes for a call whose bearer
+// token is a live access token of an account this cell owns (checked once
+// the body turns out larger, or at once when Content-Length says so) or,
+// with agent set, the control plane's agent token. Past the bound: no
+// token, resource_exhausted; a session token that is no longer live,
+// unauthenticated (the client refreshes it); a token the fence turns away,
+// its answer (WRONG_CELL, MOVING, unavailable), which the router acts on.
+// A compressed body could expand to MaxRequestBytes: it needs the token
+// checked first, whatever its size, and is refused invalid_argument
+// without one.
+func (m *MailServer) LimitBody(next http.Handler, agentToken string) http.Handler {
+	errw := connect.NewErrorWriter()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok := bearer(r.Header)
+		_, session := auth.Subject(tok)
+		compressed := false
+		for _, h := range []string{"Content-Encoding", "Connect-Content-Encoding", "Grpc-Encoding"} {
+			if v := r.Header.Get(h); v != "" && v != "identity" {
+				compressed = true
+			}
+		}
+		// refusal is the answer to a body past the bound, from why the
+		// token did not admit more.
+		refusal := func(err error) error {
+			switch {
+			case errors.Is(err, mail.ErrUnauthorized) && session:
+				return m.srv.toConnect(r.URL.Path, err)
+			case errors.Is(err, mail.ErrUnauthorized) && compressed:
+				return connect.NewError(connect.CodeInvalidArgument, errors.New(
+					"compressed requests need a session: send calls made before login uncompressed"))
+			case errors.Is(err, mail.ErrUnauthorized):
+				return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf(
+					"request body over %d bytes: calls made before login are limited to that", PreLoginBodyBytes))
+			}
+			return m.srv.toConnect(r.URL.Path, err)
+		}
+		g := &gatedBody{r: r.Body, left: PreLoginBodyBytes, more: MaxRequestBytes - PreLoginBodyBytes, refusal: refusal,
+			admit: func() error {
+				if agentToken != "" && subtle.ConstantTimeCompare([]byte(tok), []byte(agentToken)) == 1 {
+					return nil
+				}
+				_, err := m.session(r.Context(), tok, parseEpoch(r.Header.Get(HeaderMapEpoch)), mailstore.SessionAccess)
+				return err
+			}}
+		if r.ContentLength > PreLoginBodyBytes || compressed {
+			if err := g.open(); err != nil {
+				_ = errw.Write(w, r, refusal(err))
+				return
+			}
+		}
+		r.Body = g
+		next.ServeHTTP(w, r)
+	})
+}
+
+// gatedBody reads left bytes, then asks admit once whether more may
+// follow; past what it allows it fails with refusal's error (a Connect
+// error, which Connect answers as it is).
+type gatedBody struct {
+	r       io.ReadCloser
+	left    int64
+	more    int64
+	admit   func() error
+	refusal func(error) error
+	asked   bool
+	admErr  error
+}
+
+// open asks admit (once) and, when it allows, raises the bound.
+func (g *gatedBody) open() error {
+	if !g.asked {
+		g.asked = true
+		if g.admErr = g.admit(); g.admErr == nil {
+			g.left += g.more
+		}
+	}
+	return g.admErr
+}
+
+func (g *gatedBody) Read(p []byte) (int, error) {
+	if g.left <= 0 && !g.asked {
+		_ = g.open()
+	}
+	if g.left <= 0 {
+		// One byte more tells a body at the bound from one over it.
+		var one [1]byte
+		if n, err := g.r.Read(one[:]); n == 0 {
+			return 0, err
+		}
+		if g.admErr != nil {
+			return 0, g.refusal(g.admErr)
+		}
+		return 0, &http.MaxBytesError{Limit: MaxRequestBytes}
+	}
+	if int64(len(p)) > g.left {
+		p = p[:g.left]
+	}
+	n, err := g.r.Read(p)
+	g.left -= int64(n)
+	return n, err
+}
+
+func (g *gatedBody) Close() error { return g.r.Close() }

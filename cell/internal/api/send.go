@@ -5,10 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"mime"
 	"net/http"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -105,6 +107,9 @@ func (m *MailServer) SendMessage(ctx context.Context, req *connect.Request[mailv
 			return nil, invalid("%v", err)
 		}
 		return nil, fmt.Errorf("compose: %w", err)
+	}
+	if err := checkOriginators(c.account, raw.Bytes()); err != nil {
+		return nil, fmt.Errorf("composed message: %w", err)
 	}
 	sent, err := m.store.MailboxByUse(ctx, c.account.ID, mail.UseSent)
 	if err != nil {
@@ -328,7 +333,93 @@ func (m *MailServer) ServeDownload(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Security-Policy", "sandbox; default-src 'none'")
 	w.Header().Set("Cache-Control", "private, max-age=3600")
 	w.Header().Set("ETag", `"`+ref+`"`)
+	size, err := blob.Seek(0, io.SeekEnd)
+	if err == nil {
+		_, err = blob.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		m.httpError(w, r, fmt.Errorf("download: %w", err))
+		return
+	}
+	if !limitRanges(w, r, size) {
+		return
+	}
 	http.ServeContent(w, r, "", blob.ModTime(), blob)
+}
+
+// MaxRanges is the most byte ranges one download request may ask for; a
+// request for more is served whole (RFC 9110 §14.2 lets a server ignore
+// Range), so that many small ranges cannot turn a small file into a large
+// multipart answer.
+const MaxRanges = 8
+
+// limitRanges prepares r's Range header for http.ServeContent (RFC 9110
+// §14.1.2): more than MaxRanges ranges, or overlapping ones, make it drop
+// the header (the whole content, 200); a suffix range of length 0 is
+// unsatisfiable and is left out, and when nothing is left it answers 416
+// with "Content-Range: bytes */size" itself and returns false.
+func limitRanges(w http.ResponseWriter, r *http.Request, size int64) bool {
+	h := r.Header.Get("Range")
+	spec, ok := strings.CutPrefix(h, "bytes=")
+	if !ok {
+		return true // not a byte range, or none: ServeContent's answer
+	}
+	var keep []string
+	type span struct{ start, end int64 } // end exclusive; -1: to the end
+	var spans []span
+	for _, part := range strings.Split(spec, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		first, last, ok := strings.Cut(part, "-")
+		if !ok {
+			return true // malformed: ServeContent answers it
+		}
+		if first == "" {
+			n, err := strconv.ParseInt(last, 10, 64)
+			if err != nil {
+				return true
+			}
+			if n == 0 {
+				continue // suffix-length 0: unsatisfiable
+			}
+			spans = append(spans, span{max(size-n, 0), size})
+		} else {
+			a, err := strconv.ParseInt(first, 10, 64)
+			if err != nil {
+				return true
+			}
+			b := size
+			if last != "" {
+				if b, err = strconv.ParseInt(last, 10, 64); err != nil {
+					return true
+				}
+				b = min(b+1, size)
+			}
+			spans = append(spans, span{a, b})
+		}
+		keep = append(keep, part)
+	}
+	if len(keep) == 0 {
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+		http.Error(w, "range not satisfiable", http.StatusRequestedRangeNotSatisfiable)
+		return false
+	}
+	overlap := false
+	for i := range spans {
+		for j := range i {
+			if spans[i].start < spans[j].end && spans[j].start < spans[i].end {
+				overlap = true
+			}
+		}
+	}
+	if len(keep) > MaxRanges || overlap {
+		r.Header.Del("Range")
+		return true
+	}
+	r.Header.Set("Range", "bytes="+strings.Join(keep, ","))
+	return true
 }
 
 func parseEpoch(s string) uint64 {
@@ -426,8 +517,7 @@ func (m *MailServer) SubmitMessage(ctx context.Context, req *connect.Request[mai
 		return nil, err
 	}
 	r := req.Msg
-	from, err := placement.ParseAddress(r.MailFrom)
-	if err != nil || from.String() != c.account.Address {
+	if !owns(c.account, r.MailFrom) {
 		return nil, fmt.Errorf("%w: not allowed to send as %q", mail.ErrDenied, r.MailFrom)
 	}
 	if len(r.Recipients) == 0 {
@@ -455,6 +545,9 @@ func (m *MailServer) SubmitMessage(ctx context.Context, req *connect.Request[mai
 	if werr := wire.Check(r.Raw); werr != nil {
 		return nil, invalid("%s", werr.Message)
 	}
+	if err := checkOriginators(c.account, r.Raw); err != nil {
+		return nil, err
+	}
 	if err := m.sendAllowed(ctx, c.account.ID, len(rcpts)); err != nil {
 		return nil, err
 	}
@@ -465,10 +558,48 @@ func (m *MailServer) SubmitMessage(ctx context.Context, req *connect.Request[mai
 	// Each submission is its own Sent copy, even of identical bytes.
 	copyInSent, err := m.deliver.Deliver(ctx, c.account.ID, sent.ID, r.Raw, delivery.Options{Flags: mail.Flags{Seen: true},
 		Lenient: true, Key: "submit:" + mailstore.NewID()})
+	if errors.Is(err, mail.ErrLimit) {
+		// Over the MIME limits: the message itself is refused, for good
+		// (554 5.6.0 at submission), not a rate limit.
+		return nil, invalid("%v", strings.TrimPrefix(err.Error(), mail.ErrLimit.Error()+": "))
+	}
 	if err != nil {
 		return nil, err
 	}
 	out := &mailv1.SubmitMessageResponse{MessageId: copyInSent.ID}
 	out.Recipients = m.route(ctx, c.account.ID, c.account.Address, rcpts, r.Raw, true)
 	return connect.NewResponse(out), nil
+}
+
+// owns reports whether the account may send as addr: addr is its own
+// address once canonicalised (case and +tag do not make another account,
+// placement.ParseAddress). Aliases and sending identities, when accounts
+// have them, are added here: every sender check (MAIL FROM, From, Sender)
+// comes through this function.
+func owns(a mail.Account, addr string) bool {
+	pa, err := placement.ParseAddress(addr)
+	return err == nil && pa.String() == a.Address
+}
+
+// ReasonFromNotOwned is the ErrorInfo reason of a message whose From or
+// Sender names an address the account does not own.
+const ReasonFromNotOwned = "FROM_NOT_OWNED"
+
+// checkOriginators refuses a message whose From or Sender field names an
+// address the account does not own (or that cannot be read with
+// certainty): the cell signs what it sends with its domain's DKIM key, so
+// a forged From would pass DMARC at the receiver (RFC 7489 §3.1).
+func checkOriginators(a mail.Account, raw []byte) error {
+	addrs, err := message.Originators(raw)
+	if err != nil {
+		return &reasonError{err: fmt.Errorf("%w: %v", mail.ErrDenied, err), reason: ReasonFromNotOwned,
+			public: "the From and Sender fields must each be one field naming your own address: " + err.Error()}
+	}
+	for _, addr := range addrs {
+		if !owns(a, addr) {
+			return &reasonError{err: fmt.Errorf("%w: From/Sender %q", mail.ErrDenied, addr), reason: ReasonFromNotOwned,
+				public: fmt.Sprintf("not allowed to send as %q: From and Sender must be your own address", addr)}
+		}
+	}
+	return nil
 }

@@ -107,10 +107,15 @@ type Options struct {
 	// SpoolID is the inbound spool entry this delivery completes (marked
 	// delivered in the same transaction).
 	SpoolID string
-	// Lenient stores a message that cannot be parsed within the limits
-	// with what its header gives (mail already accepted with a 250 is
-	// never refused for its form).
+	// Lenient stores a message that cannot be parsed with what its
+	// header gives; one over the MIME limits (message.Limits) is still
+	// refused (mail.ErrLimit), unless Accepted.
 	Lenient bool
+	// Accepted: the message was accepted already (a 250 was sent), so it
+	// is stored whatever its form and structure. The limits were checked
+	// at acceptance (message.CheckLimits); this is for mail accepted
+	// before that.
+	Accepted bool
 }
 
 // Key is the idempotency key of a delivery: envelope and body hash, never
@@ -147,7 +152,7 @@ func (d *Deliverer) Prepare(ctx context.Context, accountID, mailboxID string, ra
 		return mail.Insert{}, fmt.Errorf("%w: message of %d bytes over %d", mail.ErrLimit, len(raw), d.limits.MaxSize)
 	}
 	p, err := message.Parse(bytes.NewReader(raw), d.limits)
-	if err != nil && opt.Lenient {
+	if err != nil && (opt.Accepted || opt.Lenient && !errors.Is(err, message.ErrLimit)) {
 		p, err = headerOnly(raw), nil
 	}
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -260,7 +261,7 @@ func (p *Pipeline) prepare(ctx context.Context, e mailstore.SpoolEntry) job {
 		j.err = fmt.Errorf("%v mailbox: %w", use, err)
 		return j
 	}
-	opt := Options{Key: e.DeliveryKey, SpoolID: e.ID, Lenient: true, ReceivedAt: time.Now()}
+	opt := Options{Key: e.DeliveryKey, SpoolID: e.ID, Lenient: true, Accepted: true, ReceivedAt: time.Now()}
 	mailboxID := box.ID
 	if to := applyFilters(filters, sent, &opt); to != "" && to != box.ID {
 		mailboxID, j.inbox = to, box.ID
@@ -407,7 +408,14 @@ func applyFilters(filters []mail.Filter, raw []byte, opt *Options) string {
 		}
 		opt.Flags.Seen = opt.Flags.Seen || f.MarkSeen
 		opt.Flags.Flagged = opt.Flags.Flagged || f.Flag
-		opt.Labels = append(opt.Labels, f.Labels...)
+		for _, l := range f.Labels {
+			// Rules saved before labels were bounded may hold any number:
+			// a message takes the first mail.MaxMessageLabels distinct
+			// ones that pass mail.CheckLabel.
+			if len(opt.Labels) < mail.MaxMessageLabels && !slices.Contains(opt.Labels, l) && mail.CheckLabel(l) == nil {
+				opt.Labels = append(opt.Labels, l)
+			}
+		}
 		if f.Stop {
 			break
 		}

@@ -172,25 +172,11 @@ func (se *session) mailbox(ctx context.Context, name string) (mail.Mailbox, erro
 	return mb, err
 }
 
-// checkName applies the store's rules for a new mailbox name.
+// checkName applies the store's rules for a new mailbox name
+// (mail.MailboxName).
 func checkName(name string) error {
-	bad := func(text string) error {
-		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeCannot, Text: text}
-	}
-	switch {
-	case name == "":
-		return bad("Empty mailbox name")
-	case len(name) > 512 || strings.Count(name, "/") >= 16:
-		return bad("Mailbox name too long or too deep")
-	case strings.HasPrefix(name, "/") || strings.Contains(name, "//"):
-		return bad("Mailbox name has an empty level")
-	case strings.EqualFold(strings.Split(name, "/")[0], "INBOX"):
-		return bad("Mailboxes cannot be made under INBOX")
-	}
-	for _, r := range name {
-		if r < 0x20 || r == 0x7f || r == '*' || r == '%' {
-			return bad("Mailbox name has a character IMAP cannot name")
-		}
+	if _, err := mail.MailboxName(name); err != nil {
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeCannot, Text: oneLine(err.Error())}
 	}
 	return nil
 }

@@ -38,7 +38,12 @@ func (s *Store) SetFilters(ctx context.Context, accountID string, fs []mail.Filt
 	if len(fs) > MaxFilters {
 		return nil, fmt.Errorf("%w: at most %d filters", mail.ErrInvalid, MaxFilters)
 	}
+	all := []string{}
 	for i, f := range fs {
+		if err := mail.CheckLabels(f.Labels, mail.MaxFilterLabels, "labels in one filter"); err != nil {
+			return nil, fmt.Errorf("filter %d: %w", i+1, err)
+		}
+		all = append(all, f.Labels...)
 		field := strings.ToLower(f.Field)
 		if f.Contains == "" || len(f.Contains) > 1000 ||
 			(field != "from" && field != "to" && field != "subject" && !(strings.HasPrefix(field, "header:") && len(field) > 7)) {
@@ -52,6 +57,9 @@ func (s *Store) SetFilters(ctx context.Context, accountID string, fs []mail.Filt
 		if fs[i].Labels == nil {
 			fs[i].Labels = []string{}
 		}
+	}
+	if err := mail.CheckLabels(all, mail.MaxFiltersLabels, "distinct labels in all filters"); err != nil {
+		return nil, err
 	}
 	err := s.tx(ctx, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `DELETE FROM filters WHERE account_id = $1`, accountID); err != nil {

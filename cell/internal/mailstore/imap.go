@@ -17,7 +17,10 @@ func (s *Store) MailboxByName(ctx context.Context, accountID, name string) (mail
 	if strings.EqualFold(name, "INBOX") {
 		return s.MailboxByUse(ctx, accountID, mail.UseInbox)
 	}
-	return scanMailbox(s.pool.QueryRow(ctx, `SELECT `+mailboxCols+` FROM mailboxes WHERE account_id = $1 AND name = $2`, accountID, name))
+	// Names are stored in NFC (mail.MailboxName); one made before that rule
+	// keeps the form it was written in.
+	return scanMailbox(s.pool.QueryRow(ctx, `SELECT `+mailboxCols+` FROM mailboxes WHERE account_id = $1 AND name IN ($2, $3)
+		ORDER BY name = $3 DESC LIMIT 1`, accountID, name, mail.NormalizeMailboxName(name)))
 }
 
 // SetSubscribed records an IMAP SUBSCRIBE or UNSUBSCRIBE.
@@ -292,7 +295,7 @@ func (s *Store) CopyMessages(ctx context.Context, accountID string, ids []string
 		return tx.SendBatch(ctx, b).Close()
 	})
 	if err != nil {
-		return nil, fmt.Errorf("copy messages: %w", err)
+		return nil, fmt.Errorf("copy messages: %w", labelsError(err))
 	}
 	return out, nil
 }

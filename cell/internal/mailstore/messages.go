@@ -78,8 +78,12 @@ func (s *Store) MailboxByUse(ctx context.Context, accountID string, use mail.Spe
 
 // CreateMailbox makes a user mailbox; parents are not required to exist.
 func (s *Store) CreateMailbox(ctx context.Context, accountID, name string) (mail.Mailbox, error) {
+	name, err := mail.MailboxName(name)
+	if err != nil {
+		return mail.Mailbox{}, err
+	}
 	m := mail.Mailbox{ID: NewID(), Name: name, UIDValidity: uint32(time.Now().Unix()), UIDNext: 1}
-	err := s.tx(ctx, func(tx pgx.Tx) error {
+	err = s.tx(ctx, func(tx pgx.Tx) error {
 		var last, uv int64
 		err := tx.QueryRow(ctx, `UPDATE accounts SET modseq = modseq + 1, uidvalidity_last = greatest(uidvalidity_last + 1, $2)
 			WHERE id = $1 RETURNING modseq, uidvalidity_last`, accountID, int64(m.UIDValidity)).Scan(&last, &uv)
@@ -110,8 +114,12 @@ func (s *Store) CreateMailbox(ctx context.Context, accountID, name string) (mail
 // RenameMailbox renames a user mailbox and the mailboxes under it. Special
 // mailboxes keep their names.
 func (s *Store) RenameMailbox(ctx context.Context, accountID, id, name string) (mail.Mailbox, error) {
+	name, err := mail.MailboxName(name)
+	if err != nil {
+		return mail.Mailbox{}, err
+	}
 	var m mail.Mailbox
-	err := s.tx(ctx, func(tx pgx.Tx) error {
+	err = s.tx(ctx, func(tx pgx.Tx) error {
 		var err error
 		if m, err = s.lockMailbox(ctx, tx, accountID, id); err != nil {
 			return err
@@ -553,7 +561,49 @@ func (s *Store) UpdateFlags(ctx context.Context, accountID string, ids []string,
 // ids are passed over) and returns the messages it changed, as they are
 // now, and those it left alone because their modseq was above
 // fc.UnchangedSince (RFC 7162 §3.1.3).
+//
+// Labels are bounded (mail.CheckLabels, mail.MaxMessageLabels: ErrInvalid;
+// mail.MaxAccountLabels distinct labels per account: ErrLimit) and their
+// bytes count against the quota (ErrOverQuota); migration 0013's trigger
+// charges them.
 func (s *Store) StoreFlags(ctx context.Context, accountID string, ids []string, fc mail.FlagChange) (changed, conflicts []mail.Message, err error) {
+	if err := mail.CheckLabels(fc.AddLabels, mail.MaxMessageLabels, "labels on a message"); err != nil {
+		return nil, nil, err
+	}
+	changed, conflicts, err = s.storeFlags(ctx, accountID, ids, fc)
+	if errors.Is(err, mail.ErrLimit) {
+		// The account's record of labels may hold some no message uses any
+		// more: collect them, and try once more.
+		// One pass over the account's messages (an anti-join with the
+		// labels in use), not one per recorded label.
+		if _, gcErr := s.pool.Exec(ctx, `DELETE FROM account_labels al WHERE al.account_id = $1 AND NOT EXISTS
+			(SELECT 1 FROM (SELECT DISTINCT l FROM messages m, unnest(m.labels) AS l WHERE m.account_id = $1) u
+			 WHERE u.l = al.label)`, accountID); gcErr != nil {
+			return nil, nil, fmt.Errorf("collect labels: %w", gcErr)
+		}
+		changed, conflicts, err = s.storeFlags(ctx, accountID, ids, fc)
+	}
+	return changed, conflicts, err
+}
+
+// labelsError translates the SQLSTATEs of migration 0013's label trigger.
+func labelsError(err error) error {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	switch pe.Code {
+	case "CM003":
+		var quota, used int64
+		fmt.Sscan(pe.Detail, &quota, &used)
+		return fmt.Errorf("%w: %d of %d bytes used; labels count towards the quota", mail.ErrOverQuota, used, quota)
+	case "CM006":
+		return fmt.Errorf("%w: an account uses at most %d distinct labels", mail.ErrLimit, mail.MaxAccountLabels)
+	}
+	return err
+}
+
+func (s *Store) storeFlags(ctx context.Context, accountID string, ids []string, fc mail.FlagChange) (changed, conflicts []mail.Message, err error) {
 	err = s.tx(ctx, func(tx pgx.Tx) error {
 		changed, conflicts = nil, nil
 		msgs, err := lockMessages(ctx, tx, accountID, ids)
@@ -571,6 +621,9 @@ func (s *Store) StoreFlags(ctx context.Context, accountID string, ids []string, 
 			n := applyFlags(m, fc)
 			if n.Flags == m.Flags && equalStrings(n.Labels, m.Labels) {
 				continue
+			}
+			if len(n.Labels) > mail.MaxMessageLabels && len(n.Labels) > len(m.Labels) {
+				return fmt.Errorf("%w: a message has at most %d labels", mail.ErrInvalid, mail.MaxMessageLabels)
 			}
 			if n.Flags.Seen != m.Flags.Seen {
 				d := perBox[m.MailboxID]
@@ -623,7 +676,7 @@ func (s *Store) StoreFlags(ctx context.Context, accountID string, ids []string, 
 		return nil
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("update flags: %w", err)
+		return nil, nil, fmt.Errorf("update flags: %w", labelsError(err))
 	}
 	return changed, conflicts, nil
 }

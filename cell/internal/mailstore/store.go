@@ -27,7 +27,7 @@ import (
 
 // Store is a handle on a cell's database.
 type Store struct {
-	pool     *pgxpool.Pool
+	pool     db
 	log      *slog.Logger
 	yugabyte bool
 }
@@ -46,7 +46,7 @@ func Open(ctx context.Context, dsn string, log *slog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mailstore: connect: %w", err)
 	}
-	s := &Store{pool: pool, log: log}
+	s := &Store{pool: db{pool}, log: log}
 	if err := s.migrate(ctx); err != nil {
 		pool.Close()
 		return nil, err

@@ -337,3 +337,51 @@ func TestSessions(t *testing.T) {
 		t.Fatal("consumed twice")
 	}
 }
+
+// Mailbox names are stored in NFC, so an NFD look-alike is the same
+// mailbox (created: exists; looked up: found); a bidi override or a C1
+// control is refused, for CREATE and RENAME alike (the API and IMAP both
+// come through the store).
+func TestMailboxNamesNormalised(t *testing.T) {
+	s := open(t)
+	ctx := context.Background()
+	a, _ := account(t, s, "names@example.com", 0)
+	mb, err := s.CreateMailbox(ctx, a.ID, "caf\u00e9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateMailbox(ctx, a.ID, "cafe\u0301"); !errors.Is(err, mail.ErrExists) {
+		t.Fatalf("NFD look-alike: %v, want ErrExists", err)
+	}
+	if got, err := s.MailboxByName(ctx, a.ID, "cafe\u0301"); err != nil || got.ID != mb.ID {
+		t.Fatalf("lookup by the NFD form: %v %v", got, err)
+	}
+	for _, name := range []string{"evil\u202egpj.exe", "c1\u0085x", "\u200fmark"} {
+		if _, err := s.CreateMailbox(ctx, a.ID, name); !errors.Is(err, mail.ErrInvalid) {
+			t.Errorf("create %q: %v, want ErrInvalid", name, err)
+		}
+		if _, err := s.RenameMailbox(ctx, a.ID, mb.ID, name); !errors.Is(err, mail.ErrInvalid) {
+			t.Errorf("rename to %q: %v, want ErrInvalid", name, err)
+		}
+	}
+	other, err := s.CreateMailbox(ctx, a.ID, "other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RenameMailbox(ctx, a.ID, other.ID, "cafe\u0301"); !errors.Is(err, mail.ErrExists) {
+		t.Fatalf("rename to the NFD look-alike: %v, want ErrExists", err)
+	}
+	boxes, _, err := s.ListMailboxes(ctx, a.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, b := range boxes {
+		if b.Name == "caf\u00e9" || b.Name == "cafe\u0301" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d café mailboxes, want 1", n)
+	}
+}

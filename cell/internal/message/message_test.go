@@ -759,3 +759,32 @@ func TestSnippet(t *testing.T) {
 		})
 	}
 }
+
+// CheckLimits refuses exactly what Parse refuses for its limits.
+func TestCheckLimitsAgreesWithParse(t *testing.T) {
+	lim := DefaultLimits()
+	for _, tc := range []struct {
+		name string
+		raw  []byte
+		over bool
+	}{
+		{"500 parts", manyParts(500), false},
+		{"501 parts", manyParts(501), true},
+		{"depth 10", nestedMessage(10), false},
+		{"depth 11", nestedMessage(11), true},
+		{"header over 256 KiB", []byte("X-Big: " + strings.Repeat("a", 300<<10) + "\r\n\r\nbody\r\n"), true},
+		{"plain", []byte("Subject: x\r\n\r\nbody\r\n"), false},
+		{"malformed", []byte("no header at all"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := CheckLimits(bytes.NewReader(tc.raw), lim)
+			if tc.over != errors.Is(err, ErrLimit) || (!tc.over && err != nil) {
+				t.Fatalf("CheckLimits: %v, want over limit %v", err, tc.over)
+			}
+			_, perr := Parse(bytes.NewReader(tc.raw), lim)
+			if tc.over != errors.Is(perr, ErrLimit) {
+				t.Fatalf("Parse: %v, but CheckLimits: %v", perr, err)
+			}
+		})
+	}
+}

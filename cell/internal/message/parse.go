@@ -621,3 +621,44 @@ func isInvisible(r rune) bool {
 	}
 	return false
 }
+
+// CheckLimits walks the MIME structure of a message as Parse does — part
+// count, nesting depth, header sizes, total size — without decoding or
+// keeping any body, so that mail Parse would refuse is refused when it is
+// offered (before an SMTP 250 or an IMAP APPEND's OK) rather than stored
+// and then unreadable. It returns an error wrapping ErrLimit, or nil: a
+// malformed message is not its business (Parse shows what it can).
+func CheckLimits(r io.Reader, lim Limits) error {
+	lim = lim.withDefaults()
+	size := newSizeGuard(r, lim.MaxSize)
+	root, err := readRoot(size, lim)
+	if err != nil {
+		if errors.Is(err, ErrLimit) {
+			return err
+		}
+		return nil
+	}
+	w := &walker{lim: lim, size: size}
+	w.visit = func(e *entity) (bool, error) { return true, nil } // leaf bodies are skipped by the walk
+	if err := w.walk(root); err != nil {
+		return err
+	}
+	if _, err := io.Copy(io.Discard, root.body); err != nil && size.tripped {
+		return size.err
+	}
+	return nil
+}
+
+// ParseHeader reads only the message's header section: the Parsed fields
+// that come from it (addresses, subject, date, ids, Headers), no body. It
+// is what a reader can still be shown of a message Parse refuses.
+func ParseHeader(r io.Reader, lim Limits) (*Parsed, error) {
+	lim = lim.withDefaults()
+	root, err := readRoot(newSizeGuard(r, lim.MaxSize), lim)
+	if err != nil {
+		return nil, err
+	}
+	p := &Parsed{}
+	p.readHeader(root.header)
+	return p, nil
+}

@@ -39,6 +39,7 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/delivery"
 	"github.com/cellmail/cellmail/cell/internal/mail"
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
+	"github.com/cellmail/cellmail/cell/internal/message"
 	"github.com/cellmail/cellmail/controlplane/placement"
 	"github.com/cellmail/cellmail/internal/trace"
 	"github.com/cellmail/cellmail/internal/wire"
@@ -78,7 +79,10 @@ type Config struct {
 	Domain          string
 	MaxMessageBytes int64
 	MaxRecipients   int
-	Logger          *slog.Logger
+	// Limits are the MIME limits accepted mail must keep (zero:
+	// message.DefaultLimits, the store's).
+	Limits message.Limits
+	Logger *slog.Logger
 }
 
 // Server is the LMTP server of a cell.
@@ -268,6 +272,13 @@ func (se *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	if rerr := wire.CheckLines(raw); rerr != nil { // the edge sends BDAT: lines are not limited as read
 		return rerr
 	}
+	// The MIME limits the store reads messages with, before the 250: a
+	// message they refuse would be stored and then unreadable. A walk of
+	// the structure only, no body decoded (RFC 3463 §3.7: 5.6.0 other
+	// media error).
+	if err := message.CheckLimits(bytes.NewReader(raw), se.s.cfg.Limits); err != nil {
+		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: oneLineReply(err.Error())}
+	}
 	ctx, cancel := context.WithTimeout(se.ctx, time.Minute)
 	defer cancel()
 	var ref string
@@ -315,4 +326,19 @@ func reply(err error) error {
 		return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad recipient address syntax"}
 	}
 	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure, try again"}
+}
+
+// oneLineReply makes an error's text an SMTP reply text: printable ASCII
+// on one line (RFC 5321 §4.2).
+func oneLineReply(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > 200 {
+		s = s[:200]
+	}
+	return s
 }

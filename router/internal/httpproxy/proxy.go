@@ -49,18 +49,29 @@ type Resolver interface {
 
 // Config tunes the proxy.
 type Config struct {
-	// MaxBodyBytes bounds a request body (it is buffered to be replayed on
-	// WRONG_CELL). Default 48 MiB.
+	// MaxBodyBytes bounds the body of a call made with a session token.
+	// Default 48 MiB.
 	MaxBodyBytes int64
-	Logger       *slog.Logger
-	Registerer   prometheus.Registerer
+	// MaxPreLoginBodyBytes bounds the body of a call made without one
+	// (Login, CreateAccount…), and is as much of a call's body as is kept
+	// to be replayed on WRONG_CELL: a larger body (with a token) is
+	// streamed to the cell, which checks the token before reading on.
+	// Default PreLoginBodyBytes.
+	MaxPreLoginBodyBytes int64
+	Logger               *slog.Logger
+	Registerer           prometheus.Registerer
 }
+
+// PreLoginBodyBytes is the default bound of a call made before login: the
+// cell's own bound (api.PreLoginBodyBytes) is the same.
+const PreLoginBodyBytes = 64 << 10
 
 // Proxy is the handler.
 type Proxy struct {
-	routes  Resolver
-	maxBody int64
-	log     *slog.Logger
+	routes     Resolver
+	maxBody    int64
+	maxPreBody int64
+	log        *slog.Logger
 
 	mu    sync.Mutex
 	pools map[string]*http.Transport // per cell API host
@@ -75,11 +86,14 @@ func New(routes Resolver, cfg Config) *Proxy {
 	if cfg.MaxBodyBytes == 0 {
 		cfg.MaxBodyBytes = 48 << 20 // the mail API's largest request (a send at the size limit)
 	}
+	if cfg.MaxPreLoginBodyBytes == 0 {
+		cfg.MaxPreLoginBodyBytes = PreLoginBodyBytes
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	p := &Proxy{
-		routes: routes, maxBody: cfg.MaxBodyBytes, log: cfg.Logger, pools: map[string]*http.Transport{},
+		routes: routes, maxBody: cfg.MaxBodyBytes, maxPreBody: cfg.MaxPreLoginBodyBytes, log: cfg.Logger, pools: map[string]*http.Transport{},
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cellmail_router_http_calls_total", Help: "Proxied calls by owning cell and outcome.",
 		}, []string{"cell", "outcome"}),
@@ -129,9 +143,55 @@ func (e *wrongCellError) Error() string {
 	return "WRONG_CELL: owner " + e.owner + " at epoch " + e.epoch
 }
 
+// requestBody is a call's body as the proxy forwards it: buffered whole
+// (replayable on WRONG_CELL), or its first bytes and the rest still to be
+// read from the client (stream, not replayable).
+type requestBody struct {
+	buf    []byte
+	stream io.Reader
+	length int64 // of the whole body, -1 when unknown
+}
+
+// readBody reads up to p.maxPreBody bytes of the body, and the rest only as
+// it is forwarded (bounded by p.maxBody) when the call has a session token;
+// a call without one is refused past p.maxPreBody while reading, so that
+// nobody can make the router hold large bodies before logging in.
+func (p *Proxy) readBody(w http.ResponseWriter, r *http.Request, fromToken bool) (requestBody, bool) {
+	limit := p.maxPreBody
+	if fromToken {
+		limit = p.maxBody
+	}
+	body := http.MaxBytesReader(w, r.Body, limit)
+	buf, err := io.ReadAll(io.LimitReader(body, p.maxPreBody+1))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeError(w, r, http.StatusRequestEntityTooLarge, "resource_exhausted", tooLarge(limit, fromToken))
+			return requestBody{}, false
+		}
+		writeError(w, r, http.StatusBadRequest, "invalid_argument", "request body could not be read")
+		return requestBody{}, false
+	}
+	if int64(len(buf)) <= p.maxPreBody {
+		return requestBody{buf: buf, length: int64(len(buf))}, true
+	}
+	if !fromToken {
+		writeError(w, r, http.StatusRequestEntityTooLarge, "resource_exhausted", tooLarge(limit, false))
+		return requestBody{}, false
+	}
+	return requestBody{buf: buf, stream: body, length: r.ContentLength}, true
+}
+
+func tooLarge(limit int64, fromToken bool) string {
+	if fromToken {
+		return fmt.Sprintf("request body over %d bytes", limit)
+	}
+	return fmt.Sprintf("request body over %d bytes: calls made before login are limited to that", limit)
+}
+
 // ServeHTTP routes one call.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var body []byte
+	var body requestBody
 	address, fromToken := subjectFromToken(r.Header.Get("Authorization"))
 	switch {
 	case r.Method == http.MethodGet && fromToken:
@@ -140,19 +200,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, http.StatusMethodNotAllowed, "unimplemented", "the router routes POST calls, and GET with a session token")
 		return
 	default:
-		var err error
-		body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, p.maxBody))
-		if err != nil {
-			var mbe *http.MaxBytesError
-			if errors.As(err, &mbe) {
-				writeError(w, r, http.StatusRequestEntityTooLarge, "resource_exhausted", fmt.Sprintf("request body over %d bytes", p.maxBody))
-				return
-			}
-			writeError(w, r, http.StatusBadRequest, "invalid_argument", "request body could not be read")
+		var ok bool
+		if body, ok = p.readBody(w, r, fromToken); !ok {
 			return
 		}
 		if !fromToken {
-			if address, err = addressFromBody(r.URL.Path, r.Header.Get("Content-Type"), body); err != nil {
+			var err error
+			if address, err = addressFromBody(r.URL.Path, r.Header.Get("Content-Type"), body.buf); err != nil {
 				if errors.Is(err, errNeedsLogin) {
 					writeError(w, r, http.StatusUnauthorized, "unauthenticated", err.Error())
 					return
@@ -181,12 +235,18 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			p.routeError(w, r, err)
 			return
 		}
+		if body.stream != nil {
+			// Part of the body went to the old owner: the client sends it
+			// again, to the owner the router now knows.
+			writeError(w, r, http.StatusServiceUnavailable, "unavailable", "the account moved to another cell; retry")
+			return
+		}
 	}
 }
 
 // forward proxies the call to tgt. It returns a *wrongCellError, having
 // written nothing, when the cell disowns the subject and a hop is left.
-func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, tgt route.Target, hop int) error {
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body requestBody, tgt route.Target, hop int) error {
 	u, err := url.Parse(tgt.Cell.APIURL)
 	if err != nil {
 		writeError(w, r, http.StatusBadGateway, "unavailable", "owning cell has a bad endpoint")
@@ -202,8 +262,12 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, tgt
 			pr.SetXForwarded()
 			pr.Out.Header.Set(headerMapEpoch, strconv.FormatUint(tgt.Route.Epoch, 10))
 			if r.Method == http.MethodPost {
-				pr.Out.Body = io.NopCloser(bytes.NewReader(body))
-				pr.Out.ContentLength = int64(len(body))
+				var rd io.Reader = bytes.NewReader(body.buf)
+				if body.stream != nil {
+					rd = io.MultiReader(rd, body.stream)
+				}
+				pr.Out.Body = io.NopCloser(rd)
+				pr.Out.ContentLength = body.length
 			}
 		},
 		ModifyResponse: func(resp *http.Response) error {

@@ -39,8 +39,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -392,6 +394,8 @@ func (s *session) Data(r io.Reader) error {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var failures []string
+	var refusals []*smtp.SMTPError // permanent refusals of the message itself
+	accepted := false
 	for _, cc := range s.cells {
 		if cc.rcpts == 0 {
 			continue
@@ -407,19 +411,56 @@ func (s *session) Data(r io.Reader) error {
 				cc.broken = true
 				mu.Lock()
 				failures = append(failures, cc.name+": "+err.Error())
+				if se := permanentRefusal(err); se != nil {
+					refusals = append(refusals, se)
+				}
 				mu.Unlock()
 				return
 			}
+			mu.Lock()
+			accepted = true
+			mu.Unlock()
 			cc.done = true
 		}()
 	}
 	wg.Wait()
+	if len(failures) > 0 && !accepted && len(refusals) == len(failures) {
+		// Every cell refused the message itself for good (a 5xx for each
+		// of its recipients, e.g. 554 5.6.0 over the MIME limits): the
+		// sender gets that, not a retry that would fail the same way.
+		s.log.Info("the cells refused the message", "failures", failures)
+		return refusals[0]
+	}
 	if len(failures) > 0 {
 		s.log.Warn("a cell did not accept the message; the sender will retry", "failures", failures)
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Not all recipients could be stored, try again"}
 	}
 	if s.rcpts == 0 {
 		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "No valid recipients"}
+	}
+	return nil
+}
+
+// permanentRefusal is the 5xx reply a cell gave the whole message (every
+// recipient's, for LMTP), or nil when any part of err is not one.
+func permanentRefusal(err error) *smtp.SMTPError {
+	var lmtpErr smtp.LMTPDataError
+	if errors.As(err, &lmtpErr) {
+		var first *smtp.SMTPError
+		for _, rcpt := range slices.Sorted(maps.Keys(lmtpErr)) {
+			se := lmtpErr[rcpt]
+			if se == nil || se.Code < 500 {
+				return nil
+			}
+			if first == nil {
+				first = se
+			}
+		}
+		return first
+	}
+	var se *smtp.SMTPError
+	if errors.As(err, &se) && se.Code >= 500 {
+		return se
 	}
 	return nil
 }

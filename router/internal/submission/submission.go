@@ -282,7 +282,8 @@ func (se *session) Data(r io.Reader) error {
 		}
 		switch connect.CodeOf(err) {
 		case connect.CodePermissionDenied:
-			return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Not allowed to send as this sender"}
+			// MAIL FROM, or a From/Sender field the user does not own.
+			return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: oneLine(msg)}
 		case connect.CodeResourceExhausted:
 			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: oneLine(msg)}
 		case connect.CodeInvalidArgument:
