@@ -232,8 +232,9 @@ func useAttr(u mail.SpecialUse) imap.MailboxAttr {
 func (se *session) List(w *imapserver.ListWriter, ref string, patterns []string, options *imap.ListOptions) error {
 	ctx, cancel := se.op()
 	defer cancel()
-	if len(patterns) == 1 && patterns[0] == "" {
-		// The hierarchy delimiter query (RFC 9051 §6.3.9).
+	if len(patterns) == 0 || len(patterns) == 1 && patterns[0] == "" {
+		// The hierarchy delimiter query, LIST "" "" (RFC 3501 §6.3.8,
+		// RFC 9051 §6.3.9): the library passes an empty pattern as none.
 		return w.WriteList(&imap.ListData{Attrs: []imap.MailboxAttr{imap.MailboxAttrNoSelect}, Delim: delim})
 	}
 	boxes, _, err := se.srv.cfg.Store.ListMailboxes(ctx, se.acct.ID)

@@ -70,6 +70,12 @@ func (c *Conn) handleAppend(tag string, dec *imapwire.Decoder) error {
 	}
 
 	if lit.Size() > appendLimit {
+		// (cellmail patch) a non-synchronizing literal comes anyway:
+		// skip it, or its data would be read as commands (RFC 7888 §4).
+		c.setReadTimeout(literalReadTimeout)
+		if err := dec.DiscardLiteral(lit, nonSync); err != nil {
+			return err
+		}
 		return &imap.Error{
 			Type: imap.StatusResponseTypeNo,
 			Code: imap.ResponseCodeTooBig,
