@@ -3,6 +3,7 @@ package router_test
 import (
 	"bufio"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -130,5 +131,177 @@ func TestIMAPListDelimiterAndSelectList(t *testing.T) {
 	r.ok("ENABLE IMAP4rev2")
 	if u := r.ok("SELECT INBOX"); !hasLine(u, `* LIST () "/" INBOX`) && !hasLine(u, `* LIST () "/" "INBOX"`) {
 		t.Errorf("SELECT after ENABLE IMAP4rev2: no LIST response: %q", u)
+	}
+}
+
+// appendRaw APPENDs a small message with the given flags (a LITERAL+
+// literal) and returns the tagged status.
+func (r *rawIMAP) appendRaw(box, flags, subject string) string {
+	r.t.Helper()
+	msg := "From: a@b.example\r\nSubject: " + subject + "\r\n\r\nbody\r\n"
+	_, st := r.send("ap", fmt.Sprintf("ap APPEND %s (%s) {%d+}\r\n%s\r\n", box, flags, len(msg), msg))
+	return st
+}
+
+// indexOf is the position of the first line starting with prefix, -1 if none.
+func indexOf(lines []string, prefix string) int {
+	for i, l := range lines {
+		if strings.HasPrefix(l, prefix) {
+			return i
+		}
+	}
+	return -1
+}
+
+// A keyword new to the mailbox is announced to every session that has it
+// selected (FLAGS, OK [PERMANENTFLAGS]) before a FETCH shows it, a SELECT
+// lists the keywords in use (RFC 3501 §7.2.6, §7.1), and a mailbox takes
+// a bounded number of them (NO [LIMIT]).
+func TestIMAPKeywordsAnnounced(t *testing.T) {
+	s := newStack(t)
+	url := s.startRouter(nil)
+	alice := s.user(t, url, "alice@eu.example")
+	a := rawLogin(t, s.imaps, alice.addr)
+	for i := range 6 {
+		if st := a.appendRaw("INBOX", `\Seen`, fmt.Sprint("m", i)); !strings.HasPrefix(st, "OK") {
+			t.Fatalf("APPEND: %s", st)
+		}
+	}
+	u := a.ok("SELECT INBOX")
+	if i := indexOf(u, "* FLAGS"); i < 0 || strings.Contains(u[i], "kw1") {
+		t.Fatalf("SELECT FLAGS: %q", u)
+	}
+	b := rawLogin(t, s.imaps, alice.addr)
+	b.ok("SELECT INBOX")
+
+	u = a.ok("STORE 1 +FLAGS (kw1)")
+	fl, perm, fetch := indexOf(u, "* FLAGS ("), indexOf(u, "* OK [PERMANENTFLAGS ("), indexOf(u, "* 1 FETCH")
+	if fl < 0 || !strings.Contains(u[fl], " kw1") || perm < 0 || !strings.Contains(u[perm], `kw1 \*`) || fetch < fl || fetch < perm {
+		t.Errorf("STORE of a new keyword: %q", u)
+	}
+	u = b.ok("NOOP")
+	if fl, fetch := indexOf(u, "* FLAGS ("), indexOf(u, "* 1 FETCH"); fl < 0 || !strings.Contains(u[fl], " kw1") || fetch < fl {
+		t.Errorf("the other session was not told of kw1 before the FETCH: %q", u)
+	}
+	if u := a.ok("STORE 2 +FLAGS (kw1)"); indexOf(u, "* FLAGS") >= 0 {
+		t.Errorf("a keyword in use announced again: %q", u)
+	}
+	b.ok("NOOP")
+
+	// APPEND with a new keyword: the selected sessions learn it with the
+	// new message.
+	c := rawLogin(t, s.imaps, alice.addr)
+	if st := c.appendRaw("INBOX", "kw2", "m6"); !strings.HasPrefix(st, "OK") {
+		t.Fatalf("APPEND: %s", st)
+	}
+	for name, r := range map[string]*rawIMAP{"a": a, "b": b} {
+		u := r.ok("NOOP")
+		if fl := indexOf(u, "* FLAGS ("); fl < 0 || !strings.Contains(u[fl], "kw1 kw2") || indexOf(u, "* 7 EXISTS") < 0 {
+			t.Errorf("session %s after an APPEND with kw2: %q", name, u)
+		}
+	}
+	// A new SELECT lists both.
+	if u := c.ok("EXAMINE INBOX"); indexOf(u, "* FLAGS") < 0 || !strings.Contains(u[indexOf(u, "* FLAGS")], "kw1 kw2") {
+		t.Errorf("EXAMINE FLAGS: %q", u)
+	}
+
+	// The bound: 5 × 50 more keywords fit (252), 50 more do not.
+	kws := func(from int) string {
+		var k []string
+		for i := range 50 {
+			k = append(k, fmt.Sprintf("k%03d", from+i))
+		}
+		return strings.Join(k, " ")
+	}
+	for i := range 5 {
+		a.ok("STORE %d +FLAGS (%s)", i+1, kws(i*50))
+	}
+	if _, st := a.do("STORE 6 +FLAGS (%s)", kws(250)); !strings.HasPrefix(st, "NO [LIMIT]") {
+		t.Errorf("past the keyword bound: %s", st)
+	}
+	if st := c.appendRaw("INBOX", kws(300), "m7"); !strings.HasPrefix(st, "NO [LIMIT]") {
+		t.Errorf("APPEND past the keyword bound: %s", st)
+	}
+	// Keywords in use still go on messages.
+	a.ok("STORE 6 +FLAGS (k000 kw2)")
+}
+
+// \Recent (RFC 3501 §2.3.2): a message is \Recent in the one session
+// first told of it, by SELECT or by a later update; EXAMINE shows without
+// taking; STATUS RECENT counts those not yet taken; IMAP4rev2 clients see
+// neither (RFC 9051).
+func TestIMAPRecent(t *testing.T) {
+	s := newStack(t)
+	url := s.startRouter(nil)
+	alice := s.user(t, url, "alice@eu.example")
+	w := rawLogin(t, s.imaps, alice.addr) // only APPENDs
+	for i := range 2 {
+		w.appendRaw("INBOX", "", fmt.Sprint("m", i))
+	}
+	recentFlags := func(r *rawIMAP) string {
+		t.Helper()
+		var out []string
+		for _, l := range r.ok("FETCH 1:* FLAGS") {
+			out = append(out, fmt.Sprint(strings.Contains(l, `\Recent`)))
+		}
+		return strings.Join(out, " ")
+	}
+	a := rawLogin(t, s.imaps, alice.addr)
+	if u := a.ok("SELECT INBOX"); indexOf(u, "* 2 RECENT") < 0 {
+		t.Errorf("first SELECT: %q", u)
+	}
+	if got := recentFlags(a); got != "true true" {
+		t.Errorf("first session's \\Recent: %s", got)
+	}
+	b := rawLogin(t, s.imaps, alice.addr)
+	if u := b.ok("SELECT INBOX"); indexOf(u, "* 0 RECENT") < 0 {
+		t.Errorf("second SELECT: %q", u)
+	}
+	if got := recentFlags(b); got != "false false" {
+		t.Errorf("second session's \\Recent: %s", got)
+	}
+	w.appendRaw("INBOX", "", "m2")
+	if u := w.ok("STATUS INBOX (RECENT)"); indexOf(u, "* STATUS INBOX (RECENT 1)") < 0 {
+		t.Errorf("STATUS RECENT: %q", u)
+	}
+	// b is told first: the new message is \Recent there.
+	if u := b.ok("NOOP"); indexOf(u, "* 3 EXISTS") < 0 || indexOf(u, "* 1 RECENT") < 0 {
+		t.Errorf("b's update: %q", u)
+	}
+	if u := a.ok("NOOP"); indexOf(u, "* 3 EXISTS") < 0 || indexOf(u, "* 2 RECENT") < 0 {
+		t.Errorf("a's update: %q", u)
+	}
+	if got := recentFlags(b); got != "false false true" {
+		t.Errorf("b's \\Recent: %s", got)
+	}
+	if got := recentFlags(a); got != "true true false" {
+		t.Errorf("a's \\Recent: %s", got)
+	}
+	if u := b.ok("SEARCH RECENT"); indexOf(u, "* SEARCH 3") < 0 {
+		t.Errorf("SEARCH RECENT: %q", u)
+	}
+	if u := w.ok("STATUS INBOX (RECENT)"); indexOf(u, "* STATUS INBOX (RECENT 0)") < 0 {
+		t.Errorf("STATUS RECENT once taken: %q", u)
+	}
+
+	// EXAMINE shows what is unclaimed and leaves it.
+	w.appendRaw("INBOX", "", "m3")
+	e := rawLogin(t, s.imaps, alice.addr)
+	if u := e.ok("EXAMINE INBOX"); indexOf(u, "* 1 RECENT") < 0 {
+		t.Errorf("EXAMINE: %q", u)
+	}
+	c := rawLogin(t, s.imaps, alice.addr)
+	if u := c.ok("SELECT INBOX"); indexOf(u, "* 1 RECENT") < 0 {
+		t.Errorf("SELECT after EXAMINE: %q", u)
+	}
+	// An IMAP4rev2 client hears nothing of \Recent.
+	w.appendRaw("INBOX", "", "m4")
+	r2 := rawLogin(t, s.imaps, alice.addr)
+	r2.ok("ENABLE IMAP4rev2")
+	if u := r2.ok("SELECT INBOX"); indexOf(u, "* 1 RECENT") >= 0 || indexOf(u, "RECENT") >= 0 {
+		t.Errorf("IMAP4rev2 SELECT: %q", u)
+	}
+	if got := recentFlags(r2); strings.Contains(got, "true") {
+		t.Errorf("IMAP4rev2 FETCH shows \\Recent: %s", got)
 	}
 }

@@ -351,7 +351,16 @@ func (se *session) status(ctx context.Context, mb mail.Mailbox, options *imap.St
 		st.NumMessages = u32(mb.Total)
 	}
 	if options.NumRecent {
-		st.NumRecent = u32(0)
+		// Those no session has been told of, and those this one holds
+		// as \Recent (RFC 3501 §2.3.2, §6.3.10).
+		n, err := se.srv.cfg.Store.RecentCount(ctx, se.acct.ID, mb.ID)
+		if err != nil {
+			return nil, err
+		}
+		if s := se.sel; s != nil && s.box.ID == mb.ID && !s.readOnly {
+			n += len(s.recent)
+		}
+		st.NumRecent = u32(n)
 	}
 	if options.UIDNext {
 		st.UIDNext = imap.UID(mb.UIDNext)
