@@ -188,7 +188,12 @@ func (c *Conn) serve() {
 
 		c.setReadTimeout(cmdReadTimeout)
 		if err := c.readCommand(dec); err != nil {
-			if !errors.Is(err, net.ErrClosed) {
+			// (cellmail patch) a client gone or silent mid-command is
+			// no server failure
+			var netErr net.Error
+			quiet := errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
+				errors.As(err, &netErr) && netErr.Timeout()
+			if !errors.Is(err, net.ErrClosed) && !quiet {
 				c.server.logger().Printf("failed to read command: %v", err)
 			}
 			break
