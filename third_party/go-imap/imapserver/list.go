@@ -206,7 +206,12 @@ func readListMailbox(dec *imapwire.Decoder) (string, error) {
 			return "", dec.Err()
 		}
 	}
-	return utf7.Decode(mailbox)
+	name, err := utf7.Decode(mailbox)
+	if err != nil {
+		// (cellmail patch) BAD (RFC 3501 §5.1.3)
+		return "", &imapwire.DecoderExpectError{Message: "mailbox pattern is not valid modified UTF-7"}
+	}
+	return name, nil
 }
 
 func isListChar(ch byte) bool {
