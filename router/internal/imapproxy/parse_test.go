@@ -96,6 +96,14 @@ func FuzzPreLogin(f *testing.F) {
 		"a LOGIN \"bad\\escape\" x\r\n",
 		"* OK\r\n",
 		"a LOGIN x {99999999999}\r\n",
+		// issue 13: each is refused on its line, the next command read.
+		"a SELECT \"INBOX\r\n",
+		"a LOGIN \"alice\\\r\n",
+		"a LOGIN {5000}\r\n",
+		"a LOGIN x {5000+}\r\n" + strings.Repeat("x", 5000) + "\r\n",
+		"a LOGIN &Jjo x\r\n",
+		"a FETCH 4294967296 FLAGS\r\n",
+		"a ID " + strings.Repeat("(", 200) + "\r\n",
 	} {
 		f.Add(s)
 	}
@@ -130,6 +138,15 @@ func FuzzPreLogin(f *testing.F) {
 		}
 		if refusedNeedsCont {
 			t.Fatal("a command over maxCommand was accepted")
+		}
+		// Input with no literal is framed by lines: whatever a line
+		// holds, it is answered on that line, and the command after it
+		// is read (unless the session ended, BYE).
+		if !strings.Contains(in, "{") {
+			cmds, _, _, fatal := parseAll(in + "\r\nzz NOOP\r\n")
+			if !fatal && (len(cmds) == 0 || cmds[len(cmds)-1].tag != "zz") {
+				t.Fatalf("the command after the input was not read: %d commands", len(cmds))
+			}
 		}
 	})
 }
