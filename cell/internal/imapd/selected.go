@@ -283,6 +283,16 @@ func (se *session) Select(name string, options *imap.SelectOptions) (*imap.Selec
 	for i := len(uids) - 1; i >= 0 && uids[i] > mark; i-- {
 		s.recent[uids[i]] = true
 	}
+	// IMAP4rev1 names the first unseen message (RFC 3501 §6.3.1;
+	// IMAP4rev2 has no UNSEEN, RFC 9051 §6.3.2).
+	var unseen uint32
+	if mb.Unread > 0 && !se.enabled(imap.CapIMAP4rev2) {
+		uid, err := se.srv.cfg.Store.FirstUnseen(ctx, se.acct.ID, mb.ID)
+		if err != nil {
+			return nil, se.toIMAPError("select", err)
+		}
+		unseen = s.seqOf(uid)
+	}
 	se.sel = s
 	flags, perm := s.mailboxFlags()
 	listData := &imap.ListData{Mailbox: mb.Name, Delim: delim}
@@ -290,14 +300,15 @@ func (se *session) Select(name string, options *imap.SelectOptions) (*imap.Selec
 		listData.Attrs = append(listData.Attrs, a)
 	}
 	return &imap.SelectData{
-		Flags:          flags,
-		PermanentFlags: perm,
-		NumMessages:    uint32(len(uids)),
-		NumRecent:      uint32(len(s.recent)),
-		UIDNext:        imap.UID(mb.UIDNext),
-		UIDValidity:    mb.UIDValidity,
-		List:           listData,
-		HighestModSeq:  max(mb.HighestModseq, 1),
+		Flags:             flags,
+		PermanentFlags:    perm,
+		NumMessages:       uint32(len(uids)),
+		NumRecent:         uint32(len(s.recent)),
+		FirstUnseenSeqNum: unseen,
+		UIDNext:           imap.UID(mb.UIDNext),
+		UIDValidity:       mb.UIDValidity,
+		List:              listData,
+		HighestModSeq:     max(mb.HighestModseq, 1),
 	}, nil
 }
 

@@ -56,6 +56,7 @@ type Store interface {
 	MailboxKeywords(ctx context.Context, accountID, mailboxID string, max int) ([]string, error)
 	ClaimRecent(ctx context.Context, accountID, mailboxID string, upTo uint32) (uint32, error)
 	RecentCount(ctx context.Context, accountID, mailboxID string) (int, error)
+	FirstUnseen(ctx context.Context, accountID, mailboxID string) (uint32, error)
 }
 
 // Blobs opens stored messages.

@@ -75,3 +75,18 @@ func (s *Store) RecentCount(ctx context.Context, accountID, mailboxID string) (i
 	}
 	return n, nil
 }
+
+// FirstUnseen is the lowest UID of the mailbox's messages without \Seen,
+// 0 if none (IMAP4rev1 SELECT's OK [UNSEEN], RFC 3501 §6.3.1).
+func (s *Store) FirstUnseen(ctx context.Context, accountID, mailboxID string) (uint32, error) {
+	if !validID(mailboxID) {
+		return 0, fmt.Errorf("%w: mailbox", mail.ErrNotFound)
+	}
+	var uid int64
+	err := s.pool.QueryRow(ctx, `SELECT coalesce(min(uid), 0) FROM messages WHERE account_id = $1 AND mailbox_id = $2 AND NOT seen`,
+		accountID, mailboxID).Scan(&uid)
+	if err != nil {
+		return 0, fmt.Errorf("first unseen: %w", err)
+	}
+	return uint32(uid), nil
+}

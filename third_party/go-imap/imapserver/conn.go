@@ -422,8 +422,11 @@ func (c *Conn) handleDelete(dec *imapwire.Decoder) error {
 
 func (c *Conn) handleRename(dec *imapwire.Decoder) error {
 	var oldName, newName string
-	if !dec.ExpectSP() || !dec.ExpectMailbox(&oldName) || !dec.ExpectSP() || !dec.ExpectMailbox(&newName) || !dec.ExpectCRLF() {
+	if !dec.ExpectSP() || !dec.ExpectMailbox(&oldName) || !dec.ExpectSP() {
 		return dec.Err()
+	}
+	if !dec.ExpectMailbox(&newName) || !dec.ExpectCRLF() {
+		return badNewName(dec.Err())
 	}
 	if err := c.checkState(imap.ConnStateAuthenticated); err != nil {
 		return err

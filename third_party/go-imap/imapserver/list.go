@@ -208,8 +208,11 @@ func readListMailbox(dec *imapwire.Decoder) (string, error) {
 	}
 	name, err := utf7.Decode(mailbox)
 	if err != nil {
-		// (cellmail patch) BAD (RFC 3501 §5.1.3)
-		return "", &imapwire.DecoderExpectError{Message: "mailbox pattern is not valid modified UTF-7"}
+		// (cellmail patch) a pattern that is not modified UTF-7 matches
+		// no mailbox (none is made so, RFC 3501 §5.1.3): it is passed on
+		// behind a NUL, which no mailbox name has, instead of failing
+		// the command as an internal error.
+		return "\x00" + mailbox, nil
 	}
 	return name, nil
 }

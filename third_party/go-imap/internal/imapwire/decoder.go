@@ -23,6 +23,14 @@ const maxListDepth = 100
 // resynchronised. (cellmail patch)
 const MaxDiscard = 64 << 20
 
+// ErrMailboxNotUTF7 answers a mailbox name that is not valid modified
+// UTF-7 (RFC 3501 §5.1.3). (cellmail patch)
+var ErrMailboxNotUTF7 = &imap.Error{
+	Type: imap.StatusResponseTypeNo,
+	Code: imap.ResponseCodeNonExistent,
+	Text: "No such mailbox: the name is not valid modified UTF-7",
+}
+
 // ErrUnsynchronisable is set when a refused command's non-synchronizing
 // literal is over MaxDiscard: the server must end the connection, since the
 // literal's data would otherwise be read as commands. (cellmail patch)
@@ -611,8 +619,10 @@ func (dec *Decoder) ExpectMailbox(ptr *string) bool {
 	}
 	name, err := utf7.Decode(name)
 	if err != nil {
-		// (cellmail patch) BAD (RFC 3501 §5.1.3)
-		return dec.returnErr(&DecoderExpectError{Message: "mailbox name is not valid modified UTF-7"})
+		// (cellmail patch) a name that is not modified UTF-7 names no
+		// mailbox (none is made so, RFC 3501 §5.1.3): NO, not an
+		// internal error. CREATE and RENAME make it BAD.
+		return dec.returnErr(ErrMailboxNotUTF7)
 	}
 	*ptr = name
 	return true
