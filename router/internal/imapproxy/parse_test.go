@@ -3,6 +3,7 @@ package imapproxy
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"strings"
@@ -74,6 +75,22 @@ func TestParser(t *testing.T) {
 	}
 	if _, _, _, fatal := parseAll("a NOOP " + strings.Repeat("x", maxLine) + "\r\n"); !fatal {
 		t.Error("an overlong line did not end the session")
+	}
+	// An ID as long as RFC 2971 §3.3 allows (30 fields, values of 1024
+	// octets) is read, not kept; longer ends the session.
+	var id strings.Builder
+	for i := range 30 {
+		fmt.Fprintf(&id, " \"field%02d\" \"%s\"", i, strings.Repeat("v", 1024))
+	}
+	if cmds, bads, _, fatal := parseAll("a ID (" + id.String()[1:] + ")\r\nb NOOP\r\n"); fatal || bads != 0 || len(cmds) != 2 ||
+		cmds[0].name != "ID" || cmds[1].tag != "b" {
+		t.Errorf("long ID: %d cmds, %d bads, fatal %v", len(cmds), bads, fatal)
+	}
+	if _, _, _, fatal := parseAll("a ID (" + strings.Repeat(id.String(), 2) + ")\r\n"); !fatal {
+		t.Error("an ID over maxID did not end the session")
+	}
+	if _, _, _, fatal := parseAll("a ID (" + id.String()[1:] + " {5+}\r\nb NOOP\r\n"); !fatal {
+		t.Error("a long ID ending in a literal did not end the session")
 	}
 	if _, bads, _, _ := parseAll("a NOOP\x00\r\n\r\n+tag NOOP\r\n"); bads != 3 {
 		t.Errorf("NUL, empty line and bad tag: %d bads, want 3", bads)
