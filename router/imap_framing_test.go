@@ -117,6 +117,27 @@ func TestIMAPMalformedCommandsAnswered(t *testing.T) {
 	if u := r.ok(`LIST "" Trash`); !hasLine(u, "* LIST") {
 		t.Errorf("Trash was deleted: %q", u)
 	}
+
+	// An APPEND over the limit sent non-synchronizing: NO [TOOBIG] after
+	// its data, none of which is read as commands.
+	big := strings.Repeat(strings.Repeat("x", 1000)+"\r\nz3 DELETE Trash\r\n", 52<<10) // over MaxAppend (50 MiB)
+	if u, st := r.send("c3", fmt.Sprintf("c3 APPEND INBOX {%d+}\r\n%s\r\n", len(big), big)); !strings.HasPrefix(st, "NO [TOOBIG]") || hasLine(u, "z3") {
+		t.Errorf("APPEND over the limit, non-synchronizing: %s %q", st, u[:min(len(u), 5)])
+	}
+	if u := r.ok(`LIST "" Trash`); !hasLine(u, "* LIST") {
+		t.Errorf("Trash was deleted: %q", u)
+	}
+
+	// A non-synchronizing literal too large to skip (RFC 7888 §4): BAD
+	// [TOOBIG] and BYE at once, since its data cannot be told from
+	// commands.
+	r = rawLogin(t, s.imaps, alice.addr)
+	if u, st := r.send("d1", "d1 APPEND INBOX {99999999999+}\r\n"); !strings.HasPrefix(st, "BAD [TOOBIG]") {
+		t.Errorf("APPEND of a 100 GB non-synchronizing literal: %s %q", st, u)
+	}
+	if l := r.line(); !strings.HasPrefix(l, "* BYE") {
+		t.Errorf("after it: %q, want BYE", l)
+	}
 }
 
 // LIST "" "" answers the hierarchy delimiter (RFC 3501 §6.3.8, RFC 9051
