@@ -97,7 +97,9 @@ func (c *Conn) handleAppend(tag string, dec *imapwire.Decoder) error {
 
 	data, appendErr := c.session.Append(mailbox, lit, &options)
 	if _, discardErr := io.Copy(io.Discard, lit); discardErr != nil {
-		return err
+		// (cellmail patch) the literal's data did not all come: the
+		// connection failed, the session ends (not "OK", not read on).
+		return fmt.Errorf("reading APPEND literal: %w", discardErr)
 	}
 	if dataExt != "" && !dec.ExpectSpecial(')') {
 		return dec.Err()

@@ -190,10 +190,7 @@ func (c *Conn) serve() {
 		if err := c.readCommand(dec); err != nil {
 			// (cellmail patch) a client gone or silent mid-command is
 			// no server failure
-			var netErr net.Error
-			quiet := errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
-				errors.As(err, &netErr) && netErr.Timeout()
-			if !errors.Is(err, net.ErrClosed) && !quiet {
+			if !isConnErr(err) {
 				c.server.logger().Printf("failed to read command: %v", err)
 			}
 			break
@@ -321,7 +318,10 @@ func (c *Conn) readCommand(dec *imapwire.Decoder) error {
 	// session instead of a SERVERBUG that would read on; a literal that
 	// cannot be skipped ends it with a BYE; any other decoding failure is
 	// the client's (BAD).
-	if derr := dec.Err(); derr != nil && !errors.As(derr, &decErr) && !errors.As(derr, &imapErr) {
+	if derr := dec.Err(); derr == nil && !errors.As(err, &imapErr) && isConnErr(err) {
+		// a literal read by the handler failed the same way
+		return fmt.Errorf("reading %v command: %w", name, err)
+	} else if derr != nil && !errors.As(derr, &decErr) && !errors.As(derr, &imapErr) {
 		var netErr net.Error
 		if errors.As(derr, &netErr) && netErr.Timeout() {
 			c.state = imap.ConnStateLogout
@@ -366,6 +366,14 @@ func (c *Conn) readCommand(dec *imapwire.Decoder) error {
 		}
 	}
 	return c.writeStatusResp(tag, resp)
+}
+
+// isConnErr: err is the connection failing (the client gone or silent),
+// not a server error. (cellmail patch)
+func isConnErr(err error) bool {
+	var netErr net.Error
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) ||
+		errors.As(err, &netErr) && netErr.Timeout()
 }
 
 // badCommandLine answers a line with no tag or command name (RFC 9051
