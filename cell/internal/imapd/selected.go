@@ -123,7 +123,7 @@ func (se *session) keywordRoom(ctx context.Context, mailboxID string, known map[
 	if len(fresh) == 0 {
 		return nil
 	}
-	have, err := se.srv.cfg.Store.MailboxKeywords(ctx, se.acct.ID, mailboxID, listedKeywords)
+	have, err := se.srv.cfg.Store.MailboxKeywords(ctx, se.acct.ID, mailboxID, 0, listedKeywords)
 	if err != nil {
 		return se.toIMAPError("keywords", err)
 	}
@@ -261,7 +261,7 @@ func (se *session) Select(name string, options *imap.SelectOptions) (*imap.Selec
 	if err != nil {
 		return nil, se.toIMAPError("select", err)
 	}
-	kws, err := se.srv.cfg.Store.MailboxKeywords(ctx, se.acct.ID, mb.ID, listedKeywords)
+	kws, err := se.srv.cfg.Store.MailboxKeywords(ctx, se.acct.ID, mb.ID, 0, listedKeywords)
 	if err != nil {
 		return nil, se.toIMAPError("select", err)
 	}
@@ -393,34 +393,37 @@ func (se *session) poll(ctx context.Context, w *imapserver.UpdateWriter, allowEx
 			}
 		}
 	}
-	// The messages whose flags changed, and the new ones, are read
-	// before anything is written: a keyword the client was not told of
-	// is announced first (FLAGS, RFC 3501 §7.2.6).
+	// The messages whose flags changed, and the keywords of the new
+	// ones, are read before anything is written: a keyword the client
+	// was not told of is announced first (FLAGS, RFC 3501 §7.2.6).
 	var uids []uint32
 	for uid := range flagged {
 		if s.removed[uid] == 0 && s.seqOf(uid) != 0 {
 			uids = append(uids, uid)
 		}
 	}
+	slices.Sort(uids)
 	var changed []mail.Message
-	if len(uids) > 0 || len(fresh) > 0 {
-		read := append(slices.Clone(uids), fresh...)
-		slices.Sort(read)
-		read = slices.Compact(read)
-		msgs, err := se.srv.cfg.Store.MessagesByUID(ctx, se.acct.ID, s.box.ID, read, false, false)
+	var labels []string
+	if len(uids) > 0 {
+		msgs, err := se.srv.cfg.Store.MessagesByUID(ctx, se.acct.ID, s.box.ID, uids, false, false)
 		if err != nil {
 			return se.toIMAPError("poll", err)
 		}
-		var labels []string
 		for _, m := range msgs {
 			labels = append(labels, m.Labels...)
-			if flagged[m.UID] {
-				changed = append(changed, m)
-			}
 		}
-		if err := se.announce(labels); err != nil {
-			return err
+		changed = msgs
+	}
+	if len(fresh) > 0 {
+		kws, err := se.srv.cfg.Store.MailboxKeywords(ctx, se.acct.ID, s.box.ID, fresh[0], listedKeywords)
+		if err != nil {
+			return se.toIMAPError("poll", err)
 		}
+		labels = append(labels, kws...)
+	}
+	if err := se.announce(labels); err != nil {
+		return err
 	}
 	if len(fresh) > 0 {
 		// The new messages no other session was told of first are

@@ -11,13 +11,15 @@ import (
 )
 
 // MailboxKeywords returns the distinct labels of the mailbox's messages
-// (IMAP keywords among them, RFC 3501 §7.2.6), sorted, at most max.
-func (s *Store) MailboxKeywords(ctx context.Context, accountID, mailboxID string, max int) ([]string, error) {
+// with UIDs from fromUID on (IMAP keywords among them, RFC 3501 §7.2.6),
+// sorted, at most max.
+func (s *Store) MailboxKeywords(ctx context.Context, accountID, mailboxID string, fromUID uint32, max int) ([]string, error) {
 	if !validID(mailboxID) {
 		return nil, fmt.Errorf("%w: mailbox", mail.ErrNotFound)
 	}
 	rows, err := s.pool.Query(ctx, `SELECT DISTINCT k FROM messages, unnest(labels) AS k
-		WHERE account_id = $1 AND mailbox_id = $2 AND labels <> '{}' ORDER BY k LIMIT $3`, accountID, mailboxID, max)
+		WHERE account_id = $1 AND mailbox_id = $2 AND uid >= $3 AND labels <> '{}' ORDER BY k LIMIT $4`,
+		accountID, mailboxID, int64(fromUID), max)
 	if err != nil {
 		return nil, fmt.Errorf("mailbox keywords: %w", err)
 	}

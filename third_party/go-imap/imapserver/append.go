@@ -83,6 +83,11 @@ func (c *Conn) handleAppend(tag string, dec *imapwire.Decoder) error {
 		}
 	}
 	if err := c.acceptLiteral(lit.Size(), nonSync); err != nil {
+		// (cellmail patch) a refused non-synchronizing literal is
+		// skipped, not read as commands
+		if derr := dec.DiscardLiteral(lit, nonSync); derr != nil {
+			return derr
+		}
 		return err
 	}
 
