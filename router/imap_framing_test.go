@@ -245,6 +245,15 @@ func TestIMAPKeywordsAnnounced(t *testing.T) {
 	if _, st := a.do("STORE 6 +FLAGS (%s)", kws(250)); !strings.HasPrefix(st, "NO [LIMIT]") {
 		t.Errorf("past the keyword bound: %s", st)
 	}
+	// At the bound (256) PERMANENTFLAGS no longer offers \* (RFC 3501
+	// §7.1), and one more is refused.
+	u = a.ok("STORE 6 +FLAGS (x1 x2 x3 x4)")
+	if i := indexOf(u, "* OK [PERMANENTFLAGS ("); i < 0 || strings.Contains(u[i], `\*`) || !strings.Contains(u[i], "x4") {
+		t.Errorf("PERMANENTFLAGS at the bound: %q", u)
+	}
+	if _, st := a.do("STORE 6 +FLAGS (x5)"); !strings.HasPrefix(st, "NO [LIMIT]") {
+		t.Errorf("one past the keyword bound: %s", st)
+	}
 	if st := c.appendRaw("INBOX", kws(300), "m7"); !strings.HasPrefix(st, "NO [LIMIT]") {
 		t.Errorf("APPEND past the keyword bound: %s", st)
 	}
