@@ -31,6 +31,16 @@ func (r *rawIMAP) send(tag, raw string) (untagged []string, status string) {
 	}
 }
 
+// hasText: some line contains sub.
+func hasText(lines []string, sub string) bool {
+	for _, l := range lines {
+		if strings.Contains(l, sub) {
+			return true
+		}
+	}
+	return false
+}
+
 func hasLine(lines []string, prefix string) bool {
 	for _, l := range lines {
 		if strings.HasPrefix(l, prefix) {
@@ -340,5 +350,39 @@ func TestIMAPRecent(t *testing.T) {
 	}
 	if got := recentFlags(r2); strings.Contains(got, "true") {
 		t.Errorf("IMAP4rev2 FETCH shows \\Recent: %s", got)
+	}
+}
+
+// Subscriptions in LIST and LSUB: CREATE does not subscribe (RFC 3501
+// §6.3.3); LSUB lists a level whose subscribed children "%" does not
+// reach with \Noselect (RFC 3501 §6.3.9); LIST (SUBSCRIBED RECURSIVEMATCH)
+// gives it CHILDINFO ("SUBSCRIBED") (RFC 5258 §3.5).
+func TestIMAPSubscriptionListing(t *testing.T) {
+	s := newStack(t)
+	url := s.startRouter(nil)
+	alice := s.user(t, url, "alice@eu.example")
+	r := rawLogin(t, s.imaps, alice.addr)
+	for _, n := range []string{"p", "p/a", "q/b"} {
+		r.ok("CREATE %s", n)
+	}
+	if u := r.ok(`LSUB "" *`); hasText(u, `"/" "p"`) || hasText(u, `"p/a"`) {
+		t.Errorf("CREATE subscribed: %q", u)
+	}
+	r.ok("SUBSCRIBE p/a")
+	r.ok("SUBSCRIBE q/b")
+	u := r.ok(`LSUB "" %%`)
+	if !hasLine(u, `* LSUB (\Noselect) "/" "p"`) || !hasLine(u, `* LSUB (\Noselect) "/" "q"`) || hasText(u, `"p/a"`) {
+		t.Errorf(`LSUB "" %%: %q`, u)
+	}
+	if u := r.ok(`LSUB "" *`); hasText(u, `(\Noselect) "/" "p"`) || indexOf(u, `* LSUB (\HasNoChildren \Subscribed) "/" "p/a"`) < 0 {
+		t.Errorf(`LSUB "" *: %q`, u)
+	}
+	u = r.ok(`LIST (SUBSCRIBED RECURSIVEMATCH) "" %% RETURN (CHILDREN)`)
+	if !hasLine(u, `* LIST (\HasChildren) "/" "p" (CHILDINFO ("SUBSCRIBED"))`) ||
+		!hasLine(u, `* LIST (\NonExistent \Noselect \HasChildren) "/" "q" (CHILDINFO ("SUBSCRIBED"))`) {
+		t.Errorf("LIST (SUBSCRIBED RECURSIVEMATCH): %q", u)
+	}
+	if u := r.ok(`LIST (SUBSCRIBED) "" %%`); hasText(u, `"/" "p"`) {
+		t.Errorf("LIST (SUBSCRIBED) listed an unsubscribed parent: %q", u)
 	}
 }

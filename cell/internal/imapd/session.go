@@ -150,7 +150,13 @@ func (se *session) Create(name string, _ *imap.CreateOptions) error {
 	if err := checkName(name); err != nil {
 		return err
 	}
-	_, err := se.srv.cfg.Store.CreateMailbox(ctx, se.acct.ID, name)
+	mb, err := se.srv.cfg.Store.CreateMailbox(ctx, se.acct.ID, name)
+	if err == nil {
+		// CREATE does not subscribe (RFC 3501 §6.3.3, §6.3.6): the
+		// client subscribes if it wants to. (Mailboxes the API makes
+		// start subscribed.)
+		err = se.srv.cfg.Store.SetSubscribed(ctx, se.acct.ID, mb.ID, false)
+	}
 	se.notify(ctx, err)
 	return se.toIMAPError("create", err)
 }
@@ -266,19 +272,50 @@ func (se *session) List(w *imapserver.ListWriter, ref string, patterns []string,
 		}
 	}
 	sortNames(all)
-	for _, name := range all {
-		match := false
+	matches := func(name string) bool {
 		for _, p := range patterns {
 			if imapserver.MatchList(name, delim, ref, p) {
-				match = true
-				break
+				return true
 			}
 		}
-		if !match {
+		return false
+	}
+	// subscribedBelow: a subscribed mailbox under name that the patterns
+	// do not match themselves, for LSUB's \Noselect levels (RFC 3501
+	// §6.3.9) and RECURSIVEMATCH's CHILDINFO (RFC 5258 §3.5).
+	subscribedBelow := func(name string) bool {
+		prefix := name + string(delim)
+		for n, mb := range names {
+			if mb.Subscribed && strings.HasPrefix(n, prefix) && !matches(n) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, name := range all {
+		if !matches(name) {
 			continue
 		}
 		mb, exists := names[name]
 		if options.SelectSubscribed && (!exists || !mb.Subscribed) {
+			switch {
+			case w.LSub() && subscribedBelow(name):
+				if err := w.WriteList(&imap.ListData{Mailbox: name, Delim: delim,
+					Attrs: []imap.MailboxAttr{imap.MailboxAttrNoSelect}}); err != nil {
+					return err
+				}
+			case options.SelectRecursiveMatch && subscribedBelow(name):
+				data := &imap.ListData{Mailbox: name, Delim: delim, ChildInfo: &imap.ListDataChildInfo{Subscribed: true}}
+				if !exists {
+					data.Attrs = append(data.Attrs, imap.MailboxAttrNonExistent, imap.MailboxAttrNoSelect)
+				}
+				if options.ReturnChildren && parents[name] {
+					data.Attrs = append(data.Attrs, imap.MailboxAttrHasChildren)
+				}
+				if err := w.WriteList(data); err != nil {
+					return err
+				}
+			}
 			continue
 		}
 		if options.SelectSpecialUse && (!exists || mb.SpecialUse == mail.UseNone || mb.SpecialUse == mail.UseInbox) {

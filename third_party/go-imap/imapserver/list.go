@@ -262,6 +262,10 @@ type ListWriter struct {
 	lsub    bool
 }
 
+// LSub says the responses are LSUB's (RFC 3501 §6.3.9), whose \Noselect
+// marks a level listed for its subscribed children. (cellmail patch)
+func (w *ListWriter) LSub() bool { return w.lsub }
+
 // WriteList writes a single LIST response for a mailbox.
 func (w *ListWriter) WriteList(data *imap.ListData) error {
 	if w.lsub {
