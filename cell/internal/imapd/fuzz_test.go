@@ -55,6 +55,9 @@ func FuzzCommands(f *testing.F) {
 	} {
 		f.Add(s)
 	}
+	for _, s := range sessionSeeds { // issue 13's malformed commands
+		f.Add(s)
+	}
 	mem := imapmemserver.New()
 	user := imapmemserver.NewUser("u", "p")
 	if err := user.Create("INBOX", nil); err != nil {

@@ -206,7 +206,7 @@ func (se *session) writeMessage(rw *imapserver.FetchResponseWriter, m mail.Messa
 		rw.WriteUID(imap.UID(m.UID))
 	}
 	if o.Flags || flags {
-		rw.WriteFlags(flagsOf(m))
+		rw.WriteFlags(se.flags(m))
 	}
 	if modseq {
 		rw.WriteModSeq(m.Modseq)
@@ -329,6 +329,11 @@ func (se *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *i
 	if options != nil && options.UnchangedSince != 0 {
 		fc.UnchangedSince = options.UnchangedSince
 	}
+	// A keyword new to the mailbox: within the bound, and announced
+	// (FLAGS) before the FETCH responses that show it (RFC 3501 §7.2.6).
+	if err := se.keywordRoom(ctx, s.box.ID, s.keywords, fc.AddLabels); err != nil {
+		return err
+	}
 	// Once CONDSTORE is on, STORE answers with MODSEQ, even when .SILENT
 	// (RFC 7162 §3.1.3).
 	condstore := se.enabled(imap.CapCondStore)
@@ -341,6 +346,11 @@ func (se *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *i
 		changed, conflicts, err := se.srv.cfg.Store.StoreFlags(ctx, se.acct.ID, ids, fc)
 		if err != nil {
 			return se.toIMAPError("store", err)
+		}
+		if len(changed) > 0 {
+			if err := se.announce(fc.AddLabels); err != nil {
+				return err
+			}
 		}
 		now := map[string]mail.Message{}
 		for _, c := range changed {
@@ -367,7 +377,7 @@ func (se *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *i
 			}
 			if !flags.Silent || ok {
 				if !flags.Silent {
-					rw.WriteFlags(flagsOf(c))
+					rw.WriteFlags(se.flags(c))
 				}
 				if condstore {
 					rw.WriteModSeq(c.Modseq)
@@ -528,6 +538,7 @@ func (se *session) expunged(uids []uint32, expunge func(seq uint32) error, vanis
 		}
 		s.uids = slices.Delete(s.uids, int(seq-1), int(seq))
 		delete(s.removed, uids[i])
+		delete(s.recent, uids[i])
 	}
 	if len(vanished) > 0 {
 		return vanish(vanished)
@@ -590,6 +601,13 @@ func (se *session) Append(mailbox string, r imap.LiteralReader, options *imap.Ap
 		opt.Flags = mail.Flags{Seen: *fc.Seen, Answered: *fc.Answered, Flagged: *fc.Flagged, Draft: *fc.Draft, Deleted: *fc.Deleted}
 		opt.Labels = fc.AddLabels
 		opt.ReceivedAt = options.Time
+		var known map[string]bool
+		if se.sel != nil && se.sel.box.ID == to.ID {
+			known = se.sel.keywords
+		}
+		if err := se.keywordRoom(ctx, to.ID, known, opt.Labels); err != nil {
+			return nil, err
+		}
 	}
 	// Every APPEND is a new message, even of the same bytes.
 	opt.Key = "append:" + mailstore.NewID()

@@ -83,7 +83,7 @@ scan:
 			}
 			rw := w.CreateMessage(seq)
 			rw.WriteUID(imap.UID(m.UID))
-			rw.WriteFlags(flagsOf(m))
+			rw.WriteFlags(se.flags(m))
 			rw.WriteModSeq(m.Modseq)
 			if err := rw.Close(); err != nil {
 				return err

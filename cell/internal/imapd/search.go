@@ -151,7 +151,7 @@ func match(c *searchable, cr *imap.SearchCriteria) bool {
 	if !matchDate(m.ReceivedAt, cr.Since, cr.Before) || !matchDate(m.SentAt, cr.SentSince, cr.SentBefore) {
 		return false
 	}
-	flags := flagsOf(m)
+	flags := c.se.flags(m)
 	has := func(f imap.Flag) bool {
 		for _, x := range flags {
 			if strings.EqualFold(string(x), string(f)) {

@@ -34,6 +34,12 @@ type selected struct {
 	// own: journal positions of this session's own flag changes, already
 	// answered; Poll does not repeat them.
 	own map[uint64]bool
+	// keywords: those the client has been told of in FLAGS (RFC 3501
+	// §7.2.6).
+	keywords map[string]bool
+	// recent: the UIDs that are \Recent in this session (RFC 3501
+	// §2.3.2): it was the first told of them.
+	recent map[uint32]bool
 }
 
 // seqOf is the sequence number of uid in the view, 0 if absent.
@@ -48,8 +54,105 @@ func (s *selected) seqOf(uid uint32) uint32 {
 // systemFlags are the flags every mailbox supports.
 var systemFlags = []imap.Flag{imap.FlagSeen, imap.FlagAnswered, imap.FlagFlagged, imap.FlagDeleted, imap.FlagDraft}
 
-// permanentFlags: the system flags and any keyword (\*).
-var permanentFlags = append(slices.Clone(systemFlags), imap.FlagForwarded, imap.FlagJunk, imap.FlagNotJunk, imap.FlagWildcard)
+// baseFlags: the system flags and the keywords every mailbox lists.
+var baseFlags = append(slices.Clone(systemFlags), imap.FlagForwarded, imap.FlagJunk, imap.FlagNotJunk)
+
+// isBaseFlag: f is among baseFlags (flags are case-insensitive).
+func isBaseFlag(f string) bool {
+	return slices.ContainsFunc(baseFlags, func(b imap.Flag) bool { return strings.EqualFold(string(b), f) })
+}
+
+// mailboxFlags are the FLAGS of the view (the base flags and the keywords
+// in use) and its PERMANENTFLAGS: the same and \* while keywords can be
+// made (RFC 3501 §7.1), none when read-only.
+func (s *selected) mailboxFlags() (flags, perm []imap.Flag) {
+	kws := make([]string, 0, len(s.keywords))
+	for k := range s.keywords {
+		kws = append(kws, k)
+	}
+	slices.Sort(kws)
+	flags = slices.Clone(baseFlags)
+	for _, k := range kws {
+		flags = append(flags, imap.Flag(k))
+	}
+	if s.readOnly {
+		return flags, nil
+	}
+	perm = slices.Clone(flags)
+	if len(s.keywords) < maxKeywords {
+		perm = append(perm, imap.FlagWildcard)
+	}
+	return flags, perm
+}
+
+// learn adds the keywords among labels to what the client is told; it
+// reports whether there were new ones.
+func (s *selected) learn(labels []string) bool {
+	fresh := false
+	for _, l := range labels {
+		if isKeyword(l) && !s.keywords[l] && !isBaseFlag(l) {
+			s.keywords[l] = true
+			fresh = true
+		}
+	}
+	return fresh
+}
+
+// announce tells the client of the keywords among labels it has not been
+// told of: FLAGS and PERMANENTFLAGS again, before the responses that show
+// them (RFC 3501 §7.2.6).
+func (se *session) announce(labels []string) error {
+	s := se.sel
+	if s == nil || !s.learn(labels) {
+		return nil
+	}
+	flags, perm := s.mailboxFlags()
+	return se.conn.WriteMailboxFlags(flags, perm)
+}
+
+// keywordRoom refuses a STORE or APPEND that would take the mailbox past
+// maxKeywords distinct keywords (NO [LIMIT]); known are keywords already
+// counted as in use.
+func (se *session) keywordRoom(ctx context.Context, mailboxID string, known map[string]bool, add []string) error {
+	var fresh []string
+	for _, k := range add {
+		if !known[k] && !isBaseFlag(k) {
+			fresh = append(fresh, k)
+		}
+	}
+	if len(fresh) == 0 {
+		return nil
+	}
+	have, err := se.srv.cfg.Store.MailboxKeywords(ctx, se.acct.ID, mailboxID, 0, listedKeywords)
+	if err != nil {
+		return se.toIMAPError("keywords", err)
+	}
+	set := map[string]bool{}
+	for _, k := range have {
+		if isKeyword(k) && !isBaseFlag(k) {
+			set[k] = true
+		}
+	}
+	before := len(set)
+	for _, k := range fresh {
+		set[k] = true
+	}
+	if len(set) > maxKeywords && len(set) > before {
+		return imapNo(imap.ResponseCodeLimit, "At most %d keywords per mailbox", maxKeywords)
+	}
+	return nil
+}
+
+// flags is a message's flags in this session: with \Recent for an
+// IMAP4rev1 client (RFC 3501 §2.3.2; IMAP4rev2 has none, RFC 9051
+// Appendix E).
+func (se *session) flags(m mail.Message) []imap.Flag {
+	f := flagsOf(m)
+	if s := se.sel; s != nil && s.recent[m.UID] && !se.enabled(imap.CapIMAP4rev2) {
+		f = append(f, imap.Flag(`\Recent`))
+	}
+	return f
+}
 
 // flagsOf is a message's flags as IMAP says them: system flags and the
 // labels that are IMAP atoms (keywords, RFC 9051 §2.3.2).
@@ -158,24 +261,54 @@ func (se *session) Select(name string, options *imap.SelectOptions) (*imap.Selec
 	if err != nil {
 		return nil, se.toIMAPError("select", err)
 	}
-	se.sel = &selected{box: mb, readOnly: options.ReadOnly, uids: uids, modseq: modseq,
-		removed: map[uint32]uint64{}, own: map[uint64]bool{}, highest: max(mb.HighestModseq, 1)}
-	perm := permanentFlags
-	if options.ReadOnly {
-		perm = nil
+	kws, err := se.srv.cfg.Store.MailboxKeywords(ctx, se.acct.ID, mb.ID, 0, listedKeywords)
+	if err != nil {
+		return nil, se.toIMAPError("select", err)
 	}
+	// SELECT takes the messages no session has been told of as this
+	// one's \Recent; EXAMINE shows them and leaves them (RFC 3501
+	// §2.3.2, §6.3.2).
+	upTo := uint32(0)
+	if !options.ReadOnly && mb.UIDNext > 1 {
+		upTo = mb.UIDNext - 1
+	}
+	mark, err := se.srv.cfg.Store.ClaimRecent(ctx, se.acct.ID, mb.ID, upTo)
+	if err != nil {
+		return nil, se.toIMAPError("select", err)
+	}
+	s := &selected{box: mb, readOnly: options.ReadOnly, uids: uids, modseq: modseq,
+		removed: map[uint32]uint64{}, own: map[uint64]bool{}, highest: max(mb.HighestModseq, 1),
+		keywords: map[string]bool{}, recent: map[uint32]bool{}}
+	s.learn(kws)
+	for i := len(uids) - 1; i >= 0 && uids[i] > mark; i-- {
+		s.recent[uids[i]] = true
+	}
+	// IMAP4rev1 names the first unseen message (RFC 3501 §6.3.1;
+	// IMAP4rev2 has no UNSEEN, RFC 9051 §6.3.2).
+	var unseen uint32
+	if mb.Unread > 0 && !se.enabled(imap.CapIMAP4rev2) {
+		uid, err := se.srv.cfg.Store.FirstUnseen(ctx, se.acct.ID, mb.ID)
+		if err != nil {
+			return nil, se.toIMAPError("select", err)
+		}
+		unseen = s.seqOf(uid)
+	}
+	se.sel = s
+	flags, perm := s.mailboxFlags()
 	listData := &imap.ListData{Mailbox: mb.Name, Delim: delim}
 	if a := useAttr(mb.SpecialUse); a != "" {
 		listData.Attrs = append(listData.Attrs, a)
 	}
 	return &imap.SelectData{
-		Flags:          append(slices.Clone(systemFlags), imap.FlagForwarded, imap.FlagJunk, imap.FlagNotJunk),
-		PermanentFlags: perm,
-		NumMessages:    uint32(len(uids)),
-		UIDNext:        imap.UID(mb.UIDNext),
-		UIDValidity:    mb.UIDValidity,
-		List:           listData,
-		HighestModSeq:  max(mb.HighestModseq, 1),
+		Flags:             flags,
+		PermanentFlags:    perm,
+		NumMessages:       uint32(len(uids)),
+		NumRecent:         uint32(len(s.recent)),
+		FirstUnseenSeqNum: unseen,
+		UIDNext:           imap.UID(mb.UIDNext),
+		UIDValidity:       mb.UIDValidity,
+		List:              listData,
+		HighestModSeq:     max(mb.HighestModseq, 1),
 	}, nil
 }
 
@@ -245,6 +378,7 @@ func (se *session) poll(ctx context.Context, w *imapserver.UpdateWriter, allowEx
 		}
 		clear(s.removed)
 	}
+	var fresh []uint32 // added to the view now
 	if len(added) > 0 {
 		slices.Sort(added)
 		last := uint32(0)
@@ -254,10 +388,63 @@ func (se *session) poll(ctx context.Context, w *imapserver.UpdateWriter, allowEx
 		for _, uid := range added {
 			if uid > last {
 				s.uids = append(s.uids, uid)
+				fresh = append(fresh, uid)
 				last = uid
 			}
 		}
+	}
+	// The messages whose flags changed, and the keywords of the new
+	// ones, are read before anything is written: a keyword the client
+	// was not told of is announced first (FLAGS, RFC 3501 §7.2.6).
+	var uids []uint32
+	for uid := range flagged {
+		if s.removed[uid] == 0 && s.seqOf(uid) != 0 {
+			uids = append(uids, uid)
+		}
+	}
+	slices.Sort(uids)
+	var changed []mail.Message
+	var labels []string
+	if len(uids) > 0 {
+		msgs, err := se.srv.cfg.Store.MessagesByUID(ctx, se.acct.ID, s.box.ID, uids, false, false)
+		if err != nil {
+			return se.toIMAPError("poll", err)
+		}
+		for _, m := range msgs {
+			labels = append(labels, m.Labels...)
+		}
+		changed = msgs
+	}
+	if len(fresh) > 0 {
+		kws, err := se.srv.cfg.Store.MailboxKeywords(ctx, se.acct.ID, s.box.ID, fresh[0], listedKeywords)
+		if err != nil {
+			return se.toIMAPError("poll", err)
+		}
+		labels = append(labels, kws...)
+	}
+	if err := se.announce(labels); err != nil {
+		return err
+	}
+	if len(fresh) > 0 {
+		// The new messages no other session was told of first are
+		// \Recent here; EXAMINE only looks (RFC 3501 §2.3.2).
+		upTo := fresh[len(fresh)-1]
+		if s.readOnly {
+			upTo = 0
+		}
+		mark, err := se.srv.cfg.Store.ClaimRecent(ctx, se.acct.ID, s.box.ID, upTo)
+		if err != nil {
+			return se.toIMAPError("poll", err)
+		}
+		for _, uid := range fresh {
+			if uid > mark {
+				s.recent[uid] = true
+			}
+		}
 		if err := w.WriteNumMessages(uint32(len(s.uids))); err != nil {
+			return err
+		}
+		if err := w.WriteNumRecent(uint32(len(s.recent))); err != nil {
 			return err
 		}
 	}
@@ -276,19 +463,8 @@ func (se *session) poll(ctx context.Context, w *imapserver.UpdateWriter, allowEx
 			return err
 		}
 	}
-	if len(flagged) > 0 {
-		uids := make([]uint32, 0, len(flagged))
-		for uid := range flagged {
-			if s.removed[uid] == 0 && s.seqOf(uid) != 0 {
-				uids = append(uids, uid)
-			}
-		}
-		slices.Sort(uids)
-		msgs, err := se.srv.cfg.Store.MessagesByUID(ctx, se.acct.ID, s.box.ID, uids, false, false)
-		if err != nil {
-			return se.toIMAPError("poll", err)
-		}
-		for _, m := range msgs {
+	if len(changed) > 0 {
+		for _, m := range changed {
 			if m.Modseq > s.modseq {
 				// Changed again after the journal was read: the next
 				// poll tells it, after what came before it.
@@ -297,9 +473,9 @@ func (se *session) poll(ctx context.Context, w *imapserver.UpdateWriter, allowEx
 			var err error
 			if condstore {
 				// RFC 7162 §3.2.4: unsolicited flag changes carry MODSEQ.
-				err = w.WriteMessageFlagsModSeq(s.seqOf(m.UID), imap.UID(m.UID), flagsOf(m), m.Modseq)
+				err = w.WriteMessageFlagsModSeq(s.seqOf(m.UID), imap.UID(m.UID), se.flags(m), m.Modseq)
 			} else {
-				err = w.WriteMessageFlags(s.seqOf(m.UID), imap.UID(m.UID), flagsOf(m))
+				err = w.WriteMessageFlags(s.seqOf(m.UID), imap.UID(m.UID), se.flags(m))
 			}
 			if err != nil {
 				return err

@@ -55,6 +55,10 @@ type Store interface {
 	Move(ctx context.Context, accountID string, ids []string, toMailbox string) ([]mailstore.Moved, error)
 	ExpungeDeleted(ctx context.Context, accountID, mailboxID string, uids []uint32) ([]uint32, error)
 	MailboxStats(ctx context.Context, accountID, mailboxID string) (int, int64, error)
+	MailboxKeywords(ctx context.Context, accountID, mailboxID string, fromUID uint32, max int) ([]string, error)
+	ClaimRecent(ctx context.Context, accountID, mailboxID string, upTo uint32) (uint32, error)
+	RecentCount(ctx context.Context, accountID, mailboxID string) (int, error)
+	FirstUnseen(ctx context.Context, accountID, mailboxID string) (uint32, error)
 }
 
 // Blobs opens stored messages.
@@ -94,6 +98,11 @@ const (
 	idlePoll = 30 * time.Second
 	// opTimeout bounds one command's store work.
 	opTimeout = 2 * time.Minute
+	// maxKeywords bounds the distinct keywords of a mailbox that STORE
+	// and APPEND make (past it NO [LIMIT], and PERMANENTFLAGS loses \*);
+	// listedKeywords bounds those FLAGS lists.
+	maxKeywords    = 256
+	listedKeywords = 1000
 )
 
 // Config is what the server needs.

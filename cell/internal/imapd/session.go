@@ -193,7 +193,13 @@ func (se *session) Create(name string, _ *imap.CreateOptions) error {
 	if err := checkName(name); err != nil {
 		return err
 	}
-	_, err := se.srv.cfg.Store.CreateMailbox(ctx, se.acct.ID, name)
+	mb, err := se.srv.cfg.Store.CreateMailbox(ctx, se.acct.ID, name)
+	if err == nil {
+		// CREATE does not subscribe (RFC 3501 §6.3.3, §6.3.6): the
+		// client subscribes if it wants to. (Mailboxes the API makes
+		// start subscribed.)
+		err = se.srv.cfg.Store.SetSubscribed(ctx, se.acct.ID, mb.ID, false)
+	}
 	se.notify(ctx, err)
 	return se.toIMAPError("create", err)
 }
@@ -275,8 +281,9 @@ func useAttr(u mail.SpecialUse) imap.MailboxAttr {
 func (se *session) List(w *imapserver.ListWriter, ref string, patterns []string, options *imap.ListOptions) error {
 	ctx, cancel := se.op()
 	defer cancel()
-	if len(patterns) == 1 && patterns[0] == "" {
-		// The hierarchy delimiter query (RFC 9051 §6.3.9).
+	if len(patterns) == 0 || len(patterns) == 1 && patterns[0] == "" {
+		// The hierarchy delimiter query, LIST "" "" (RFC 3501 §6.3.8,
+		// RFC 9051 §6.3.9): the library passes an empty pattern as none.
 		return w.WriteList(&imap.ListData{Attrs: []imap.MailboxAttr{imap.MailboxAttrNoSelect}, Delim: delim})
 	}
 	boxes, _, err := se.srv.cfg.Store.ListMailboxes(ctx, se.acct.ID)
@@ -308,19 +315,50 @@ func (se *session) List(w *imapserver.ListWriter, ref string, patterns []string,
 		}
 	}
 	sortNames(all)
-	for _, name := range all {
-		match := false
+	matches := func(name string) bool {
 		for _, p := range patterns {
 			if imapserver.MatchList(name, delim, ref, p) {
-				match = true
-				break
+				return true
 			}
 		}
-		if !match {
+		return false
+	}
+	// subscribedBelow: a subscribed mailbox under name that the patterns
+	// do not match themselves, for LSUB's \Noselect levels (RFC 3501
+	// §6.3.9) and RECURSIVEMATCH's CHILDINFO (RFC 5258 §3.5).
+	subscribedBelow := func(name string) bool {
+		prefix := name + string(delim)
+		for n, mb := range names {
+			if mb.Subscribed && strings.HasPrefix(n, prefix) && !matches(n) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, name := range all {
+		if !matches(name) {
 			continue
 		}
 		mb, exists := names[name]
 		if options.SelectSubscribed && (!exists || !mb.Subscribed) {
+			switch {
+			case w.LSub() && subscribedBelow(name):
+				if err := w.WriteList(&imap.ListData{Mailbox: name, Delim: delim,
+					Attrs: []imap.MailboxAttr{imap.MailboxAttrNoSelect}}); err != nil {
+					return err
+				}
+			case options.SelectRecursiveMatch && subscribedBelow(name):
+				data := &imap.ListData{Mailbox: name, Delim: delim, ChildInfo: &imap.ListDataChildInfo{Subscribed: true}}
+				if !exists {
+					data.Attrs = append(data.Attrs, imap.MailboxAttrNonExistent, imap.MailboxAttrNoSelect)
+				}
+				if options.ReturnChildren && parents[name] {
+					data.Attrs = append(data.Attrs, imap.MailboxAttrHasChildren)
+				}
+				if err := w.WriteList(data); err != nil {
+					return err
+				}
+			}
 			continue
 		}
 		if options.SelectSpecialUse && (!exists || mb.SpecialUse == mail.UseNone || mb.SpecialUse == mail.UseInbox) {
@@ -393,7 +431,16 @@ func (se *session) status(ctx context.Context, mb mail.Mailbox, options *imap.St
 		st.NumMessages = u32(mb.Total)
 	}
 	if options.NumRecent {
-		st.NumRecent = u32(0)
+		// Those no session has been told of, and those this one holds
+		// as \Recent (RFC 3501 §2.3.2, §6.3.10).
+		n, err := se.srv.cfg.Store.RecentCount(ctx, se.acct.ID, mb.ID)
+		if err != nil {
+			return nil, err
+		}
+		if s := se.sel; s != nil && s.box.ID == mb.ID && !s.readOnly {
+			n += len(s.recent)
+		}
+		st.NumRecent = u32(n)
 	}
 	if options.UIDNext {
 		st.UIDNext = imap.UID(mb.UIDNext)

@@ -18,6 +18,9 @@ const (
 	// maxNonSync is LITERAL-'s bound on a non-synchronizing literal
 	// (RFC 7888 §5).
 	maxNonSync = 4096
+	// maxID bounds an ID command's line: RFC 2971 §3.3 lets a client send
+	// 30 fields of up to 30 octets with values of up to 1024.
+	maxID = 40 << 10
 )
 
 // command is one pre-login command: a tag, an upper-cased name and its
@@ -57,6 +60,11 @@ func isAtomChar(c byte) bool {
 // rest of such a line cannot be told from the next command).
 func (p *parser) readLine() (string, error) {
 	line, err := p.br.ReadSlice('\n')
+	if errors.Is(err, bufio.ErrBufferFull) {
+		if tag, ok := idPrefix(line); ok {
+			return p.skipID(tag, len(line))
+		}
+	}
 	if errors.Is(err, bufio.ErrBufferFull) || len(line) > maxLine {
 		return "", errFatal
 	}
@@ -71,6 +79,44 @@ func (p *parser) readLine() (string, error) {
 		return "", &badError{text: "NUL or bare CR in command"}
 	}
 	return s, nil
+}
+
+// idPrefix says whether line starts with "<tag> ID (", and gives the tag.
+func idPrefix(line []byte) (string, bool) {
+	sp := strings.IndexByte(string(line), ' ')
+	if sp <= 0 || len(line) < sp+5 || !strings.EqualFold(string(line[sp+1:sp+4]), "ID ") || line[sp+4] != '(' {
+		return "", false
+	}
+	for _, c := range line[:sp] {
+		if !isAtomChar(c) || c == '+' {
+			return "", false
+		}
+	}
+	return string(line[:sp]), true
+}
+
+// skipID reads the rest of an ID line longer than the buffer, up to maxID,
+// without keeping it: the router answers ID with its own identification
+// whatever the client's says (RFC 2971 §3.1). A line that ends in a
+// literal cannot be told from the next command, and ends the session.
+func (p *parser) skipID(tag string, n int) (string, error) {
+	for {
+		line, err := p.br.ReadSlice('\n')
+		n += len(line)
+		if n > maxID {
+			return "", errFatal
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		if _, _, ok := trailingLiteral(strings.TrimRight(string(line), "\r\n")); ok {
+			return "", errFatal
+		}
+		return tag + " ID NIL", nil
+	}
 }
 
 // next reads one command.

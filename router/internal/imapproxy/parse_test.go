@@ -3,6 +3,7 @@ package imapproxy
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"strings"
@@ -75,6 +76,22 @@ func TestParser(t *testing.T) {
 	if _, _, _, fatal := parseAll("a NOOP " + strings.Repeat("x", maxLine) + "\r\n"); !fatal {
 		t.Error("an overlong line did not end the session")
 	}
+	// An ID as long as RFC 2971 §3.3 allows (30 fields, values of 1024
+	// octets) is read, not kept; longer ends the session.
+	var id strings.Builder
+	for i := range 30 {
+		fmt.Fprintf(&id, " \"field%02d\" \"%s\"", i, strings.Repeat("v", 1024))
+	}
+	if cmds, bads, _, fatal := parseAll("a ID (" + id.String()[1:] + ")\r\nb NOOP\r\n"); fatal || bads != 0 || len(cmds) != 2 ||
+		cmds[0].name != "ID" || cmds[1].tag != "b" {
+		t.Errorf("long ID: %d cmds, %d bads, fatal %v", len(cmds), bads, fatal)
+	}
+	if _, _, _, fatal := parseAll("a ID (" + strings.Repeat(id.String(), 2) + ")\r\n"); !fatal {
+		t.Error("an ID over maxID did not end the session")
+	}
+	if _, _, _, fatal := parseAll("a ID (" + id.String()[1:] + " {5+}\r\nb NOOP\r\n"); !fatal {
+		t.Error("a long ID ending in a literal did not end the session")
+	}
 	if _, bads, _, _ := parseAll("a NOOP\x00\r\n\r\n+tag NOOP\r\n"); bads != 3 {
 		t.Errorf("NUL, empty line and bad tag: %d bads, want 3", bads)
 	}
@@ -96,6 +113,14 @@ func FuzzPreLogin(f *testing.F) {
 		"a LOGIN \"bad\\escape\" x\r\n",
 		"* OK\r\n",
 		"a LOGIN x {99999999999}\r\n",
+		// issue 13: each is refused on its line, the next command read.
+		"a SELECT \"INBOX\r\n",
+		"a LOGIN \"alice\\\r\n",
+		"a LOGIN {5000}\r\n",
+		"a LOGIN x {5000+}\r\n" + strings.Repeat("x", 5000) + "\r\n",
+		"a LOGIN &Jjo x\r\n",
+		"a FETCH 4294967296 FLAGS\r\n",
+		"a ID " + strings.Repeat("(", 200) + "\r\n",
 	} {
 		f.Add(s)
 	}
@@ -130,6 +155,15 @@ func FuzzPreLogin(f *testing.F) {
 		}
 		if refusedNeedsCont {
 			t.Fatal("a command over maxCommand was accepted")
+		}
+		// Input with no literal is framed by lines: whatever a line
+		// holds, it is answered on that line, and the command after it
+		// is read (unless the session ended, BYE).
+		if !strings.Contains(in, "{") {
+			cmds, _, _, fatal := parseAll(in + "\r\nzz NOOP\r\n")
+			if !fatal && (len(cmds) == 0 || cmds[len(cmds)-1].tag != "zz") {
+				t.Fatalf("the command after the input was not read: %d commands", len(cmds))
+			}
 		}
 	})
 }

@@ -70,6 +70,12 @@ func (c *Conn) handleAppend(tag string, dec *imapwire.Decoder) error {
 	}
 
 	if lit.Size() > appendLimit {
+		// (cellmail patch) a non-synchronizing literal comes anyway:
+		// skip it, or its data would be read as commands (RFC 7888 §4).
+		c.setReadTimeout(literalReadTimeout)
+		if err := dec.DiscardLiteral(lit, nonSync); err != nil {
+			return err
+		}
 		return &imap.Error{
 			Type: imap.StatusResponseTypeNo,
 			Code: imap.ResponseCodeTooBig,
@@ -77,6 +83,11 @@ func (c *Conn) handleAppend(tag string, dec *imapwire.Decoder) error {
 		}
 	}
 	if err := c.acceptLiteral(lit.Size(), nonSync); err != nil {
+		// (cellmail patch) a refused non-synchronizing literal is
+		// skipped, not read as commands
+		if derr := dec.DiscardLiteral(lit, nonSync); derr != nil {
+			return derr
+		}
 		return err
 	}
 
@@ -91,7 +102,9 @@ func (c *Conn) handleAppend(tag string, dec *imapwire.Decoder) error {
 
 	data, appendErr := c.session.Append(mailbox, lit, &options)
 	if _, discardErr := io.Copy(io.Discard, lit); discardErr != nil {
-		return err
+		// (cellmail patch) the literal's data did not all come: the
+		// connection failed, the session ends (not "OK", not read on).
+		return fmt.Errorf("reading APPEND literal: %w", discardErr)
 	}
 	if dataExt != "" && !dec.ExpectSpecial(')') {
 		return dec.Err()

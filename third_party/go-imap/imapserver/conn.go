@@ -188,7 +188,9 @@ func (c *Conn) serve() {
 
 		c.setReadTimeout(cmdReadTimeout)
 		if err := c.readCommand(dec); err != nil {
-			if !errors.Is(err, net.ErrClosed) {
+			// (cellmail patch) a client gone or silent mid-command is
+			// no server failure
+			if !isConnErr(err) {
 				c.server.logger().Printf("failed to read command: %v", err)
 			}
 			break
@@ -199,7 +201,7 @@ func (c *Conn) serve() {
 func (c *Conn) readCommand(dec *imapwire.Decoder) error {
 	var tag, name string
 	if !dec.ExpectAtom(&tag) || !dec.ExpectSP() || !dec.ExpectAtom(&name) {
-		return fmt.Errorf("in command: %w", dec.Err())
+		return c.badCommandLine(dec, tag)
 	}
 	name = strings.ToUpper(name)
 
@@ -208,7 +210,7 @@ func (c *Conn) readCommand(dec *imapwire.Decoder) error {
 		numKind = NumKindUID
 		var subName string
 		if !dec.ExpectSP() || !dec.ExpectAtom(&subName) {
-			return fmt.Errorf("in command: %w", dec.Err())
+			return c.badCommandLine(dec, tag)
 		}
 		name = "UID " + strings.ToUpper(subName)
 	}
@@ -311,6 +313,29 @@ func (c *Conn) readCommand(dec *imapwire.Decoder) error {
 		imapErr *imap.Error
 		decErr  *imapwire.DecoderExpectError
 	)
+	// (cellmail patch) what the decoder failed on tells the answer: the
+	// connection failing (a client gone or silent mid-command) ends the
+	// session instead of a SERVERBUG that would read on; a literal that
+	// cannot be skipped ends it with a BYE; any other decoding failure is
+	// the client's (BAD).
+	if derr := dec.Err(); derr == nil && !errors.As(err, &imapErr) && isConnErr(err) {
+		// a literal read by the handler failed the same way
+		return fmt.Errorf("reading %v command: %w", name, err)
+	} else if derr != nil && !errors.As(derr, &decErr) && !errors.As(derr, &imapErr) {
+		var netErr net.Error
+		if errors.As(derr, &netErr) && netErr.Timeout() {
+			c.state = imap.ConnStateLogout
+			_ = c.writeStatusResp("", &imap.StatusResponse{Type: imap.StatusResponseTypeBye,
+				Text: "Command not completed in time, closing"})
+		}
+		return fmt.Errorf("reading %v command: %w", name, derr)
+	}
+	if derr := dec.Err(); derr == imapwire.ErrUnsynchronisable {
+		c.state = imap.ConnStateLogout
+		_ = c.writeStatusResp(tag, &imap.StatusResponse{Type: imap.StatusResponseTypeBad, Code: imap.ResponseCodeTooBig,
+			Text: "Literal too large"})
+		return c.writeStatusResp("", (*imap.StatusResponse)(imapwire.ErrUnsynchronisable))
+	}
 	if errors.As(err, &imapErr) {
 		resp = (*imap.StatusResponse)(imapErr)
 	} else if errors.As(err, &decErr) {
@@ -319,6 +344,12 @@ func (c *Conn) readCommand(dec *imapwire.Decoder) error {
 			Code: imap.ResponseCodeClientBug,
 			Text: "Syntax error: " + decErr.Message,
 		}
+	} else if err != nil && errors.As(dec.Err(), &imapErr) {
+		// (cellmail patch) a handler's wrapping of the decoder's error
+		resp = (*imap.StatusResponse)(imapErr)
+	} else if err != nil && errors.As(dec.Err(), &decErr) {
+		resp = &imap.StatusResponse{Type: imap.StatusResponseTypeBad, Code: imap.ResponseCodeClientBug,
+			Text: "Syntax error: " + decErr.Message}
 	} else if err != nil {
 		c.server.logger().Printf("handling %v command: %v", name, err)
 		resp = internalServerErrorResp
@@ -335,6 +366,35 @@ func (c *Conn) readCommand(dec *imapwire.Decoder) error {
 		}
 	}
 	return c.writeStatusResp(tag, resp)
+}
+
+// isConnErr: err is the connection failing (the client gone or silent),
+// not a server error. (cellmail patch)
+func isConnErr(err error) bool {
+	var netErr net.Error
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) ||
+		errors.As(err, &netErr) && netErr.Timeout()
+}
+
+// badCommandLine answers a line with no tag or command name (RFC 9051
+// §7.1.5: BAD, untagged when there is no tag) and skips it; an I/O error
+// ends the session. (cellmail patch)
+func (c *Conn) badCommandLine(dec *imapwire.Decoder, tag string) error {
+	var decErr *imapwire.DecoderExpectError
+	var imapErr *imap.Error
+	if err := dec.Err(); !errors.As(err, &decErr) && !errors.As(err, &imapErr) {
+		return fmt.Errorf("in command: %w", err)
+	}
+	dec.DiscardLine()
+	if err := dec.Err(); !errors.As(err, &decErr) && !errors.As(err, &imapErr) {
+		return fmt.Errorf("in command: %w", err)
+	}
+	if dec.Err() == imapwire.ErrUnsynchronisable {
+		c.state = imap.ConnStateLogout
+		return c.writeStatusResp("", (*imap.StatusResponse)(imapwire.ErrUnsynchronisable))
+	}
+	return c.writeStatusResp(tag, &imap.StatusResponse{Type: imap.StatusResponseTypeBad, Code: imap.ResponseCodeClientBug,
+		Text: "Expected a tag and a command name"})
 }
 
 func (c *Conn) handleNoop(dec *imapwire.Decoder) error {
@@ -370,8 +430,11 @@ func (c *Conn) handleDelete(dec *imapwire.Decoder) error {
 
 func (c *Conn) handleRename(dec *imapwire.Decoder) error {
 	var oldName, newName string
-	if !dec.ExpectSP() || !dec.ExpectMailbox(&oldName) || !dec.ExpectSP() || !dec.ExpectMailbox(&newName) || !dec.ExpectCRLF() {
+	if !dec.ExpectSP() || !dec.ExpectMailbox(&oldName) || !dec.ExpectSP() {
 		return dec.Err()
+	}
+	if !dec.ExpectMailbox(&newName) || !dec.ExpectCRLF() {
+		return badNewName(dec.Err())
 	}
 	if err := c.checkState(imap.ConnStateAuthenticated); err != nil {
 		return err

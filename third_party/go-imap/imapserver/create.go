@@ -8,13 +8,23 @@ import (
 	"github.com/emersion/go-imap/v2/internal/imapwire"
 )
 
+// badNewName makes a new mailbox name that is not valid modified UTF-7
+// BAD: a server should refuse to make one (RFC 3501 §5.1.3). (cellmail
+// patch)
+func badNewName(err error) error {
+	if err == imapwire.ErrMailboxNotUTF7 {
+		return newClientBugError("The mailbox name is not valid modified UTF-7")
+	}
+	return err
+}
+
 func (c *Conn) handleCreate(dec *imapwire.Decoder) error {
 	var (
 		name    string
 		options imap.CreateOptions
 	)
 	if !dec.ExpectSP() || !dec.ExpectMailbox(&name) {
-		return dec.Err()
+		return badNewName(dec.Err())
 	}
 	if dec.SP() {
 		var name string

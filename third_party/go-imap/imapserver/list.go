@@ -206,7 +206,15 @@ func readListMailbox(dec *imapwire.Decoder) (string, error) {
 			return "", dec.Err()
 		}
 	}
-	return utf7.Decode(mailbox)
+	name, err := utf7.Decode(mailbox)
+	if err != nil {
+		// (cellmail patch) a pattern that is not modified UTF-7 matches
+		// no mailbox (none is made so, RFC 3501 §5.1.3): it is passed on
+		// behind a NUL, which no mailbox name has, instead of failing
+		// the command as an internal error.
+		return "\x00" + mailbox, nil
+	}
+	return name, nil
 }
 
 func isListChar(ch byte) bool {
@@ -253,6 +261,10 @@ type ListWriter struct {
 	options *imap.ListOptions
 	lsub    bool
 }
+
+// LSub says the responses are LSUB's (RFC 3501 §6.3.9), whose \Noselect
+// marks a level listed for its subscribed children. (cellmail patch)
+func (w *ListWriter) LSub() bool { return w.lsub }
 
 // WriteList writes a single LIST response for a mailbox.
 func (w *ListWriter) WriteList(data *imap.ListData) error {

@@ -74,7 +74,9 @@ func (c *Conn) handleSelect(tag string, dec *imapwire.Decoder, readOnly bool) er
 	if err := c.writePermanentFlags(data.PermanentFlags); err != nil {
 		return err
 	}
-	if data.List != nil {
+	// (cellmail patch) the LIST response of SELECT is IMAP4rev2's (RFC 9051
+	// §6.3.2); an IMAP4rev1 client does not expect it (RFC 3501 §6.3.1).
+	if data.List != nil && c.enabled.Has(imap.CapIMAP4rev2) {
 		if err := c.writeList(data.List); err != nil {
 			return err
 		}

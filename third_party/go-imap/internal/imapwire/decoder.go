@@ -14,7 +14,31 @@ import (
 )
 
 // This limits the max list nesting depth to prevent stack overflow.
-const maxListDepth = 1000
+// (cellmail patch) 100 levels: no IMAP command nests deeper.
+const maxListDepth = 100
+
+// MaxDiscard bounds the literal data a server reads and drops after it has
+// refused a command whose non-synchronizing literal the client sends
+// without waiting (RFC 7888 §4, §5); past it the connection cannot be
+// resynchronised. (cellmail patch)
+const MaxDiscard = 64 << 20
+
+// ErrMailboxNotUTF7 answers a mailbox name that is not valid modified
+// UTF-7 (RFC 3501 §5.1.3). (cellmail patch)
+var ErrMailboxNotUTF7 = &imap.Error{
+	Type: imap.StatusResponseTypeNo,
+	Code: imap.ResponseCodeNonExistent,
+	Text: "No such mailbox: the name is not valid modified UTF-7",
+}
+
+// ErrUnsynchronisable is set when a refused command's non-synchronizing
+// literal is over MaxDiscard: the server must end the connection, since the
+// literal's data would otherwise be read as commands. (cellmail patch)
+var ErrUnsynchronisable = &imap.Error{
+	Type: imap.StatusResponseTypeBye,
+	Code: imap.ResponseCodeTooBig,
+	Text: "Literal too large to skip, closing",
+}
 
 // IsAtomChar returns true if ch is an ATOM-CHAR.
 func IsAtomChar(ch byte) bool {
@@ -93,8 +117,17 @@ func (dec *Decoder) returnErr(err error) bool {
 }
 
 func (dec *Decoder) readByte() (byte, bool) {
+	if dec.err != nil && dec.side == ConnSideServer {
+		// (cellmail patch) the command has failed: read nothing more of
+		// it (the client may be waiting for a "+" that will not come);
+		// DiscardLine skips what is left.
+		return 0, false
+	}
 	if dec.MaxSize > 0 && dec.readBytes > dec.MaxSize {
-		return 0, dec.returnErr(fmt.Errorf("imapwire: max size exceeded"))
+		// (cellmail patch) a client's mistake: BAD [TOOBIG], not an
+		// internal error (RFC 9051 §7.1).
+		return 0, dec.returnErr(&imap.Error{Type: imap.StatusResponseTypeBad, Code: imap.ResponseCodeTooBig,
+			Text: "Command line too long"})
 	}
 	dec.crlf = false
 	if dec.literal {
@@ -263,13 +296,67 @@ func (dec *Decoder) DiscardUntilByte(untilCh byte) {
 	}
 }
 
+// DiscardLine skips the rest of a refused command: up to the end of its
+// line, past MaxSize, and past every non-synchronizing literal the line
+// ends with, which the client sends without waiting (RFC 7888): their
+// data is never read as commands. A synchronizing literal ends the
+// command, since the client waits for a "+" that is not sent (RFC 9051
+// §7.5). (cellmail patch)
 func (dec *Decoder) DiscardLine() {
-	if dec.crlf {
+	if dec.crlf || dec.literal {
 		return
 	}
-	var text string
-	dec.Text(&text)
-	dec.CRLF()
+	var tail []byte // the last bytes of the line, for a literal header
+	for {
+		b, err := dec.r.ReadByte()
+		if err != nil {
+			dec.returnErr(err)
+			return
+		}
+		if b != '\n' {
+			if len(tail) == 24 {
+				tail = append(tail[:0], tail[12:]...)
+			}
+			tail = append(tail, b)
+			continue
+		}
+		n, ok := nonSyncTail(tail)
+		if !ok {
+			dec.crlf = true
+			return
+		}
+		if n > MaxDiscard {
+			dec.err = ErrUnsynchronisable
+			return
+		}
+		if _, err := io.CopyN(io.Discard, dec.r, n); err != nil {
+			dec.returnErr(err)
+			return
+		}
+		tail = tail[:0]
+	}
+}
+
+// nonSyncTail parses a line ending in "{n+}" or "{n-}" (with or without
+// CR); a count too large for int64 is over MaxDiscard.
+func nonSyncTail(line []byte) (int64, bool) {
+	s := strings.TrimSuffix(string(line), "\r")
+	if !strings.HasSuffix(s, "+}") && !strings.HasSuffix(s, "-}") {
+		return 0, false
+	}
+	open := strings.LastIndexByte(s, '{')
+	if open < 0 {
+		return 0, false
+	}
+	num := s[open+1 : len(s)-2]
+	if num == "" || strings.Trim(num, "0123456789") != "" {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil {
+		return MaxDiscard + 1, true
+	}
+	return n, true
 }
 
 func (dec *Decoder) DiscardValue() bool {
@@ -392,11 +479,22 @@ func (dec *Decoder) Quoted(ptr *string) bool {
 		if ch == '"' {
 			break
 		}
+		if ch == '\r' || ch == '\n' {
+			// (cellmail patch) a quoted string ends on its line
+			// (RFC 9051 §9 QUOTED-CHAR): BAD now, and the line's end
+			// is left for DiscardLine, not read as the string's.
+			dec.mustUnreadByte()
+			return dec.returnErr(&DecoderExpectError{Message: "unterminated quoted string"})
+		}
 
 		if ch == '\\' {
 			ch, ok = dec.readByte()
 			if !ok {
 				return false
+			}
+			if ch == '\r' || ch == '\n' {
+				dec.mustUnreadByte()
+				return dec.returnErr(&DecoderExpectError{Message: "unterminated quoted string"})
 			}
 		}
 
@@ -471,7 +569,9 @@ func (dec *Decoder) List(f func() error) (isList bool, err error) {
 	}()
 
 	if dec.listDepth >= maxListDepth {
-		return false, fmt.Errorf("imapwire: exceeded max depth")
+		// (cellmail patch) a client's mistake: BAD
+		dec.returnErr(&DecoderExpectError{Message: "lists nested too deep"})
+		return false, dec.Err()
 	}
 
 	for {
@@ -518,10 +618,14 @@ func (dec *Decoder) ExpectMailbox(ptr *string) bool {
 		return true
 	}
 	name, err := utf7.Decode(name)
-	if err == nil {
-		*ptr = name
+	if err != nil {
+		// (cellmail patch) a name that is not modified UTF-7 names no
+		// mailbox (none is made so, RFC 3501 §5.1.3): NO, not an
+		// internal error. CREATE and RENAME make it BAD.
+		return dec.returnErr(ErrMailboxNotUTF7)
 	}
-	return dec.returnErr(err)
+	*ptr = name
+	return true
 }
 
 func (dec *Decoder) ExpectUID(ptr *imap.UID) bool {
@@ -545,7 +649,9 @@ func (dec *Decoder) ExpectNumSet(kind NumKind, ptr *imap.NumSet) bool {
 	}
 	numSet, err := imapnum.ParseSet(s)
 	if err != nil {
-		return dec.returnErr(err)
+		// (cellmail patch) BAD: a number over 2^32-1 or a malformed set
+		// (RFC 9051 §9 sequence-set).
+		return dec.returnErr(&DecoderExpectError{Message: "invalid sequence-set: " + err.Error()})
 	}
 
 	switch kind {
@@ -577,8 +683,14 @@ func (dec *Decoder) Literal(ptr *string) bool {
 	}
 	if dec.CheckBufferedLiteralFunc != nil {
 		if err := dec.CheckBufferedLiteralFunc(lit.Size(), nonSync); err != nil {
-			lit.cancel()
-			return false
+			// (cellmail patch) the refusal is the command's answer; a
+			// non-synchronizing literal's data, sent anyway, is
+			// skipped (RFC 7888 §4, §5), a synchronizing one's never
+			// comes ("+" is not sent, RFC 9051 §7.5).
+			if dec.DiscardLiteral(lit, nonSync) != nil {
+				return false
+			}
+			return dec.returnErr(err)
 		}
 	}
 	var sb strings.Builder
@@ -587,6 +699,27 @@ func (dec *Decoder) Literal(ptr *string) bool {
 		*ptr = sb.String()
 	}
 	return dec.returnErr(err)
+}
+
+// DiscardLiteral drops a refused literal: a non-synchronizing one's data
+// is read (up to MaxDiscard; past it ErrUnsynchronisable), a
+// synchronizing one's is not sent. The line goes on after it. A failure
+// is also the decoder's error. (cellmail patch)
+func (dec *Decoder) DiscardLiteral(lit *LiteralReader, nonSync bool) error {
+	defer lit.cancel()
+	if !nonSync {
+		return nil
+	}
+	if lit.Size() > MaxDiscard {
+		dec.err = ErrUnsynchronisable
+		return dec.err
+	}
+	if _, err := io.Copy(io.Discard, lit); err != nil {
+		dec.returnErr(err)
+		return err
+	}
+	dec.crlf = false
+	return nil
 }
 
 func (dec *Decoder) LiteralReader() (lit *LiteralReader, nonSync, ok bool) {

@@ -35,5 +35,10 @@ func NumSetKind(numSet imap.NumSet) NumKind {
 
 func ParseSeqSet(s string) (imap.SeqSet, error) {
 	numSet, err := imapnum.ParseSet(s)
-	return seqSetFromNumSet(numSet), err
+	if err != nil {
+		// (cellmail patch) a client's mistake (an unknown SEARCH key
+		// is read as a sequence set): BAD
+		return nil, &DecoderExpectError{Message: "invalid sequence-set or search key: " + err.Error()}
+	}
+	return seqSetFromNumSet(numSet), nil
 }
