@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cellmail/cellmail/cell/internal/auth"
+	"github.com/cellmail/cellmail/cell/internal/cache"
 	"github.com/cellmail/cellmail/cell/internal/delivery"
 	"github.com/cellmail/cellmail/cell/internal/imapd"
 	"github.com/cellmail/cellmail/cell/internal/mailstore/mailstoretest"
@@ -32,6 +34,19 @@ func (fence) Check(_ context.Context, address string, _ uint64) (placement.Route
 	a, err := placement.ParseAddress(address)
 	return placement.Route{Address: a}, err
 }
+
+// noLimits lets every login through: the login limits have tests of their
+// own (auth, router), and a fuzzed session must not be slowed by them.
+type noLimits struct{}
+
+func (noLimits) Take(context.Context, time.Time, []cache.Bucket) (time.Duration, error) {
+	return 0, nil
+}
+func (noLimits) Give(context.Context, time.Time, []cache.Bucket) error { return nil }
+func (noLimits) Levels(_ context.Context, _ time.Time, b []cache.Bucket) ([]float64, error) {
+	return make([]float64, len(b)), nil
+}
+func (noLimits) Forget(context.Context, ...string) error { return nil }
 
 // password accepts "p".
 type password struct{}
@@ -125,7 +140,8 @@ func FuzzSession(f *testing.F) {
 	store, blobs, acct := mailstoretest.New(f, pg, "fuzz@demo.example")
 	logs := &errorLog{}
 	srv := imapd.New(imapd.Config{Store: store, Blobs: blobs, Append: delivery.New(blobs, store, message.DefaultLimits()),
-		Hasher: password{}, Fence: fence{}, Hub: imapd.NewHub(), Logger: slog.New(logs)})
+		Hasher: password{}, Fence: fence{}, Hub: imapd.NewHub(), Logger: slog.New(logs),
+		Logins: auth.NewLoginLimits(noLimits{}, nil, nil)})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		f.Fatal(err)
