@@ -91,6 +91,9 @@ func (c *Conn) handleFetch(dec *imapwire.Decoder, numKind NumKind) error {
 	if err := c.checkFetchModifiers(&options, changedSince, numKind); err != nil {
 		return err
 	}
+	if err := c.announceHighestModSeq(); err != nil { // (cellmail patch)
+		return err
+	}
 
 	if numKind == NumKindUID {
 		options.UID = true
