@@ -10,15 +10,25 @@ package imapserver
 // dropped groups and gave nothing for a source-routed address.
 
 import (
+	"fmt"
+	"io"
 	"mime"
 	"strings"
 
-	"github.com/emersion/go-message/charset"
+	gomessage "github.com/emersion/go-message"
 
 	"github.com/emersion/go-imap/v2"
 )
 
-var addressWordDecoder = mime.WordDecoder{CharsetReader: charset.Reader}
+// addressWordDecoder decodes encoded words in names with go-message's
+// charsets (those of github.com/emersion/go-message/charset, when the
+// program imports it), as go-message's own address parser did.
+var addressWordDecoder = mime.WordDecoder{CharsetReader: func(cs string, r io.Reader) (io.Reader, error) {
+	if gomessage.CharsetReader == nil {
+		return nil, fmt.Errorf("unhandled charset %q", cs)
+	}
+	return gomessage.CharsetReader(cs, r)
+}}
 
 // ParseAddressList parses the value of an address header field (From, To,
 // Cc...) as ENVELOPE gives it: group start and end markers included, and
