@@ -245,12 +245,12 @@ func containsStarUID(set imap.UIDSet) bool {
 	return false
 }
 
-// sentDay is the day of the message's Date field in its own time zone
-// (SENTBEFORE, SENTON, SENTSINCE compare it "disregarding time and
-// timezone", RFC 3501 §6.4.4): 23:00 +0200 on the 24th is the 24th, though
-// the 24th at 21:00 UTC too, and 00:30 +0200 on the 25th is the 25th, not
-// the 24th of UTC. Without a readable Date field, the stored sent time (in
-// UTC) is used.
+// sentDay is the day of the message's Date field as written, in its own
+// time zone (SENTBEFORE, SENTON, SENTSINCE compare it "disregarding time
+// and timezone", RFC 3501 §6.4.4): 00:30 +0200 on the 25th is the 25th,
+// though UTC says the 24th, and 23:00 -0500 on the 25th is the 25th, though
+// UTC says the 26th. Without a readable Date field, the stored sent time
+// (in UTC) is used.
 func (c *searchable) sentDay() time.Time {
 	h := c.header()
 	if v := h.Get("Date"); v != "" {
