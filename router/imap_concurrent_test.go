@@ -168,3 +168,74 @@ func TestIMAPConcurrentExpungeMoveStore(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// A COPY racing an EXPUNGE of its messages copies each message that still
+// exists and nothing else: the destination's counters (STATUS MESSAGES)
+// match the messages it holds. Before, COPY read its sources unlocked, so
+// a source expunged meanwhile still moved the destination's counters and
+// journal (a message announced that never existed).
+func TestIMAPConcurrentCopyExpunge(t *testing.T) {
+	s := newStack(t)
+	url := s.startRouter(nil)
+	u := s.user(t, url, "copier@eu.example")
+	var cs [2]*imapclient.Client
+	for i := range cs {
+		cs[i] = imapLogin(t, s.imaps, u.addr, nil)
+		if _, err := cs[i].Select("INBOX", nil).Wait(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const perRound = 4
+	for round := range 25 {
+		appendN(t, cs[0], "INBOX", perRound)
+		for _, c := range cs {
+			if err := c.Noop().Wait(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := cs[1].Store(imap.SeqSetNum(1, 2, 3, 4), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true,
+			Flags: []imap.Flag{imap.FlagDeleted}}, nil).Collect(); err != nil {
+			t.Fatal(err)
+		}
+		errs := both(func(i int) error {
+			if i == 0 {
+				_, err := cs[0].Copy(imap.SeqSetNum(1, 2, 3, 4), "Archive").Wait()
+				if err != nil && strings.Contains(err.Error(), "SERVERBUG") {
+					return err
+				}
+				return nil // NO for messages expunged meanwhile is fine
+			}
+			_, err := cs[1].Expunge().Collect()
+			return err
+		})
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: session %d: %v", round, i, err)
+			}
+		}
+		for _, c := range cs {
+			if err := c.Noop().Wait(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	st, err := cs[0].Status("Archive", &imap.StatusOptions{NumMessages: true}).Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sel, err := cs[0].Select("Archive", nil).Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *st.NumMessages != sel.NumMessages {
+		t.Errorf("Archive: STATUS says %d messages, SELECT finds %d", *st.NumMessages, sel.NumMessages)
+	}
+	msgs, err := cs[0].Fetch(imap.SeqSet{imap.SeqRange{Start: 1, Stop: 0}}, &imap.FetchOptions{UID: true}).Collect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) != int(sel.NumMessages) {
+		t.Errorf("Archive: SELECT says %d messages, FETCH 1:* gives %d", sel.NumMessages, len(msgs))
+	}
+	t.Logf("Archive holds %d copies after 25 races", len(msgs))
+}

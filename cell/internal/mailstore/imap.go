@@ -229,8 +229,11 @@ func (s *Store) CopyMessages(ctx context.Context, accountID string, ids []string
 		if _, err := s.lockMailbox(ctx, tx, accountID, toMailbox); err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, `SELECT `+messageCols+` FROM messages WHERE account_id = $1 AND id = ANY($2::uuid[])`,
-			accountID, validIDs(ids))
+		// FOR SHARE, in lockMessages' order: a source another session
+		// expunges meanwhile is either copied whole or found missing,
+		// never counted in the destination without its row.
+		rows, err := tx.Query(ctx, `SELECT `+messageCols+` FROM messages WHERE account_id = $1 AND id = ANY($2::uuid[])
+			ORDER BY id FOR SHARE`, accountID, validIDs(ids))
 		if err != nil {
 			return err
 		}
