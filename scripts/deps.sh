@@ -24,9 +24,11 @@ ls /usr/lib/dovecot/libdovecot.so* >/dev/null 2>&1 || need+=(dovecot-core)
 command -v mbsync >/dev/null || need+=(isync)
 test -x /usr/sbin/clamd || need+=(clamav-daemon)
 command -v kcat >/dev/null || need+=(kcat)
-# make bench compares the IMAP server with Dovecot's on this machine.
+# make bench compares the IMAP server with Dovecot's on this machine: its
+# imap process (dovecot-core alone, installed above for imaptest, has
+# /usr/sbin/dovecot but not the IMAP service).
 if [ "${1:-}" = bench ]; then
-  test -x /usr/sbin/dovecot || need+=(dovecot-imapd)
+  test -x /usr/lib/dovecot/imap || need+=(dovecot-imapd)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

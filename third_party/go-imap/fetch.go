@@ -104,6 +104,9 @@ type Address struct {
 	Name    string
 	Mailbox string
 	Host    string
+	// Route is the obsolete source route ("@a,@b", RFC 5322 §4.4), the
+	// "adl" of an ENVELOPE address (RFC 3501 §7.4.2). (cellmail patch)
+	Route string
 }
 
 // Addr returns the e-mail address in the form "foo@example.org".

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
 	"github.com/emersion/go-message/textproto"
 
@@ -68,5 +69,47 @@ func TestEnvelopeHeaderSameEnvelope(t *testing.T) {
 	big := "Subject: " + strings.Repeat("x", 20<<10) + "\r\n\r\nx\r\n"
 	if message.EnvelopeHeader([]byte(big)) != nil {
 		t.Error("a 20 KiB Subject was kept")
+	}
+}
+
+// ENVELOPE's address lists keep groups (a start entry with the group's
+// name as mailbox and no host, an end entry of NILs) and source routes,
+// pass over comments, and take a comment after a bare address as its name
+// (RFC 3501 §7.4.2, RFC 5322 §3.4 and §4.4); the cases of imaptest's
+// fetch-envelope and search-addresses tests among them.
+func TestEnvelopeAddressList(t *testing.T) {
+	type A = imap.Address
+	for _, tc := range []struct {
+		in   string
+		want []A
+	}{
+		{"user@domain", []A{{Mailbox: "user", Host: "domain"}}},
+		{"From Real <fromuser@fromdomain.org>", []A{{Name: "From Real", Mailbox: "fromuser", Host: "fromdomain.org"}}},
+		{"user@domain (Real Name)", []A{{Name: "Real Name", Mailbox: "user", Host: "domain"}}},
+		{`"Ann, B" <ann@example.test>, c@z.test`, []A{{Name: "Ann, B", Mailbox: "ann", Host: "example.test"}, {Mailbox: "c", Host: "z.test"}}},
+		{"group: g1@d1.org, g2@d2.org;, group2: g3@d3.org;", []A{{Mailbox: "group"}, {Mailbox: "g1", Host: "d1.org"},
+			{Mailbox: "g2", Host: "d2.org"}, {}, {Mailbox: "group2"}, {Mailbox: "g3", Host: "d3.org"}, {}}},
+		{"group:;, group2: (foo) ;", []A{{Mailbox: "group"}, {}, {Mailbox: "group2"}, {}}},
+		{"undisclosed-recipients:;", []A{{Mailbox: "undisclosed-recipients"}, {}}},
+		{"<@route:user@domain>", []A{{Route: "@route", Mailbox: "user", Host: "domain"}}},
+		{"Name <@a.example,@b.example:user@domain>", []A{{Name: "Name", Route: "@a.example,@b.example", Mailbox: "user", Host: "domain"}}},
+		{"<user-from (comment)@ (comment) domain.org>", []A{{Mailbox: "user-from", Host: "domain.org"}}},
+		{"=?utf-8?q?Zo=C3=AB?= <z@x.test>", []A{{Name: "Zoë", Mailbox: "z", Host: "x.test"}}},
+		{"John Q. Public <jqp@x.test>", []A{{Name: "John Q. Public", Mailbox: "jqp", Host: "x.test"}}},
+		{`"quoted local"@x.test`, []A{{Mailbox: `"quoted local"`, Host: "x.test"}}},
+		{"user@[192.0.2.1]", []A{{Mailbox: "user", Host: "[192.0.2.1]"}}},
+		{"", nil},
+		{"   ", nil},
+		{"not an address <<<", nil},
+		{"@@@", nil},
+		{"nodomain", nil},
+		{"a@x.test,,, b@y.test", []A{{Mailbox: "a", Host: "x.test"}, {Mailbox: "b", Host: "y.test"}}},
+		{"unclosed: a@x.test", []A{{Mailbox: "unclosed"}, {Mailbox: "a", Host: "x.test"}, {}}},
+		{"(comment only)", nil},
+		{`"unterminated`, nil},
+	} {
+		if got := imapserver.ParseAddressList(tc.in); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("ParseAddressList(%q) = %+v, want %+v", tc.in, got, tc.want)
+		}
 	}
 }

@@ -289,7 +289,7 @@ func (se *session) markSeen(ctx context.Context, msgs []mail.Message) error {
 		return nil
 	}
 	t := true
-	changed, _, err := se.srv.cfg.Store.StoreFlags(ctx, se.acct.ID, ids, mail.FlagChange{Seen: &t})
+	changed, _, err := se.srv.cfg.Store.StoreFlags(ctx, se.acct.ID, ids, mail.FlagChange{Seen: &t, InMailbox: se.sel.box.ID})
 	if err != nil {
 		return se.toIMAPError("fetch", err)
 	}
@@ -334,6 +334,7 @@ func (se *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *i
 	if err := se.keywordRoom(ctx, s.box.ID, s.keywords, fc.AddLabels); err != nil {
 		return err
 	}
+	fc.InMailbox = s.box.ID
 	// Once CONDSTORE is on, STORE answers with MODSEQ, even when .SILENT
 	// (RFC 7162 §3.1.3).
 	condstore := se.enabled(imap.CapCondStore)
@@ -498,19 +499,22 @@ func (se *session) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest strin
 	if err != nil || len(ids) == 0 {
 		return err
 	}
-	moved, err := se.srv.cfg.Store.Move(ctx, se.acct.ID, ids, to.ID)
+	// Messages another session expunged or moved away meanwhile are
+	// passed over; one moved to this same mailbox gets a new UID.
+	moved, err := se.srv.cfg.Store.Move(ctx, se.acct.ID, s.box.ID, ids, to.ID)
 	if err != nil {
 		return se.toIMAPError("move", err)
 	}
 	se.notify(ctx, nil)
+	if len(moved) == 0 {
+		return nil
+	}
 	data := &imap.CopyData{UIDValidity: to.UIDValidity}
 	var gone []uint32
 	for _, m := range moved {
 		data.SourceUIDs.AddNum(imap.UID(m.FromUID))
 		data.DestUIDs.AddNum(imap.UID(m.ToUID))
-		if m.FromMailbox != to.ID {
-			gone = append(gone, m.FromUID)
-		}
+		gone = append(gone, m.FromUID)
 	}
 	if err := w.WriteCopyData(data); err != nil {
 		return err

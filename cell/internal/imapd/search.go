@@ -6,7 +6,9 @@ import (
 	"context"
 	"io"
 	"mime"
+	stdmail "net/mail"
 	stdtextproto "net/textproto"
+	"slices"
 	"strings"
 	"time"
 
@@ -76,7 +78,7 @@ func (se *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria
 	data := &imap.SearchData{}
 	var seqs imap.SeqSet
 	var uids imap.UIDSet
-	var modseq uint64
+	var modseq, minModseq, maxModseq uint64
 	envelope := envelopeOnly(criteria)
 	err := se.messages(ctx, s.uidsAt(all), envelope, func(msgs []mail.Message) error {
 		for _, m := range msgs {
@@ -95,10 +97,10 @@ func (se *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria
 				num = m.UID
 			}
 			if data.Count == 0 || num < data.Min {
-				data.Min = num
+				data.Min, minModseq = num, m.Modseq
 			}
 			if num > data.Max {
-				data.Max = num
+				data.Max, maxModseq = num, m.Modseq
 			}
 			data.Count++
 			modseq = max(modseq, m.Modseq)
@@ -114,9 +116,27 @@ func (se *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria
 		data.All = seqs
 	}
 	if hasModSeq(criteria) {
-		data.ModSeq = modseq
+		data.ModSeq = searchModSeq(options, modseq, minModseq, maxModseq)
 	}
 	return data, nil
+}
+
+// searchModSeq is the MODSEQ a search with the MODSEQ criterion answers
+// (RFC 7162 §3.1.5, §3.1.6 for ESEARCH): with MIN or MAX (or both) as the
+// only return options, the highest mod-sequence of the messages MIN and
+// MAX name; otherwise the highest of all the messages found.
+func searchModSeq(o *imap.SearchOptions, all, minModseq, maxModseq uint64) uint64 {
+	if o == nil || o.ReturnAll || o.ReturnCount || !o.ReturnMin && !o.ReturnMax {
+		return all
+	}
+	var m uint64
+	if o.ReturnMin {
+		m = minModseq
+	}
+	if o.ReturnMax {
+		m = max(m, maxModseq)
+	}
+	return m
 }
 
 func hasModSeq(c *imap.SearchCriteria) bool {
@@ -148,7 +168,10 @@ func match(c *searchable, cr *imap.SearchCriteria) bool {
 			return false
 		}
 	}
-	if !matchDate(m.ReceivedAt, cr.Since, cr.Before) || !matchDate(m.SentAt, cr.SentSince, cr.SentBefore) {
+	if !matchDate(m.ReceivedAt, cr.Since, cr.Before) {
+		return false
+	}
+	if (!cr.SentSince.IsZero() || !cr.SentBefore.IsZero()) && !matchDate(c.sentDay(), cr.SentSince, cr.SentBefore) {
 		return false
 	}
 	flags := c.se.flags(m)
@@ -222,7 +245,24 @@ func containsStarUID(set imap.UIDSet) bool {
 	return false
 }
 
-// matchDate compares dates only, ignoring time and zone (RFC 9051 §6.4.4).
+// sentDay is the day of the message's Date field as written, in its own
+// time zone (SENTBEFORE, SENTON, SENTSINCE compare it "disregarding time
+// and timezone", RFC 3501 §6.4.4): 00:30 +0200 on the 25th is the 25th,
+// though UTC says the 24th, and 23:00 -0500 on the 25th is the 25th, though
+// UTC says the 26th. Without a readable Date field, the stored sent time
+// (in UTC) is used.
+func (c *searchable) sentDay() time.Time {
+	h := c.header()
+	if v := h.Get("Date"); v != "" {
+		if t, err := stdmail.ParseDate(v); err == nil {
+			return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+		}
+	}
+	return c.m.SentAt.UTC()
+}
+
+// matchDate compares dates only, ignoring time and zone (RFC 9051 §6.4.4):
+// t's day as written in its own location.
 func matchDate(t, since, before time.Time) bool {
 	d := time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
 	if !since.IsZero() && d.Before(since) {
@@ -240,8 +280,21 @@ func matchHeader(h textproto.Header, key, pattern string) bool {
 		return fields.Len() > 0
 	}
 	pattern = strings.ToLower(pattern)
+	address := addressField(key)
 	for fields.Next() {
 		v := fields.Value()
+		if address {
+			// FROM, TO, CC, BCC search the address as ENVELOPE has it
+			// (RFC 3501 §6.4.4): comments, quoting and route left out.
+			if addrs := imapserver.ParseAddressList(v); len(addrs) > 0 {
+				if slices.ContainsFunc(addrs, func(a imap.Address) bool {
+					return strings.Contains(strings.ToLower(addressText(a)), pattern)
+				}) {
+					return true
+				}
+				continue
+			}
+		}
 		if d, err := wordDecoder.DecodeHeader(v); err == nil {
 			v = d
 		}
@@ -250,6 +303,29 @@ func matchHeader(h textproto.Header, key, pattern string) bool {
 		}
 	}
 	return false
+}
+
+// addressField: a header field holding an address list.
+func addressField(key string) bool {
+	switch strings.ToLower(key) {
+	case "from", "to", "cc", "bcc", "sender", "reply-to":
+		return true
+	}
+	return false
+}
+
+// addressText is what an address search matches: "Name <local@domain>",
+// or a group's name.
+func addressText(a imap.Address) string {
+	switch {
+	case a.IsGroupStart():
+		return a.Mailbox
+	case a.IsGroupEnd():
+		return ""
+	case a.Name != "":
+		return a.Name + " <" + a.Addr() + ">"
+	}
+	return a.Addr()
 }
 
 var wordDecoder = mime.WordDecoder{CharsetReader: gocharset.Reader}

@@ -52,7 +52,7 @@ type Store interface {
 	RemovedSince(ctx context.Context, accountID, mailboxID string, since, upTo uint64, lo, hi uint32) ([]uint32, error)
 	StoreFlags(ctx context.Context, accountID string, ids []string, fc mail.FlagChange) ([]mail.Message, []mail.Message, error)
 	CopyMessages(ctx context.Context, accountID string, ids []string, toMailbox string) ([]mail.Message, error)
-	Move(ctx context.Context, accountID string, ids []string, toMailbox string) ([]mailstore.Moved, error)
+	Move(ctx context.Context, accountID, fromMailbox string, ids []string, toMailbox string) ([]mailstore.Moved, error)
 	ExpungeDeleted(ctx context.Context, accountID, mailboxID string, uids []uint32) ([]uint32, error)
 	MailboxStats(ctx context.Context, accountID, mailboxID string) (int, int64, error)
 	MailboxKeywords(ctx context.Context, accountID, mailboxID string, fromUID uint32, max int) ([]string, error)

@@ -159,6 +159,10 @@ type FlagChange struct {
 	// UnchangedSince, when not 0, leaves alone the messages whose modseq is
 	// above it (RFC 7162 §3.1.3, STORE UNCHANGEDSINCE).
 	UnchangedSince uint64
+	// InMailbox, when set, changes only the messages still in that
+	// mailbox: an IMAP STORE on the selected mailbox passes over a message
+	// another session moved away meanwhile (it keeps its id).
+	InMailbox string
 }
 
 // Change kinds of the journal.

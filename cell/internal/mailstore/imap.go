@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/yugabyte/pgx/v5"
@@ -171,7 +172,12 @@ func (s *Store) RemovedSince(ctx context.Context, accountID, mailboxID string, s
 
 // ExpungeDeleted removes the mailbox's messages marked \Deleted, only
 // those among uids when uids is not nil (UID EXPUNGE, RFC 4315 §2.1), and
-// returns the UIDs removed, ascending.
+// returns the UIDs removed, ascending. The rows are read FOR UPDATE with
+// their condition, so two sessions expunging at once do not fail: the one
+// that waited re-reads each row after the other's commit (READ COMMITTED
+// re-checks the WHERE clause), and a message already expunged, undeleted
+// or moved out meanwhile is passed over (RFC 9051 §6.4.3 says nothing of
+// the messages another session removed; they are reported by its poll).
 func (s *Store) ExpungeDeleted(ctx context.Context, accountID, mailboxID string, uids []uint32) ([]uint32, error) {
 	if !validID(mailboxID) {
 		return nil, fmt.Errorf("%w: mailbox", mail.ErrNotFound)
@@ -179,7 +185,7 @@ func (s *Store) ExpungeDeleted(ctx context.Context, accountID, mailboxID string,
 	var removed []uint32
 	err := s.tx(ctx, func(tx pgx.Tx) error {
 		removed = removed[:0]
-		q := `SELECT id::text, uid FROM messages WHERE account_id = $1 AND mailbox_id = $2 AND deleted`
+		q := `SELECT id::text FROM messages WHERE account_id = $1 AND mailbox_id = $2 AND deleted`
 		args := []any{accountID, mailboxID}
 		if uids != nil {
 			list := make([]int64, len(uids))
@@ -189,27 +195,24 @@ func (s *Store) ExpungeDeleted(ctx context.Context, accountID, mailboxID string,
 			q += ` AND uid = ANY($3)`
 			args = append(args, list)
 		}
-		rows, err := tx.Query(ctx, q+` ORDER BY uid`, args...)
+		// The same lock order as lockMessages (by id): no deadlock with
+		// a concurrent STORE or MOVE of the same messages.
+		rows, err := tx.Query(ctx, q+` ORDER BY id FOR UPDATE`, args...)
 		if err != nil {
 			return err
 		}
-		var ids []string
-		var id string
-		var uid int64
-		if _, err := pgx.ForEachRow(rows, []any{&id, &uid}, func() error {
-			ids = append(ids, id)
-			removed = append(removed, uint32(uid))
-			return nil
-		}); err != nil {
-			return err
-		}
-		n, err := s.expungeTx(ctx, tx, accountID, ids)
+		ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
 		if err != nil {
 			return err
 		}
-		if n != len(ids) {
-			return fmt.Errorf("expunged %d of %d messages", n, len(ids))
+		gone, err := s.expungeTx(ctx, tx, accountID, ids)
+		if err != nil {
+			return err
 		}
+		for _, m := range gone {
+			removed = append(removed, m.UID)
+		}
+		slices.Sort(removed)
 		return nil
 	})
 	if err != nil {
@@ -229,8 +232,11 @@ func (s *Store) CopyMessages(ctx context.Context, accountID string, ids []string
 		if _, err := s.lockMailbox(ctx, tx, accountID, toMailbox); err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, `SELECT `+messageCols+` FROM messages WHERE account_id = $1 AND id = ANY($2::uuid[])`,
-			accountID, validIDs(ids))
+		// FOR SHARE, in lockMessages' order: a source another session
+		// expunges meanwhile is either copied whole or found missing,
+		// never counted in the destination without its row.
+		rows, err := tx.Query(ctx, `SELECT `+messageCols+` FROM messages WHERE account_id = $1 AND id = ANY($2::uuid[])
+			ORDER BY id FOR SHARE`, accountID, validIDs(ids))
 		if err != nil {
 			return err
 		}

@@ -614,6 +614,9 @@ func (s *Store) storeFlags(ctx context.Context, accountID string, ids []string, 
 		perBox := map[string]*delta{}
 		var todo []mail.Message
 		for _, m := range msgs {
+			if fc.InMailbox != "" && m.MailboxID != fc.InMailbox {
+				continue
+			}
 			if fc.UnchangedSince != 0 && m.Modseq > fc.UnchangedSince {
 				conflicts = append(conflicts, m)
 				continue
@@ -734,7 +737,7 @@ func equalStrings(a, b []string) bool {
 // (new UIDs there, as IMAP MOVE does) and returns the new ids in order;
 // an unknown id answers ErrNotFound and moves nothing.
 func (s *Store) MoveMessages(ctx context.Context, accountID string, ids []string, toMailbox string) ([]string, error) {
-	moved, err := s.Move(ctx, accountID, ids, toMailbox)
+	moved, err := s.Move(ctx, accountID, "", ids, toMailbox)
 	out := make([]string, len(moved))
 	for i, m := range moved {
 		out[i] = m.ID
@@ -751,8 +754,12 @@ type Moved struct {
 }
 
 // Move is MoveMessages that also tells the UIDs (IMAP MOVE's COPYUID,
-// RFC 6851 §4.3).
-func (s *Store) Move(ctx context.Context, accountID string, ids []string, toMailbox string) ([]Moved, error) {
+// RFC 6851 §4.3). With fromMailbox set (IMAP MOVE from the selected
+// mailbox), the messages no longer in it (expunged or moved by another
+// session meanwhile) are passed over rather than refused, and a message
+// moved to the mailbox it is in gets a new UID there, as a COPY and
+// EXPUNGE would give it (RFC 6851 §3.3).
+func (s *Store) Move(ctx context.Context, accountID, fromMailbox string, ids []string, toMailbox string) ([]Moved, error) {
 	var out []Moved
 	err := s.tx(ctx, func(tx pgx.Tx) error {
 		out = out[:0]
@@ -765,16 +772,23 @@ func (s *Store) Move(ctx context.Context, accountID string, ids []string, toMail
 		}
 		byID := map[string]mail.Message{}
 		for _, m := range msgs {
-			byID[m.ID] = m
+			if fromMailbox == "" || m.MailboxID == fromMailbox {
+				byID[m.ID] = m
+			}
 		}
-		for _, id := range ids {
-			if _, ok := byID[id]; !ok {
-				return fmt.Errorf("%w: message %s", mail.ErrNotFound, id)
+		if fromMailbox == "" {
+			for _, id := range ids {
+				if _, ok := byID[id]; !ok {
+					return fmt.Errorf("%w: message %s", mail.ErrNotFound, id)
+				}
 			}
 		}
 		for _, id := range ids {
-			m := byID[id]
-			if m.MailboxID == toMailbox {
+			m, ok := byID[id]
+			if !ok {
+				continue
+			}
+			if m.MailboxID == toMailbox && fromMailbox == "" {
 				out = append(out, Moved{ID: m.ID, FromUID: m.UID, ToUID: m.UID, FromMailbox: m.MailboxID})
 				continue
 			}
@@ -786,14 +800,16 @@ func (s *Store) Move(ctx context.Context, accountID string, ids []string, toMail
 			if !m.Flags.Seen {
 				unread = 1
 			}
+			// The source first: a move within one mailbox ends with its
+			// highest_modseq at last.
+			if _, err := tx.Exec(ctx, `UPDATE mailboxes SET total = total - 1, unread = unread - $3, highest_modseq = $4
+				WHERE account_id = $1 AND id = $2`, accountID, m.MailboxID, unread, int64(last-1)); err != nil {
+				return err
+			}
 			var uidnext int64
 			if err := tx.QueryRow(ctx, `UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = $3, total = total + 1,
 				unread = unread + $4 WHERE account_id = $1 AND id = $2 RETURNING uidnext`,
 				accountID, toMailbox, int64(last), unread).Scan(&uidnext); err != nil {
-				return err
-			}
-			if _, err := tx.Exec(ctx, `UPDATE mailboxes SET total = total - 1, unread = unread - $3, highest_modseq = $4
-				WHERE account_id = $1 AND id = $2`, accountID, m.MailboxID, unread, int64(last-1)); err != nil {
 				return err
 			}
 			// The message keeps its id: clients' references stay valid.
@@ -823,8 +839,8 @@ func (s *Store) Move(ctx context.Context, accountID string, ids []string, toMail
 func (s *Store) Expunge(ctx context.Context, accountID string, ids []string) (int, error) {
 	n := 0
 	err := s.tx(ctx, func(tx pgx.Tx) error {
-		var err error
-		n, err = s.expungeTx(ctx, tx, accountID, ids)
+		gone, err := s.expungeTx(ctx, tx, accountID, ids)
+		n = len(gone)
 		return err
 	})
 	if err != nil {
@@ -833,19 +849,20 @@ func (s *Store) Expunge(ctx context.Context, accountID string, ids []string) (in
 	return n, nil
 }
 
-// expungeTx removes the account's messages among ids (others are passed
-// over) and returns how many it removed.
-func (s *Store) expungeTx(ctx context.Context, tx pgx.Tx, accountID string, ids []string) (int, error) {
+// expungeTx removes the account's messages among ids (others, such as
+// those another transaction removed first, are passed over) and returns
+// those it removed.
+func (s *Store) expungeTx(ctx context.Context, tx pgx.Tx, accountID string, ids []string) ([]mail.Message, error) {
 	if len(ids) == 0 {
-		return 0, nil
+		return nil, nil
 	}
 	msgs, err := lockMessages(ctx, tx, accountID, ids)
 	if err != nil || len(msgs) == 0 {
-		return 0, err
+		return nil, err
 	}
 	last, err := nextModseq(ctx, tx, accountID, len(msgs))
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	first := last - uint64(len(msgs)) + 1
 	var freed int64
@@ -855,22 +872,22 @@ func (s *Store) expungeTx(ctx context.Context, tx pgx.Tx, accountID string, ids 
 			unread = 1
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM messages WHERE account_id = $1 AND id = $2`, accountID, m.ID); err != nil {
-			return 0, err
+			return nil, err
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM attachments WHERE account_id = $1 AND message_id = $2`, accountID, m.ID); err != nil {
-			return 0, err
+			return nil, err
 		}
 		if _, err := tx.Exec(ctx, `UPDATE mailboxes SET total = total - 1, unread = unread - $3, highest_modseq = $4
 			WHERE account_id = $1 AND id = $2`, accountID, m.MailboxID, unread, int64(first)+int64(i)); err != nil {
-			return 0, err
+			return nil, err
 		}
 		if err := journal(ctx, tx, accountID, first+uint64(i), mail.ChangeMessageRemoved, m.MailboxID, m.ID, m.UID); err != nil {
-			return 0, err
+			return nil, err
 		}
 		freed += m.Size
 	}
 	_, err = tx.Exec(ctx, `UPDATE accounts SET used_bytes = greatest(used_bytes - $2, 0) WHERE id = $1`, accountID, freed)
-	return len(msgs), err
+	return msgs, err
 }
 
 // Changes returns journal entries after since, at most max, the last modseq

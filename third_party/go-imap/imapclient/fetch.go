@@ -907,6 +907,7 @@ func readAddress(dec *imapwire.Decoder, options *Options) (*imap.Address, error)
 	}
 	// TODO: handle error
 	addr.Name, _ = options.decodeText(name)
+	addr.Route = obsRoute // (cellmail patch)
 	return &addr, nil
 }
 

@@ -77,8 +77,28 @@ func (c *Conn) enableCondStore() error {
 	}
 	if !c.enabled.Has(imap.CapCondStore) {
 		c.enable(imap.CapCondStore)
+		c.announceModSeq = c.state == imap.ConnStateSelected
 	}
 	return nil
+}
+
+// announceHighestModSeq writes the untagged OK [HIGHESTMODSEQ] of the
+// selected mailbox that RFC 7162 §3.1 asks for when CONDSTORE is enabled
+// by a command other than SELECT/EXAMINE (FETCH MODSEQ, STORE
+// UNCHANGEDSINCE, SEARCH MODSEQ, STATUS HIGHESTMODSEQ) while a mailbox is
+// selected: the client then knows the mailbox's mod-sequence. Called once
+// the command is read, before the session answers it.
+func (c *Conn) announceHighestModSeq() error {
+	if !c.announceModSeq {
+		return nil
+	}
+	c.announceModSeq = false
+	s, ok := c.session.(SessionHighestModSeq)
+	if !ok || c.state != imap.ConnStateSelected {
+		return nil
+	}
+	w := &UpdateWriter{conn: c}
+	return w.WriteHighestModSeq(s.HighestModSeq())
 }
 
 // readSelectParams reads the parameters of SELECT and EXAMINE, after the
@@ -168,7 +188,9 @@ func (c *Conn) checkSelectParams(options *imap.SelectOptions) error {
 		return newClientBugError("QRESYNC must be enabled first (ENABLE QRESYNC)")
 	}
 	if options.CondStore || options.QResync != nil {
-		return c.enableCondStore()
+		err := c.enableCondStore()
+		c.announceModSeq = false // SELECT's own answer has it
+		return err
 	}
 	return nil
 }

@@ -48,6 +48,10 @@ type Conn struct {
 	session Session
 
 	compressed bool // COMPRESS=DEFLATE is on (cellmail patch)
+	// announceModSeq: CONDSTORE was just enabled by a command other than
+	// SELECT/EXAMINE with a mailbox selected; HIGHESTMODSEQ is owed
+	// (cellmail patch, RFC 7162 §3.1).
+	announceModSeq bool
 }
 
 func newConn(c net.Conn, server *Server) *Conn {

@@ -91,6 +91,9 @@ func (c *Conn) handleFetch(dec *imapwire.Decoder, numKind NumKind) error {
 	if err := c.checkFetchModifiers(&options, changedSince, numKind); err != nil {
 		return err
 	}
+	if err := c.announceHighestModSeq(); err != nil { // (cellmail patch)
+		return err
+	}
 
 	if numKind == NumKindUID {
 		options.UID = true
@@ -583,7 +586,9 @@ func writeAddressList(enc *imapwire.Encoder, l []imap.Address) {
 		addr := l[i]
 		enc.Special('(')
 		writeNString(enc, mime.QEncoding.Encode("utf-8", addr.Name))
-		enc.SP().NIL().SP()
+		enc.SP()
+		writeNString(enc, addr.Route) // (cellmail patch) the source route
+		enc.SP()
 		writeNString(enc, addr.Mailbox)
 		enc.SP()
 		writeNString(enc, addr.Host)

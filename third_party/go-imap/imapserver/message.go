@@ -227,22 +227,10 @@ func ExtractEnvelope(h textproto.Header) *imap.Envelope {
 	}
 }
 
+// parseAddressList reads an address header field with groups and source
+// routes (cellmail patch: ParseAddressList, RFC 3501 §7.4.2).
 func parseAddressList(mh mail.Header, k string) []imap.Address {
-	// TODO: handle groups
-	addrs, _ := mh.AddressList(k)
-	var l []imap.Address
-	for _, addr := range addrs {
-		mailbox, host, ok := strings.Cut(addr.Address, "@")
-		if !ok {
-			continue
-		}
-		l = append(l, imap.Address{
-			Name:    addr.Name,
-			Mailbox: mailbox,
-			Host:    host,
-		})
-	}
-	return l
+	return ParseAddressList(mh.Get(k))
 }
 
 // ExtractBodyStructure extracts the structure of a message body.

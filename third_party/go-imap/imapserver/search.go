@@ -78,6 +78,9 @@ func (c *Conn) handleSearch(tag string, dec *imapwire.Decoder, numKind NumKind) 
 		if err := c.enableCondStore(); err != nil {
 			return err
 		}
+		if err := c.announceHighestModSeq(); err != nil {
+			return err
+		}
 	}
 
 	// If no return option is specified, ALL is assumed

@@ -43,6 +43,9 @@ func (c *Conn) handleStatus(dec *imapwire.Decoder) error {
 		if err := c.enableCondStore(); err != nil {
 			return err
 		}
+		if err := c.announceHighestModSeq(); err != nil {
+			return err
+		}
 	}
 
 	data, err := c.session.Status(mailbox, &options)

@@ -82,6 +82,9 @@ func (c *Conn) handleStore(dec *imapwire.Decoder, numKind NumKind) error {
 	if err := c.checkState(imap.ConnStateSelected); err != nil {
 		return err
 	}
+	if err := c.announceHighestModSeq(); err != nil { // (cellmail patch)
+		return err
+	}
 
 	w := &FetchWriter{conn: c}
 	return c.session.Store(w, numSet, &imap.StoreFlags{
