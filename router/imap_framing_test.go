@@ -385,4 +385,33 @@ func TestIMAPSubscriptionListing(t *testing.T) {
 	if u := r.ok(`LIST (SUBSCRIBED) "" %%`); hasText(u, `"/" "p"`) {
 		t.Errorf("LIST (SUBSCRIBED) listed an unsubscribed parent: %q", u)
 	}
+
+	// A subscription outlives its mailbox (RFC 3501 §6.3.6) and is listed
+	// \NonExistent (RFC 5258 §3.1); it can still be unsubscribed.
+	r.ok("DELETE q/b")
+	if u := r.ok(`LIST (SUBSCRIBED) "" q/*`); !hasLine(u, `* LIST (\Subscribed \NonExistent) "/" "q/b"`) {
+		t.Errorf("LIST (SUBSCRIBED) after DELETE: %q", u)
+	}
+	if u := r.ok(`LIST "" q/*`); hasText(u, `"q/b"`) {
+		t.Errorf("LIST shows a deleted mailbox: %q", u)
+	}
+	if u := r.ok(`LSUB "" q/*`); !hasLine(u, `* LSUB (\Noselect) "/" "q/b"`) {
+		t.Errorf("LSUB after DELETE: %q", u)
+	}
+	r.ok("CREATE q/b") // made again by IMAP: still subscribed, from before
+	if u := r.ok(`LSUB "" q/*`); !hasLine(u, `* LSUB (\HasNoChildren \Subscribed) "/" "q/b"`) {
+		t.Errorf("LSUB after CREATE again: %q", u)
+	}
+	r.ok("DELETE q/b")
+	r.ok("UNSUBSCRIBE q/b")
+	if u := r.ok(`LSUB "" *`); hasText(u, `"q/b"`) {
+		t.Errorf("UNSUBSCRIBE of a deleted mailbox: %q", u)
+	}
+	r.ok("UNSUBSCRIBE never/was") // not subscribed: no error
+
+	// RENAME takes the subscriptions of the mailboxes it renames along.
+	r.ok("RENAME p r")
+	if u := r.ok(`LSUB "" *`); hasText(u, `"p/a"`) || !hasText(u, `"r/a"`) {
+		t.Errorf("LSUB after RENAME: %q", u)
+	}
 }

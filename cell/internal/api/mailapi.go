@@ -324,7 +324,7 @@ func (m *MailServer) CreateMailbox(ctx context.Context, req *connect.Request[mai
 	if err := checkMailboxName(req.Msg.Name); err != nil {
 		return nil, err
 	}
-	mb, err := m.store.CreateMailbox(ctx, c.account.ID, req.Msg.Name)
+	mb, err := m.store.CreateMailbox(ctx, c.account.ID, req.Msg.Name, true)
 	if err != nil {
 		return nil, err
 	}

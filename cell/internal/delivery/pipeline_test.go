@@ -312,7 +312,7 @@ func TestUnparseableMessageIsStillDelivered(t *testing.T) {
 // INBOX, and the spool is empty.
 func TestBatchDeliversEachOnce(t *testing.T) {
 	f := setup(t, false)
-	gone, err := f.store.CreateMailbox(t.Context(), f.account.ID, "Gone")
+	gone, err := f.store.CreateMailbox(t.Context(), f.account.ID, "Gone", true)
 	if err != nil {
 		t.Fatal(err)
 	}

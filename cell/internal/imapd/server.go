@@ -42,10 +42,11 @@ type Store interface {
 	AccountByAddress(ctx context.Context, address string) (mail.Account, error)
 	ListMailboxes(ctx context.Context, accountID string) ([]mail.Mailbox, uint64, error)
 	MailboxByName(ctx context.Context, accountID, name string) (mail.Mailbox, error)
-	CreateMailbox(ctx context.Context, accountID, name string) (mail.Mailbox, error)
+	CreateMailbox(ctx context.Context, accountID, name string, subscribe bool) (mail.Mailbox, error)
 	RenameMailbox(ctx context.Context, accountID, id, name string) (mail.Mailbox, error)
 	DeleteMailbox(ctx context.Context, accountID, id string) error
-	SetSubscribed(ctx context.Context, accountID, mailboxID string, on bool) error
+	SetSubscribed(ctx context.Context, accountID, name string, on bool) error
+	Subscriptions(ctx context.Context, accountID string) (map[string]bool, error)
 	MailboxView(ctx context.Context, accountID, mailboxID string) (mail.Mailbox, []uint32, uint64, error)
 	MessagesByUID(ctx context.Context, accountID, mailboxID string, uids []uint32, span, envelope bool) ([]mail.Message, error)
 	MailboxChanges(ctx context.Context, accountID, mailboxID string, since uint64, max int) ([]mail.Change, uint64, error)

@@ -193,13 +193,10 @@ func (se *session) Create(name string, _ *imap.CreateOptions) error {
 	if err := checkName(name); err != nil {
 		return err
 	}
-	mb, err := se.srv.cfg.Store.CreateMailbox(ctx, se.acct.ID, name)
-	if err == nil {
-		// CREATE does not subscribe (RFC 3501 §6.3.3, §6.3.6): the
-		// client subscribes if it wants to. (Mailboxes the API makes
-		// start subscribed.)
-		err = se.srv.cfg.Store.SetSubscribed(ctx, se.acct.ID, mb.ID, false)
-	}
+	// CREATE does not subscribe (RFC 3501 §6.3.3, §6.3.6): the client
+	// subscribes if it wants to. (Mailboxes the API makes start
+	// subscribed.)
+	_, err := se.srv.cfg.Store.CreateMailbox(ctx, se.acct.ID, name, false)
 	se.notify(ctx, err)
 	return se.toIMAPError("create", err)
 }
@@ -251,11 +248,21 @@ func (se *session) Unsubscribe(name string) error { return se.subscribe(name, fa
 func (se *session) subscribe(name string, on bool) error {
 	ctx, cancel := se.op()
 	defer cancel()
+	if !on {
+		// A name whose mailbox is gone can still be unsubscribed.
+		name = strings.TrimSuffix(name, string(delim))
+		if strings.EqualFold(name, "INBOX") {
+			name = "INBOX"
+		}
+		return se.toIMAPError("unsubscribe", se.srv.cfg.Store.SetSubscribed(ctx, se.acct.ID, name, false))
+	}
+	// SUBSCRIBE checks that the mailbox exists (RFC 9051 §6.3.7 allows
+	// it) and records its name as stored.
 	mb, err := se.mailbox(ctx, name)
 	if err != nil {
 		return se.toIMAPError("subscribe", err)
 	}
-	return se.toIMAPError("subscribe", se.srv.cfg.Store.SetSubscribed(ctx, se.acct.ID, mb.ID, on))
+	return se.toIMAPError("subscribe", se.srv.cfg.Store.SetSubscribed(ctx, se.acct.ID, mb.Name, true))
 }
 
 // useAttr is the RFC 6154 attribute of a special-use mailbox.
@@ -293,6 +300,10 @@ func (se *session) List(w *imapserver.ListWriter, ref string, patterns []string,
 	if options == nil {
 		options = &imap.ListOptions{}
 	}
+	subs, err := se.srv.cfg.Store.Subscriptions(ctx, se.acct.ID)
+	if err != nil {
+		return se.toIMAPError("list", err)
+	}
 	names := map[string]mail.Mailbox{}
 	implied := map[string]bool{}
 	parents := map[string]bool{}
@@ -314,6 +325,15 @@ func (se *session) List(w *imapserver.ListWriter, ref string, patterns []string,
 			all = append(all, n)
 		}
 	}
+	if options.SelectSubscribed {
+		// A subscription whose mailbox is gone is still listed, as
+		// \NonExistent (RFC 5258 §3.1, RFC 3501 §6.3.9).
+		for n := range subs {
+			if _, ok := names[n]; !ok && !implied[n] {
+				all = append(all, n) // implied names are in all already
+			}
+		}
+	}
 	sortNames(all)
 	matches := func(name string) bool {
 		for _, p := range patterns {
@@ -328,8 +348,8 @@ func (se *session) List(w *imapserver.ListWriter, ref string, patterns []string,
 	// §6.3.9) and RECURSIVEMATCH's CHILDINFO (RFC 5258 §3.5).
 	subscribedBelow := func(name string) bool {
 		prefix := name + string(delim)
-		for n, mb := range names {
-			if mb.Subscribed && strings.HasPrefix(n, prefix) && !matches(n) {
+		for n := range subs {
+			if strings.HasPrefix(n, prefix) && !matches(n) {
 				return true
 			}
 		}
@@ -340,7 +360,29 @@ func (se *session) List(w *imapserver.ListWriter, ref string, patterns []string,
 			continue
 		}
 		mb, exists := names[name]
-		if options.SelectSubscribed && (!exists || !mb.Subscribed) {
+		if options.SelectSubscribed && subs[name] && !exists {
+			// A subscription without its mailbox: \NonExistent, which
+			// implies \NoSelect (RFC 5258 §3.1); LSUB has only \Noselect
+			// (RFC 3501 §6.3.9).
+			data := &imap.ListData{Mailbox: name, Delim: delim}
+			switch {
+			case w.LSub():
+				data.Attrs = []imap.MailboxAttr{imap.MailboxAttrNoSelect}
+			default:
+				data.Attrs = []imap.MailboxAttr{imap.MailboxAttrSubscribed, imap.MailboxAttrNonExistent}
+				if options.ReturnChildren && parents[name] {
+					data.Attrs = append(data.Attrs, imap.MailboxAttrHasChildren)
+				}
+				if options.SelectRecursiveMatch && subscribedBelow(name) {
+					data.ChildInfo = &imap.ListDataChildInfo{Subscribed: true}
+				}
+			}
+			if err := w.WriteList(data); err != nil {
+				return err
+			}
+			continue
+		}
+		if options.SelectSubscribed && (!exists || !subs[name]) {
 			switch {
 			case w.LSub() && subscribedBelow(name):
 				if err := w.WriteList(&imap.ListData{Mailbox: name, Delim: delim,
@@ -377,7 +419,7 @@ func (se *session) List(w *imapserver.ListWriter, ref string, patterns []string,
 			if a := useAttr(mb.SpecialUse); a != "" {
 				data.Attrs = append(data.Attrs, a)
 			}
-			if (options.ReturnSubscribed || options.SelectSubscribed) && mb.Subscribed {
+			if (options.ReturnSubscribed || options.SelectSubscribed) && subs[name] {
 				data.Attrs = append(data.Attrs, imap.MailboxAttrSubscribed)
 			}
 			if options.ReturnStatus != nil {

@@ -62,7 +62,6 @@ type Mailbox struct {
 	HighestModseq uint64
 	Total         int
 	Unread        int
-	Subscribed    bool // IMAP SUBSCRIBE (RFC 9051 §6.3.7)
 }
 
 // Address is a display name and an email address.

@@ -24,19 +24,58 @@ func (s *Store) MailboxByName(ctx context.Context, accountID, name string) (mail
 		ORDER BY name = $3 DESC LIMIT 1`, accountID, name, mail.NormalizeMailboxName(name)))
 }
 
-// SetSubscribed records an IMAP SUBSCRIBE or UNSUBSCRIBE.
-func (s *Store) SetSubscribed(ctx context.Context, accountID, mailboxID string, on bool) error {
-	if !validID(mailboxID) {
-		return fmt.Errorf("%w: mailbox", mail.ErrNotFound)
+// MaxSubscriptions bounds an account's IMAP subscriptions.
+const MaxSubscriptions = 2000
+
+// SetSubscribed records an IMAP SUBSCRIBE or UNSUBSCRIBE of a mailbox name
+// (RFC 9051 §6.3.7, §6.3.8). Subscriptions are kept by name, apart from
+// the mailboxes: one outlives its mailbox's DELETE and is then listed
+// \NonExistent (RFC 3501 §6.3.6: the server must not remove it
+// unilaterally; RFC 5258 §3.1). Unsubscribing a name not subscribed is no
+// error. Past MaxSubscriptions, subscribing answers ErrLimit.
+func (s *Store) SetSubscribed(ctx context.Context, accountID, name string, on bool) error {
+	if !on {
+		if _, err := s.pool.Exec(ctx, `DELETE FROM subscriptions WHERE account_id = $1 AND name IN ($2, $3)`,
+			accountID, name, mail.NormalizeMailboxName(name)); err != nil {
+			return fmt.Errorf("unsubscribe: %w", err)
+		}
+		return nil
 	}
-	tag, err := s.pool.Exec(ctx, `UPDATE mailboxes SET subscribed = $3 WHERE account_id = $1 AND id = $2`, accountID, mailboxID, on)
-	if err != nil {
+	return s.tx(ctx, func(tx pgx.Tx) error {
+		var n int
+		if err := tx.QueryRow(ctx, `SELECT count(*) FROM subscriptions WHERE account_id = $1`, accountID).Scan(&n); err != nil {
+			return fmt.Errorf("subscribe: %w", err)
+		}
+		if n >= MaxSubscriptions {
+			return fmt.Errorf("%w: at most %d subscriptions", mail.ErrLimit, MaxSubscriptions)
+		}
+		return subscribeTx(ctx, tx, accountID, name)
+	})
+}
+
+func subscribeTx(ctx context.Context, tx pgx.Tx, accountID, name string) error {
+	if _, err := tx.Exec(ctx, `INSERT INTO subscriptions (account_id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
+		accountID, name); err != nil {
 		return fmt.Errorf("subscribe: %w", err)
 	}
-	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("%w: mailbox", mail.ErrNotFound)
-	}
 	return nil
+}
+
+// Subscriptions lists the account's subscribed names, mailboxes or not.
+func (s *Store) Subscriptions(ctx context.Context, accountID string) (map[string]bool, error) {
+	rows, err := s.pool.Query(ctx, `SELECT name FROM subscriptions WHERE account_id = $1 LIMIT $2`, accountID, MaxSubscriptions)
+	if err != nil {
+		return nil, fmt.Errorf("subscriptions: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("subscriptions: %w", err)
+	}
+	out := make(map[string]bool, len(names))
+	for _, n := range names {
+		out[n] = true
+	}
+	return out, nil
 }
 
 // MailboxView is what an IMAP SELECT needs: the mailbox and the UIDs in it,

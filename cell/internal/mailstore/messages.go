@@ -15,12 +15,12 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/mail"
 )
 
-const mailboxCols = `id, name, special_use, uidvalidity, uidnext, highest_modseq, total, unread, subscribed`
+const mailboxCols = `id, name, special_use, uidvalidity, uidnext, highest_modseq, total, unread`
 
 func scanMailbox(row pgx.Row) (mail.Mailbox, error) {
 	var m mail.Mailbox
 	var uv, un, hm int64
-	err := row.Scan(&m.ID, &m.Name, &m.SpecialUse, &uv, &un, &hm, &m.Total, &m.Unread, &m.Subscribed)
+	err := row.Scan(&m.ID, &m.Name, &m.SpecialUse, &uv, &un, &hm, &m.Total, &m.Unread)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return m, fmt.Errorf("%w: mailbox", mail.ErrNotFound)
 	}
@@ -77,7 +77,9 @@ func (s *Store) MailboxByUse(ctx context.Context, accountID string, use mail.Spe
 }
 
 // CreateMailbox makes a user mailbox; parents are not required to exist.
-func (s *Store) CreateMailbox(ctx context.Context, accountID, name string) (mail.Mailbox, error) {
+// With subscribe it is also subscribed (a mailbox made through the API);
+// IMAP CREATE leaves subscriptions alone (RFC 9051 §6.3.4, §6.3.7).
+func (s *Store) CreateMailbox(ctx context.Context, accountID, name string, subscribe bool) (mail.Mailbox, error) {
 	name, err := mail.MailboxName(name)
 	if err != nil {
 		return mail.Mailbox{}, err
@@ -98,6 +100,11 @@ func (s *Store) CreateMailbox(ctx context.Context, accountID, name string) (mail
 		if _, err := tx.Exec(ctx, `INSERT INTO mailboxes (account_id, id, name, uidvalidity, highest_modseq) VALUES ($1,$2,$3,$4,$5)`,
 			accountID, m.ID, name, int64(m.UIDValidity), int64(modseq)); err != nil {
 			return err
+		}
+		if subscribe {
+			if err := subscribeTx(ctx, tx, accountID, name); err != nil {
+				return err
+			}
 		}
 		m.HighestModseq = modseq
 		return journal(ctx, tx, accountID, modseq, mail.ChangeMailboxAdded, m.ID, "", 0)
@@ -138,6 +145,17 @@ func (s *Store) RenameMailbox(ctx context.Context, accountID, id, name string) (
 		}
 		if _, err := tx.Exec(ctx, `UPDATE mailboxes SET name = $3 || substr(name, $4) WHERE account_id = $1 AND name LIKE $2`,
 			accountID, likeEscape(old)+"/%", name, len(old)+1); err != nil {
+			return err
+		}
+		// Subscriptions follow the mailboxes they name (as Dovecot's
+		// do); one already held for a new name stays.
+		if _, err := tx.Exec(ctx, `INSERT INTO subscriptions (account_id, name)
+			SELECT account_id, $3 || substr(name, $4) FROM subscriptions WHERE account_id = $1 AND (name = $5 OR name LIKE $2)
+			ON CONFLICT DO NOTHING`, accountID, likeEscape(old)+"/%", name, len(old)+1, old); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM subscriptions WHERE account_id = $1 AND (name = $3 OR name LIKE $2)`,
+			accountID, likeEscape(old)+"/%", old); err != nil {
 			return err
 		}
 		m.Name, m.HighestModseq = name, modseq
@@ -564,7 +582,7 @@ func (s *Store) UpdateFlags(ctx context.Context, accountID string, ids []string,
 //
 // Labels are bounded (mail.CheckLabels, mail.MaxMessageLabels: ErrInvalid;
 // mail.MaxAccountLabels distinct labels per account: ErrLimit) and their
-// bytes count against the quota (ErrOverQuota); migration 0013's trigger
+// bytes count against the quota (ErrOverQuota); migration 0010's trigger
 // charges them.
 func (s *Store) StoreFlags(ctx context.Context, accountID string, ids []string, fc mail.FlagChange) (changed, conflicts []mail.Message, err error) {
 	if err := mail.CheckLabels(fc.AddLabels, mail.MaxMessageLabels, "labels on a message"); err != nil {
@@ -586,7 +604,7 @@ func (s *Store) StoreFlags(ctx context.Context, accountID string, ids []string, 
 	return changed, conflicts, err
 }
 
-// labelsError translates the SQLSTATEs of migration 0013's label trigger.
+// labelsError translates the SQLSTATEs of migration 0010's label trigger.
 func labelsError(err error) error {
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) {

@@ -161,6 +161,9 @@ func (s *Store) CreateAccount(ctx context.Context, a mail.Account) (mail.Account
 				VALUES ($1, $2, $3, $4, $5)`, a.ID, NewID(), mb.Name, int16(mb.Use), uidvalidity); err != nil {
 				return err
 			}
+			if err := subscribeTx(ctx, tx, a.ID, mb.Name); err != nil {
+				return err
+			}
 		}
 		_, err = tx.Exec(ctx, `UPDATE accounts SET uidvalidity_last = $2 WHERE id = $1`, a.ID, uidvalidity)
 		return err

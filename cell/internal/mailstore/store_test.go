@@ -92,14 +92,14 @@ func TestMailboxLifecycle(t *testing.T) {
 	s := open(t)
 	ctx := context.Background()
 	a, boxes := account(t, s, "a@example.com", 0)
-	work, err := s.CreateMailbox(ctx, a.ID, "Work")
+	work, err := s.CreateMailbox(ctx, a.ID, "Work", true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.CreateMailbox(ctx, a.ID, "Work/2026"); err != nil {
+	if _, err := s.CreateMailbox(ctx, a.ID, "Work/2026", true); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.CreateMailbox(ctx, a.ID, "Work"); !errors.Is(err, mail.ErrExists) {
+	if _, err := s.CreateMailbox(ctx, a.ID, "Work", true); !errors.Is(err, mail.ErrExists) {
 		t.Fatalf("duplicate mailbox: %v", err)
 	}
 	if _, err := s.RenameMailbox(ctx, a.ID, work.ID, "Job"); err != nil {
@@ -346,25 +346,25 @@ func TestMailboxNamesNormalised(t *testing.T) {
 	s := open(t)
 	ctx := context.Background()
 	a, _ := account(t, s, "names@example.com", 0)
-	mb, err := s.CreateMailbox(ctx, a.ID, "caf\u00e9")
+	mb, err := s.CreateMailbox(ctx, a.ID, "caf\u00e9", true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.CreateMailbox(ctx, a.ID, "cafe\u0301"); !errors.Is(err, mail.ErrExists) {
+	if _, err := s.CreateMailbox(ctx, a.ID, "cafe\u0301", true); !errors.Is(err, mail.ErrExists) {
 		t.Fatalf("NFD look-alike: %v, want ErrExists", err)
 	}
 	if got, err := s.MailboxByName(ctx, a.ID, "cafe\u0301"); err != nil || got.ID != mb.ID {
 		t.Fatalf("lookup by the NFD form: %v %v", got, err)
 	}
 	for _, name := range []string{"evil\u202egpj.exe", "c1\u0085x", "\u200fmark"} {
-		if _, err := s.CreateMailbox(ctx, a.ID, name); !errors.Is(err, mail.ErrInvalid) {
+		if _, err := s.CreateMailbox(ctx, a.ID, name, true); !errors.Is(err, mail.ErrInvalid) {
 			t.Errorf("create %q: %v, want ErrInvalid", name, err)
 		}
 		if _, err := s.RenameMailbox(ctx, a.ID, mb.ID, name); !errors.Is(err, mail.ErrInvalid) {
 			t.Errorf("rename to %q: %v, want ErrInvalid", name, err)
 		}
 	}
-	other, err := s.CreateMailbox(ctx, a.ID, "other")
+	other, err := s.CreateMailbox(ctx, a.ID, "other", true)
 	if err != nil {
 		t.Fatal(err)
 	}
