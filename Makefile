@@ -59,6 +59,7 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s)
 	cd third_party/go-smtp && $(GO) test -run '^$$' -fuzz '^FuzzDataReader$$' -fuzztime $(FUZZTIME) .
 	$(GO) test -run '^$$' -fuzz '^FuzzPreLogin$$' -fuzztime $(FUZZTIME) ./router/internal/imapproxy/
 	$(GO) test -run '^$$' -fuzz '^FuzzCommands$$' -fuzztime $(FUZZTIME) ./cell/internal/imapd/
+	$(GO) test -run '^$$' -fuzz '^FuzzSession$$' -fuzztime $(FUZZTIME) ./cell/internal/imapd/
 
 tools: ## Install buf and the protoc plugins (pinned) into .dev/tools
 	@mkdir -p $(TOOLS)
