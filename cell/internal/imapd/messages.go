@@ -167,6 +167,11 @@ func (se *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options 
 				return err
 			}
 		}
+		if options.Flags || markSeen {
+			if err := se.announceShown(msgs); err != nil {
+				return err
+			}
+		}
 		for _, m := range msgs {
 			if options.ChangedSince != 0 && m.Modseq <= options.ChangedSince {
 				continue
@@ -348,8 +353,14 @@ func (se *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *i
 		if err != nil {
 			return se.toIMAPError("store", err)
 		}
-		if len(changed) > 0 {
-			if err := se.announce(fc.AddLabels); err != nil {
+		// Announced before the answers that show them: the keywords
+		// added, and those of the messages as they are now (another
+		// session's keywords among them).
+		if err := se.announceShown(changed); err != nil {
+			return err
+		}
+		if !flags.Silent {
+			if err := se.announceShown(msgs); err != nil {
 				return err
 			}
 		}

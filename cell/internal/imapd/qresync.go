@@ -74,6 +74,9 @@ scan:
 	}
 	slices.Sort(uids)
 	return se.messages(ctx, uids, false, func(msgs []mail.Message) error {
+		if err := se.announceShown(msgs); err != nil {
+			return err
+		}
 		for _, m := range msgs {
 			seq := s.seqOf(m.UID)
 			// Changed again after the view was read: the next poll tells it

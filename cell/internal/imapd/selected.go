@@ -110,6 +110,19 @@ func (se *session) announce(labels []string) error {
 	return se.conn.WriteMailboxFlags(flags, perm)
 }
 
+// announceShown is announce for the keywords of msgs, before responses
+// that show their flags: the messages were read as they are now, which may
+// be newer than what the last poll told the client, so a keyword another
+// session has just put on one is announced here rather than by the poll
+// after the command (RFC 3501 §7.2.6).
+func (se *session) announceShown(msgs []mail.Message) error {
+	var labels []string
+	for _, m := range msgs {
+		labels = append(labels, m.Labels...)
+	}
+	return se.announce(labels)
+}
+
 // keywordRoom refuses a STORE or APPEND that would take the mailbox past
 // maxKeywords distinct keywords (NO [LIMIT]); known are keywords already
 // counted as in use.
