@@ -90,7 +90,7 @@ func (s *selected) mailboxFlags() (flags, perm []imap.Flag) {
 func (s *selected) learn(labels []string) bool {
 	fresh := false
 	for _, l := range labels {
-		if isKeyword(l) && !s.keywords[l] && !isBaseFlag(l) {
+		if mail.IsKeyword(l) && !s.keywords[l] && !isBaseFlag(l) {
 			s.keywords[l] = true
 			fresh = true
 		}
@@ -142,7 +142,7 @@ func (se *session) keywordRoom(ctx context.Context, mailboxID string, known map[
 	}
 	set := map[string]bool{}
 	for _, k := range have {
-		if isKeyword(k) && !isBaseFlag(k) {
+		if mail.IsKeyword(k) && !isBaseFlag(k) {
 			set[k] = true
 		}
 	}
@@ -187,25 +187,11 @@ func flagsOf(m mail.Message) []imap.Flag {
 		out = append(out, imap.FlagDraft)
 	}
 	for _, l := range m.Labels {
-		if isKeyword(l) {
+		if mail.IsKeyword(l) {
 			out = append(out, imap.Flag(l))
 		}
 	}
 	return out
-}
-
-// isKeyword: an IMAP atom not starting with a backslash.
-func isKeyword(s string) bool {
-	if s == "" || len(s) > 100 || s[0] == '\\' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c <= 0x20 || c >= 0x7f || strings.IndexByte(`(){%*"\]`, c) >= 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // flagChange turns a STORE into a store change (RFC 9051 §6.4.6).
@@ -233,7 +219,7 @@ func flagChange(sf *imap.StoreFlags) (mail.FlagChange, error) {
 		case `\recent`:
 			// Session-only and read-only: ignored.
 		default:
-			if !isKeyword(string(fl)) {
+			if !mail.IsKeyword(string(fl)) {
 				return fc, imapNo(imap.ResponseCodeCannot, "Flag %q cannot be stored", string(fl))
 			}
 			if !seen[string(fl)] {

@@ -2,6 +2,7 @@ package mail
 
 import (
 	"errors"
+	"strings"
 	"time"
 )
 
@@ -153,7 +154,9 @@ type InlineBlob struct {
 type FlagChange struct {
 	Seen, Flagged, Answered, Draft, Deleted *bool
 	AddLabels, RemoveLabels                 []string
-	// ReplaceLabels makes AddLabels the whole new set (IMAP STORE FLAGS).
+	// ReplaceLabels makes AddLabels the whole new set of the labels IMAP
+	// shows (IMAP STORE FLAGS): labels that are not IMAP keywords
+	// (IsKeyword), which an IMAP client cannot see, stay.
 	ReplaceLabels bool
 	// UnchangedSince, when not 0, leaves alone the messages whose modseq is
 	// above it (RFC 7162 §3.1.3, STORE UNCHANGEDSINCE).
@@ -201,4 +204,21 @@ type Filter struct {
 	Flag      bool
 	Labels    []string
 	Stop      bool // later rules do not run
+}
+
+// IsKeyword reports whether a label is shown to IMAP as a keyword: an IMAP
+// atom (RFC 9051 §2.3.2, §9 flag-keyword) of at most 100 octets, not a
+// system flag. Other labels (with spaces, non-ASCII, ...) are the API's
+// only, and IMAP's STORE FLAGS leaves them alone.
+func IsKeyword(s string) bool {
+	if s == "" || len(s) > 100 || s[0] == '\\' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= 0x20 || c >= 0x7f || strings.IndexByte(`(){%*"\]`, c) >= 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -163,3 +163,35 @@ func TestAccountLabelsBounded(t *testing.T) {
 		t.Fatalf("after dropping labels: %v", err)
 	}
 }
+
+// IMAP's STORE FLAGS replaces the labels IMAP shows (keywords) and leaves
+// the others, which an IMAP client cannot see, alone: a client replacing
+// flags must not delete the webmail's "Work Projects".
+func TestReplaceKeepsLabelsIMAPCannotShow(t *testing.T) {
+	s := open(t)
+	ctx := context.Background()
+	a, boxes := account(t, s, "hidden@example.com", 10_000)
+	m, err := s.InsertMessage(ctx, a.ID, boxes[mail.UseInbox].ID, msg("hidden", 1000, "h1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateFlags(ctx, a.ID, []string{m.ID}, mail.FlagChange{AddLabels: []string{"Work Projects", "Réunion", "old"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateFlags(ctx, a.ID, []string{m.ID}, mail.FlagChange{ReplaceLabels: true, AddLabels: []string{"new"}}); err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := s.Message(ctx, a.ID, m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{"Work Projects": true, "Réunion": true, "new": true}
+	if len(got.Labels) != len(want) {
+		t.Fatalf("labels after a replace: %q, want %v", got.Labels, want)
+	}
+	for _, l := range got.Labels {
+		if !want[l] {
+			t.Fatalf("labels after a replace: %q, want %v", got.Labels, want)
+		}
+	}
+}

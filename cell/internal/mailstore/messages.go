@@ -716,7 +716,13 @@ func applyFlags(m mail.Message, fc mail.FlagChange) mail.Message {
 	set(&n.Flags.Draft, fc.Draft)
 	set(&n.Flags.Deleted, fc.Deleted)
 	if fc.ReplaceLabels {
-		n.Labels = applyLabels(nil, fc.AddLabels, nil)
+		var hidden []string
+		for _, l := range m.Labels {
+			if !mail.IsKeyword(l) {
+				hidden = append(hidden, l)
+			}
+		}
+		n.Labels = applyLabels(hidden, fc.AddLabels, nil)
 	} else {
 		n.Labels = applyLabels(m.Labels, fc.AddLabels, fc.RemoveLabels)
 	}
