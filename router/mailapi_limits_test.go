@@ -161,6 +161,8 @@ func TestDatabaseDownIsUnavailable(t *testing.T) {
 	ctx := context.Background()
 	if _, err := bob.c.ListMailboxes(ctx, withToken(bob.access, &mailv1.ListMailboxesRequest{})); connect.CodeOf(err) != connect.CodeUnavailable {
 		t.Errorf("ListMailboxes with the database down: %v, want unavailable", err)
+	} else if msg := err.Error(); strings.Contains(msg, "database") || strings.Contains(msg, "postgres") || strings.Contains(msg, "127.0.0.1") {
+		t.Errorf("the caller is told the cell's internals: %q", msg)
 	}
 	if _, err := bob.c.CreateMailbox(ctx, withToken(bob.access, &mailv1.CreateMailboxRequest{Name: "x"})); connect.CodeOf(err) != connect.CodeUnavailable {
 		t.Errorf("CreateMailbox with the database down: %v, want unavailable", err)

@@ -153,9 +153,13 @@ func (s *Server) toConnect(procedure string, err error) error {
 	case errors.Is(err, mail.ErrDenied):
 		return connect.NewError(connect.CodePermissionDenied, errors.New("permission denied"))
 	case errors.Is(err, mail.ErrStaleMap), errors.Is(err, mail.ErrUnavailable):
-		return connect.NewError(connect.CodeUnavailable, err)
+		// The chain names databases and addresses: logs see it, callers
+		// (before login too) see generic text.
+		s.log.Warn("call unavailable", "procedure", procedure, "err", err)
+		return connect.NewError(connect.CodeUnavailable, errors.New("temporarily unavailable, retry"))
 	case errors.Is(err, context.DeadlineExceeded):
-		return connect.NewError(connect.CodeDeadlineExceeded, err)
+		s.log.Warn("call timed out", "procedure", procedure, "err", err)
+		return connect.NewError(connect.CodeDeadlineExceeded, errors.New("timed out, retry"))
 	case errors.Is(err, context.Canceled):
 		return connect.NewError(connect.CodeCanceled, err)
 	}
