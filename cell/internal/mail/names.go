@@ -3,6 +3,7 @@ package mail
 import (
 	"fmt"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"golang.org/x/text/unicode/norm"
@@ -27,8 +28,12 @@ const (
 // name under INBOX, invalid UTF-8, C0 and C1 controls and DEL (RFC 5198
 // §2), the bidirectional controls that make a name display as another
 // (Unicode UAX #9: U+061C, U+200E, U+200F, U+202A–U+202E, U+2066–U+2069),
-// line and paragraph separators, and IMAP's wildcards * and % (RFC 9051
-// §6.3.9), which a LIST could not name.
+// line and paragraph separators, the other invisible format characters
+// (Unicode category Cf: U+200B zero width space, U+00AD soft hyphen, U+FEFF,
+// ...; ZWNJ and ZWJ, which some scripts and emoji need, are kept), Unicode
+// noncharacters, white space at either end of a level (" Work" beside
+// "Work"), and IMAP's wildcards * and % (RFC 9051 §6.3.9), which a LIST
+// could not name.
 func MailboxName(name string) (string, error) {
 	bad := func(format string, args ...any) (string, error) {
 		return "", fmt.Errorf("%w: mailbox name %s", ErrInvalid, fmt.Sprintf(format, args...))
@@ -55,8 +60,17 @@ func MailboxName(name string) (string, error) {
 			return bad("has a control character (U+%04X)", r)
 		case isBidiControl(r) || r == 0x2028 || r == 0x2029:
 			return bad("has a bidirectional control or separator (U+%04X)", r)
+		case unicode.Is(unicode.Cf, r) && r != 0x200c && r != 0x200d:
+			return bad("has an invisible format character (U+%04X)", r)
+		case isNoncharacter(r):
+			return bad("has a Unicode noncharacter (U+%04X)", r)
 		case r == '*' || r == '%':
 			return bad("has %q, which IMAP cannot name", r)
+		}
+	}
+	for _, level := range strings.Split(name, string(MailboxDelim)) {
+		if strings.TrimSpace(level) != level {
+			return bad("has a level that begins or ends with white space")
 		}
 	}
 	return name, nil
@@ -68,4 +82,9 @@ func NormalizeMailboxName(name string) string { return norm.NFC.String(name) }
 
 func isBidiControl(r rune) bool {
 	return r == 0x061c || r == 0x200e || r == 0x200f || (r >= 0x202a && r <= 0x202e) || (r >= 0x2066 && r <= 0x2069)
+}
+
+// isNoncharacter: U+FDD0–U+FDEF and the last two code points of each plane.
+func isNoncharacter(r rune) bool {
+	return (r >= 0xfdd0 && r <= 0xfdef) || r&0xfffe == 0xfffe
 }

@@ -31,6 +31,16 @@ func TestMailboxName(t *testing.T) {
 		{"mark\u200f", ""},
 		{"alm\u061c", ""},
 		{"line\u2028sep", ""},
+		{"zero\u200bwidth", ""},  // ZERO WIDTH SPACE
+		{"soft\u00adhyphen", ""}, // SOFT HYPHEN
+		{"\ufeffbom", ""},
+		{"non\uffffchar", ""},
+		{"non\ufdd0char", ""},
+		{" Work", ""},
+		{"Work /sub", ""},
+		{"a/ b", ""},
+		{"\u0646\u0627\u200c\u0645\u0647", "\u0646\u0627\u200c\u0645\u0647"}, // ZWNJ in Persian stays
+		{"in side", "in side"},
 		{"star*", ""},
 		{"per%cent", ""},
 		{"bad\xffutf8", ""},
