@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 	"github.com/emersion/go-imap/v2"
@@ -157,8 +158,31 @@ func TestDatabaseDownIsUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	idle := rawLogin(t, s.imaps, "bob@us.example")
+	idle.ok("SELECT INBOX")
+
 	proxy.Close()
 	ctx := context.Background()
+
+	// A selected session whose state cannot be brought up to date is told
+	// so with a BYE, not closed without a word.
+	if _, err := fmt.Fprintf(idle.w, "N1 NOOP\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	_ = idle.c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	var got []string
+	for {
+		l, err := idle.r.ReadString('\n')
+		if l != "" {
+			got = append(got, strings.TrimRight(l, "\r\n"))
+		}
+		if err != nil {
+			break
+		}
+	}
+	if len(got) == 0 || !(strings.HasPrefix(got[len(got)-1], "* BYE [UNAVAILABLE]") || strings.HasPrefix(got[len(got)-1], "N1 NO [UNAVAILABLE]")) {
+		t.Errorf("NOOP of a selected session with the database down: %q, want a BYE [UNAVAILABLE]", got)
+	}
 	if _, err := bob.c.ListMailboxes(ctx, withToken(bob.access, &mailv1.ListMailboxesRequest{})); connect.CodeOf(err) != connect.CodeUnavailable {
 		t.Errorf("ListMailboxes with the database down: %v, want unavailable", err)
 	} else if msg := err.Error(); strings.Contains(msg, "database") || strings.Contains(msg, "postgres") || strings.Contains(msg, "127.0.0.1") {

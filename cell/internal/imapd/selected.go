@@ -228,8 +228,8 @@ func flagChange(sf *imap.StoreFlags) (mail.FlagChange, error) {
 			}
 		}
 	}
-	if len(keywords) > 50 {
-		return fc, imapNo(imap.ResponseCodeLimit, "At most 50 keywords per message")
+	if len(keywords) > mail.MaxMessageLabels {
+		return fc, imapNo(imap.ResponseCodeLimit, "At most %d keywords per message", mail.MaxMessageLabels)
 	}
 	switch sf.Op {
 	case imap.StoreFlagsSet:

@@ -362,6 +362,14 @@ func (c *Conn) readCommand(dec *imapwire.Decoder) error {
 			return nil
 		}
 		if err := c.poll(name); err != nil {
+			// (cellmail patch) the session's view cannot be brought
+			// up to date (its store is unavailable): say why with a
+			// BYE (RFC 9051 §7.1.5) instead of closing without a word.
+			if errors.As(err, &imapErr) {
+				c.state = imap.ConnStateLogout
+				return c.writeStatusResp("", &imap.StatusResponse{Type: imap.StatusResponseTypeBye,
+					Code: imapErr.Code, Text: imapErr.Text})
+			}
 			return err
 		}
 		resp = &imap.StatusResponse{
