@@ -21,6 +21,7 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
 	"github.com/cellmail/cellmail/cell/internal/msgauth"
 	"github.com/cellmail/cellmail/cell/internal/spam"
+	"github.com/cellmail/cellmail/internal/oneline"
 	"github.com/cellmail/cellmail/internal/trace"
 )
 
@@ -308,7 +309,7 @@ func (p *Pipeline) quarantine(ctx context.Context, e mailstore.SpoolEntry, sent 
 		"A message to you was not delivered because it contains a virus (%s).\r\n\r\n"+
 		"  From (envelope): %s\r\n  From (header):   %s\r\n  Subject:         %s\r\n\r\n"+
 		"It is kept in quarantine; your administrator can release it (spool entry %s).\r\n",
-		e.Rcpt, time.Now().UTC().Format(time.RFC1123Z), oneLine(signature), oneLine(e.MailFrom), oneLine(from), oneLine(subject), e.ID)
+		e.Rcpt, time.Now().UTC().Format(time.RFC1123Z), oneline.Text(signature, 200), oneline.Text(e.MailFrom, 200), oneline.Text(from, 200), oneline.Text(subject, 200), e.ID)
 	// The notice's delivery marks the spool entry done, then it is marked
 	// quarantined with the reason.
 	m, err := p.D.Deliver(ctx, e.AccountID, inbox.ID, []byte(notice), Options{Key: "quarantine:" + e.DeliveryKey, SpoolID: e.ID, ReceivedAt: time.Now()})
@@ -321,19 +322,6 @@ func (p *Pipeline) quarantine(ctx context.Context, e mailstore.SpoolEntry, sent 
 	p.Log.Warn("inbound message quarantined", "spool", e.ID, "signature", signature)
 	p.delivered(ctx, Delivered{SpoolID: e.ID, AccountID: e.AccountID, MailboxID: m.MailboxID, MessageID: m.ID, Modseq: m.Modseq})
 	return nil
-}
-
-func oneLine(s string) string {
-	s = strings.Map(func(r rune) rune {
-		if r < ' ' || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, s)
-	if len(s) > 200 {
-		s = s[:200]
-	}
-	return s
 }
 
 // renameOwnResults renames Authentication-Results fields that claim to be

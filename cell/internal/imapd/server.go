@@ -35,6 +35,7 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/mail"
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
 	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/internal/oneline"
 )
 
 // Store is the mail store as IMAP uses it.
@@ -283,9 +284,9 @@ func (se *session) toIMAPError(op string, err error) error {
 	case errors.Is(err, mail.ErrOverQuota):
 		return no(imap.ResponseCodeOverQuota, "Over quota")
 	case errors.Is(err, mail.ErrLimit):
-		return no(imap.ResponseCodeLimit, oneLine(err.Error()))
+		return no(imap.ResponseCodeLimit, oneline.Text(err.Error(), 200))
 	case errors.Is(err, mail.ErrInvalid):
-		return no(imap.ResponseCodeCannot, oneLine(err.Error()))
+		return no(imap.ResponseCodeCannot, oneline.Text(err.Error(), 200))
 	case errors.Is(err, mail.ErrMoving), errors.Is(err, mail.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 		return no(imap.ResponseCodeUnavailable, "Temporarily unavailable, try again")
 	case errors.Is(err, mail.ErrNotOwner):
@@ -294,17 +295,4 @@ func (se *session) toIMAPError(op string, err error) error {
 	}
 	se.srv.log.Error("imap command failed", "op", op, "account", se.acct.ID, "err", err)
 	return no(imap.ResponseCodeServerBug, "Internal error, try again")
-}
-
-func oneLine(s string) string {
-	s = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, s)
-	if len(s) > 200 {
-		s = s[:200]
-	}
-	return s
 }

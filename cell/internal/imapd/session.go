@@ -14,6 +14,7 @@ import (
 
 	"github.com/cellmail/cellmail/cell/internal/auth"
 	"github.com/cellmail/cellmail/cell/internal/mail"
+	"github.com/cellmail/cellmail/internal/oneline"
 )
 
 // session is one IMAP connection.
@@ -176,7 +177,7 @@ func (se *session) mailbox(ctx context.Context, name string) (mail.Mailbox, erro
 // (mail.MailboxName).
 func checkName(name string) error {
 	if _, err := mail.MailboxName(name); err != nil {
-		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeCannot, Text: oneLine(err.Error())}
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeCannot, Text: oneline.Text(err.Error(), 200)}
 	}
 	return nil
 }

@@ -40,6 +40,7 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/delivery"
 	"github.com/cellmail/cellmail/cell/internal/mail"
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
+	"github.com/cellmail/cellmail/internal/oneline"
 )
 
 // Store is the outbound table and what bounces need.
@@ -472,14 +473,14 @@ func DKIMRecord(pkcs8 []byte) (string, error) {
 // sender), then the entry is marked bounced. A crash in between sends the
 // same notice again, which the INBOX stores once (its delivery key).
 func (s *Sender) bounce(ctx context.Context, e mailstore.OutboundEntry, r result) {
-	status, diag := "5.0.0", "X-Cellmail; "+oneLine(r.err.Error())
+	status, diag := "5.0.0", "X-Cellmail; "+oneline.ASCII(r.err.Error(), 500)
 	var se *smtp.SMTPError
 	if errors.As(r.err, &se) {
 		status = fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
 		if se.EnhancedCode == (smtp.EnhancedCode{}) || se.EnhancedCode == smtp.NoEnhancedCode {
 			status = fmt.Sprintf("%d.0.0", se.Code/100)
 		}
-		diag = fmt.Sprintf("smtp; %d %s", se.Code, oneLine(se.Message))
+		diag = fmt.Sprintf("smtp; %d %s", se.Code, oneline.ASCII(se.Message, 500))
 	}
 	if !r.permanent { // temporary failures until the entry expired
 		status = "4.4.7" // RFC 3463: delivery time expired
@@ -538,12 +539,4 @@ func (s *Sender) dsn(e mailstore.OutboundEntry, remote, status, diag string) []b
 	b.Write(header)
 	fmt.Fprintf(&b, "\r\n--%s--\r\n", boundary)
 	return b.Bytes()
-}
-
-func oneLine(s string) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > 500 {
-		s = s[:500]
-	}
-	return s
 }

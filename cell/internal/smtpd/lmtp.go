@@ -41,6 +41,7 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
 	"github.com/cellmail/cellmail/cell/internal/message"
 	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/internal/oneline"
 	"github.com/cellmail/cellmail/internal/trace"
 	"github.com/cellmail/cellmail/internal/wire"
 )
@@ -277,7 +278,7 @@ func (se *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	// the structure only, no body decoded (RFC 3463 §3.7: 5.6.0 other
 	// media error).
 	if err := message.CheckLimits(bytes.NewReader(raw), se.s.cfg.Limits); err != nil {
-		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: oneLineReply(err.Error())}
+		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: oneline.ASCII(err.Error(), 200)}
 	}
 	ctx, cancel := context.WithTimeout(se.ctx, time.Minute)
 	defer cancel()
@@ -326,19 +327,4 @@ func reply(err error) error {
 		return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad recipient address syntax"}
 	}
 	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure, try again"}
-}
-
-// oneLineReply makes an error's text an SMTP reply text: printable ASCII
-// on one line (RFC 5321 §4.2).
-func oneLineReply(s string) string {
-	s = strings.Map(func(r rune) rune {
-		if r < 0x20 || r > 0x7e {
-			return ' '
-		}
-		return r
-	}, s)
-	if len(s) > 200 {
-		s = s[:200]
-	}
-	return s
 }

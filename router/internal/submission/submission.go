@@ -41,6 +41,7 @@ import (
 	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
 	"github.com/cellmail/cellmail/cell/gen/mailv1/mailv1connect"
 	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/internal/oneline"
 	"github.com/cellmail/cellmail/internal/wire"
 	"github.com/cellmail/cellmail/router/internal/route"
 )
@@ -283,11 +284,11 @@ func (se *session) Data(r io.Reader) error {
 		switch connect.CodeOf(err) {
 		case connect.CodePermissionDenied:
 			// MAIL FROM, or a From/Sender field the user does not own.
-			return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: oneLine(msg)}
+			return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: oneline.ASCII(msg, 200)}
 		case connect.CodeResourceExhausted:
-			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: oneLine(msg)}
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: oneline.ASCII(msg, 200)}
 		case connect.CodeInvalidArgument:
-			return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: oneLine(msg)}
+			return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: oneline.ASCII(msg, 200)}
 		}
 		se.s.cfg.Logger.Warn("submission failed at the cell", "err", err)
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure, try again"}
@@ -298,14 +299,6 @@ func (se *session) Data(r io.Reader) error {
 		}
 	}
 	return nil
-}
-
-func oneLine(s string) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > 200 {
-		s = s[:200]
-	}
-	return s
 }
 
 // loginServer is the LOGIN SASL mechanism (draft-murchison-sasl-login):
