@@ -19,19 +19,28 @@ import (
 	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
 )
 
+// mx connects to the router's MX as a sender would, past EHLO; the
+// connection is closed when the test ends.
+func (s *stack) mx(t testing.TB) *smtp.Client {
+	t.Helper()
+	c, err := smtp.Dial(s.smtp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.Hello("sender.test"); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // deliver sends one message through the router's MX.
 func (s *stack) deliver(t testing.TB, to, subject, body string) {
 	t.Helper()
 	msg := fmt.Sprintf("From: Sender <sender@elsewhere.test>\r\nTo: %s\r\nSubject: %s\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n"+
 		"Message-ID: <%d.%s@elsewhere.test>\r\n\r\n%s\r\n", to, subject, time.Now().UnixNano(), strings.ReplaceAll(subject, " ", "."), body)
-	c, err := smtp.Dial(s.smtp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Hello("sender.test"); err != nil {
-		t.Fatal(err)
-	}
+	c := s.mx(t)
+	defer c.Close() // deliver is called in loops: one connection at a time
 	if err := c.SendMail("sender@elsewhere.test", []string{to}, strings.NewReader(msg)); err != nil {
 		t.Fatalf("deliver to %s: %v", to, err)
 	}

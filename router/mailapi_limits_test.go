@@ -395,14 +395,7 @@ func TestMIMELimitsAtAcceptance(t *testing.T) {
 	}
 
 	// Inbound, through the router's MX and the cell's LMTP.
-	c, err := smtp.Dial(s.smtp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Hello("sender.test"); err != nil {
-		t.Fatal(err)
-	}
+	c := s.mx(t)
 	if err := c.SendMail("sender@elsewhere.test", []string{"bob@us.example"}, strings.NewReader(overLimitMessage("bob@us.example"))); !is5_6_0(err) {
 		t.Fatalf("inbound message with 501 parts: %v, want 554 5.6.0", err)
 	}

@@ -20,14 +20,7 @@ func TestPostmasterReachesAMailbox(t *testing.T) {
 	ops := s.user(t, url, "ops@eu.example")
 	own := s.user(t, url, "postmaster@us.example")
 
-	c, err := smtp.Dial(s.smtp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Hello("sender.test"); err != nil {
-		t.Fatal(err)
-	}
+	c := s.mx(t)
 	send := func(rcpt, subject string) {
 		t.Helper()
 		if err := c.Mail("someone@remote.test", nil); err != nil {

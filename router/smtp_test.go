@@ -46,14 +46,7 @@ func TestInboundSMTPAcrossJurisdictions(t *testing.T) {
 	alice := s.user(t, url, "alice@eu.example")
 	bob := s.user(t, url, "bob@us.example")
 
-	c, err := smtp.Dial(s.smtp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Hello("sender.test"); err != nil {
-		t.Fatal(err)
-	}
+	c := s.mx(t)
 	if ok, _ := c.Extension("PIPELINING"); !ok {
 		t.Error("PIPELINING not advertised")
 	}
