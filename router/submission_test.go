@@ -169,11 +169,30 @@ func TestSubmissionFromForgery(t *testing.T) {
 			t.Errorf("%q: %v, want 250", h, err)
 		}
 	}
-	if in := waitInbox(t, bob, 2); len(in) != 2 {
-		t.Fatalf("bob's INBOX has %d messages, want the 2 genuine ones", len(in))
+	// No From (nor Date, nor Message-ID): the submission agent adds them,
+	// From naming the sender (RFC 6409 §8), before the message is signed.
+	if err := c.SendMail("alice@eu.example", []string{"bob@us.example"},
+		strings.NewReader("To: bob@us.example\r\nSubject: no from\r\n\r\nbody\r\n")); err != nil {
+		t.Fatalf("a message without From: %v, want 250", err)
 	}
-	if sent := alice.list(t, alice.box(t, mailv1.SpecialUse_SPECIAL_USE_SENT).Id); len(sent) != 2 {
-		t.Fatalf("alice's Sent has %d messages, want 2", len(sent))
+	in := waitInbox(t, bob, 3)
+	if len(in) != 3 {
+		t.Fatalf("bob's INBOX has %d messages, want the 3 genuine ones", len(in))
+	}
+	if sent := alice.list(t, alice.box(t, mailv1.SpecialUse_SPECIAL_USE_SENT).Id); len(sent) != 3 {
+		t.Fatalf("alice's Sent has %d messages, want 3", len(sent))
+	}
+	for _, m := range in {
+		if m.Subject != "no from" {
+			continue
+		}
+		full, err := bob.c.GetMessage(context.Background(), withToken(bob.access, &mailv1.GetMessageRequest{MessageId: m.Id}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sm := full.Msg.Summary; sm.GetFrom().GetEmail() != "alice@eu.example" || sm.DateUnix == 0 || full.Msg.MessageIdHeader == "" {
+			t.Errorf("a message without From arrived as from %v, date %d, Message-ID %q", sm.GetFrom(), sm.DateUnix, full.Msg.MessageIdHeader)
+		}
 	}
 
 	// The API's answer carries the reason.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	netmail "net/mail"
 	"path"
 	"slices"
 	"strconv"
@@ -547,6 +548,12 @@ func (m *MailServer) SubmitMessage(ctx context.Context, req *connect.Request[mai
 	}
 	if err := checkOriginators(c.account, r.Raw); err != nil {
 		return nil, err
+	}
+	// What the client left out of RFC 5322 §3.6's fields (a script's mail
+	// without From, Date or Message-ID) is added before it is signed.
+	from := (&netmail.Address{Name: c.account.DisplayName, Address: c.account.Address}).String()
+	if r.Raw, err = message.CompleteHeader(r.Raw, from, time.Now()); err != nil {
+		return nil, invalid("%v", err)
 	}
 	if err := m.sendAllowed(ctx, c.account.ID, len(rcpts)); err != nil {
 		return nil, err

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"strings"
+	"time"
 
 	gomail "github.com/emersion/go-message/mail"
 	"github.com/emersion/go-message/textproto"
@@ -54,4 +55,48 @@ func Originators(raw []byte) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// CompleteHeader returns raw with the header fields RFC 5322 §3.6 requires
+// that it lacks, added at the top of its header as a message submission
+// agent may (RFC 6409 §8.2 Date, §8.3 Message-ID; a From naming the
+// submitter, from, when the client wrote none, so that what we sign says
+// who sent it). raw is returned unchanged when it has all three. Its header
+// must read as Originators reads it.
+func CompleteHeader(raw []byte, from string, now time.Time) ([]byte, error) {
+	br := bufio.NewReader(bytes.NewReader(raw))
+	hdr, rest, err := readHeaderBlock(br, DefaultLimits().MaxHeaderBytes)
+	if err != nil || rest != nil {
+		return nil, fmt.Errorf("%w: header section", ErrMalformed)
+	}
+	h, err := textproto.ReadHeader(bufio.NewReader(bytes.NewReader(append(hdr, '\r', '\n'))))
+	if err != nil {
+		return nil, fmt.Errorf("%w: header section: %v", ErrMalformed, err)
+	}
+	have := map[string]bool{}
+	for f := h.Fields(); f.Next(); {
+		have[strings.ToLower(strings.TrimSpace(f.Key()))] = true
+	}
+	var add bytes.Buffer
+	if !have["from"] {
+		fmt.Fprintf(&add, "From: %s\r\n", from)
+	}
+	if !have["date"] {
+		fmt.Fprintf(&add, "Date: %s\r\n", now.Format(time.RFC1123Z))
+	}
+	if !have["message-id"] {
+		addr, err := gomail.ParseAddress(from)
+		if err != nil {
+			return nil, fmt.Errorf("%w: from %q: %v", ErrMalformed, from, err)
+		}
+		id, err := newMessageID(addr.Address)
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(&add, "Message-ID: <%s>\r\n", id)
+	}
+	if add.Len() == 0 {
+		return raw, nil
+	}
+	return append(add.Bytes(), raw...), nil
 }

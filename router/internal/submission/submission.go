@@ -12,6 +12,9 @@
 //     wrong password; a login the limits refuse 454 4.7.0.
 //   - MAIL FROM must be the authenticated user's own address (553 5.7.1);
 //     the cell checks it again.
+//   - The header's From and Sender must name that address too (553 5.7.1,
+//     checked by the cell: it DKIM-signs what it sends); a message without
+//     From, Date or Message-ID gets them from the cell (RFC 6409 §8).
 //   - RCPT accepts any syntactically valid address (relaying is what an
 //     authenticated submission is for); at most 100. <postmaster> with no
 //     domain (RFC 5321 §4.1.1.3, §4.5.1) is Config.Postmaster, as at the
