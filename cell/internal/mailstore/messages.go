@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/yugabyte/pgx/v5"
 	"github.com/yugabyte/pgx/v5/pgconn"
@@ -143,15 +144,18 @@ func (s *Store) RenameMailbox(ctx context.Context, accountID, id, name string) (
 			accountID, id, name, int64(modseq)); err != nil {
 			return err
 		}
+		// The rest of a child's name starts after the old name: substr
+		// counts characters, not bytes.
+		rest := utf8.RuneCountInString(old) + 1
 		if _, err := tx.Exec(ctx, `UPDATE mailboxes SET name = $3 || substr(name, $4) WHERE account_id = $1 AND name LIKE $2`,
-			accountID, likeEscape(old)+"/%", name, len(old)+1); err != nil {
+			accountID, likeEscape(old)+"/%", name, rest); err != nil {
 			return err
 		}
 		// Subscriptions follow the mailboxes they name (as Dovecot's
 		// do); one already held for a new name stays.
 		if _, err := tx.Exec(ctx, `INSERT INTO subscriptions (account_id, name)
 			SELECT account_id, $3 || substr(name, $4) FROM subscriptions WHERE account_id = $1 AND (name = $5 OR name LIKE $2)
-			ON CONFLICT DO NOTHING`, accountID, likeEscape(old)+"/%", name, len(old)+1, old); err != nil {
+			ON CONFLICT DO NOTHING`, accountID, likeEscape(old)+"/%", name, rest, old); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM subscriptions WHERE account_id = $1 AND (name = $3 OR name LIKE $2)`,
