@@ -626,19 +626,10 @@ func (s *Store) LabelsRoom(ctx context.Context, accountID string, labels []strin
 	if len(labels) == 0 {
 		return nil
 	}
-	fresh := func() (int, error) {
-		var have, known int
-		err := s.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE label = ANY($2))
-			FROM account_labels WHERE account_id = $1`, accountID, labels).Scan(&have, &known)
-		if err != nil {
-			return 0, fmt.Errorf("labels room: %w", err)
-		}
-		return have + len(applyLabels(nil, labels, nil)) - known, nil
-	}
-	n, err := fresh()
+	n, err := s.AccountLabels(ctx, accountID, labels)
 	if err == nil && n > mail.MaxAccountLabels {
 		if err = s.collectLabels(ctx, accountID); err == nil {
-			n, err = fresh()
+			n, err = s.AccountLabels(ctx, accountID, labels)
 		}
 	}
 	if err != nil {
@@ -648,6 +639,20 @@ func (s *Store) LabelsRoom(ctx context.Context, accountID string, labels []strin
 		return fmt.Errorf("%w: an account uses at most %d distinct labels", mail.ErrLimit, mail.MaxAccountLabels)
 	}
 	return nil
+}
+
+// AccountLabels is how many distinct labels the account has recorded
+// (migration 0010's account_labels), with labels added: at most about
+// mail.MaxAccountLabels rows are read, and it bounds the labels of any one
+// of its mailboxes from above (the record holds every label in use).
+func (s *Store) AccountLabels(ctx context.Context, accountID string, labels []string) (int, error) {
+	var have, known int
+	err := s.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE label = ANY($2))
+		FROM account_labels WHERE account_id = $1`, accountID, labels).Scan(&have, &known)
+	if err != nil {
+		return 0, fmt.Errorf("account labels: %w", err)
+	}
+	return have + len(applyLabels(nil, labels, nil)) - known, nil
 }
 
 // labelsError translates the SQLSTATEs of migration 0010's label trigger.
