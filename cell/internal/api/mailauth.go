@@ -67,11 +67,29 @@ func (m *MailServer) authenticate(ctx context.Context, procedure string, h http.
 	if procedure == mailv1connect.MailServiceRefreshSessionProcedure {
 		kind = mailstore.SessionRefresh
 	}
+	if a, _ := ctx.Value(admittedKey{}).(*admission); a != nil && a.ok && kind == mailstore.SessionAccess &&
+		a.token == bearer(h) && a.epoch == epoch {
+		// LimitBody checked this token to admit the body: not again.
+		return context.WithValue(ctx, callerKey{}, a.caller), nil
+	}
 	c, err := m.session(ctx, bearer(h), epoch, kind)
 	if err != nil {
 		return ctx, err
 	}
 	return context.WithValue(ctx, callerKey{}, c), nil
+}
+
+// admittedKey carries an *admission from LimitBody to authenticate.
+type admittedKey struct{}
+
+// admission is the caller whose access token (with the map epoch) LimitBody
+// checked to let a large body through, so that authenticate does not look
+// the session up a second time for the same call.
+type admission struct {
+	token  string
+	epoch  uint64
+	caller caller
+	ok     bool
 }
 
 // session checks a session token: fence first (a token of a user another
@@ -168,12 +186,18 @@ func (m *MailServer) LimitBody(next http.Handler, agentToken string) http.Handle
 			}
 			return m.srv.toConnect(r.URL.Path, err)
 		}
+		epoch, _ := strconv.ParseUint(r.Header.Get(HeaderMapEpoch), 10, 64) // as authenticate reads it
+		adm := &admission{token: tok, epoch: epoch}
+		r = r.WithContext(context.WithValue(r.Context(), admittedKey{}, adm))
 		g := &gatedBody{r: r.Body, left: PreLoginBodyBytes, more: MaxRequestBytes - PreLoginBodyBytes, refusal: refusal,
 			admit: func() error {
 				if agentToken != "" && subtle.ConstantTimeCompare([]byte(tok), []byte(agentToken)) == 1 {
 					return nil
 				}
-				_, err := m.session(r.Context(), tok, parseEpoch(r.Header.Get(HeaderMapEpoch)), mailstore.SessionAccess)
+				c, err := m.session(r.Context(), tok, epoch, mailstore.SessionAccess)
+				if err == nil {
+					adm.caller, adm.ok = c, true
+				}
 				return err
 			}}
 		if r.ContentLength > PreLoginBodyBytes || compressed {

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
@@ -111,5 +112,27 @@ func TestEnvelopeAddressList(t *testing.T) {
 		if got := imapserver.ParseAddressList(tc.in); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("ParseAddressList(%q) = %+v, want %+v", tc.in, got, tc.want)
 		}
+	}
+}
+
+// ParseAddressList is linear in its input: a field of "[" (domain literals
+// no address takes, from any sender) is passed over without scanning on to
+// a "]" from each of its bytes again, which took seconds for a field as
+// large as a header may be (ENVELOPE and SEARCH read it each time).
+func TestParseAddressListLinear(t *testing.T) {
+	const n = 1 << 20
+	done := make(chan []imap.Address, 1)
+	go func() {
+		out := imapserver.ParseAddressList(strings.Repeat("[", n))
+		out = append(out, imapserver.ParseAddressList(strings.Repeat("[", n)+"] a@x.test")...)
+		done <- out
+	}()
+	select {
+	case got := <-done:
+		if want := []imap.Address{{Mailbox: "a", Host: "x.test"}}; !reflect.DeepEqual(got, want) {
+			t.Errorf("ParseAddressList of unclosed literals = %+v, want %+v", got, want)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("ParseAddressList of 1 MiB of \"[\" still working after 3s")
 	}
 }

@@ -623,6 +623,11 @@ func (se *session) Append(mailbox string, r imap.LiteralReader, options *imap.Ap
 		if err := se.keywordRoom(ctx, to.ID, known, opt.Labels); err != nil {
 			return nil, err
 		}
+		// The account's bound, which the store's trigger applies to STORE
+		// but not to a new message.
+		if err := se.srv.cfg.Store.LabelsRoom(ctx, se.acct.ID, opt.Labels); err != nil {
+			return nil, se.toIMAPError("append", err)
+		}
 	}
 	// Every APPEND is a new message, even of the same bytes.
 	opt.Key = "append:" + mailstore.NewID()

@@ -136,6 +136,16 @@ func (se *session) keywordRoom(ctx context.Context, mailboxID string, known map[
 	if len(fresh) == 0 {
 		return nil
 	}
+	// The account's recorded labels hold every keyword of the mailbox: when
+	// they leave room, the mailbox's need not be read (a read of all its
+	// labelled messages, for each APPEND with a keyword).
+	n, err := se.srv.cfg.Store.AccountLabels(ctx, se.acct.ID, fresh)
+	if err != nil {
+		return se.toIMAPError("keywords", err)
+	}
+	if n <= maxKeywords {
+		return nil
+	}
 	have, err := se.srv.cfg.Store.MailboxKeywords(ctx, se.acct.ID, mailboxID, 0, listedKeywords)
 	if err != nil {
 		return se.toIMAPError("keywords", err)

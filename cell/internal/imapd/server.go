@@ -58,6 +58,8 @@ type Store interface {
 	ExpungeDeleted(ctx context.Context, accountID, mailboxID string, uids []uint32) ([]uint32, error)
 	MailboxStats(ctx context.Context, accountID, mailboxID string) (int, int64, error)
 	MailboxKeywords(ctx context.Context, accountID, mailboxID string, fromUID uint32, max int) ([]string, error)
+	LabelsRoom(ctx context.Context, accountID string, labels []string) error
+	AccountLabels(ctx context.Context, accountID string, labels []string) (int, error)
 	ClaimRecent(ctx context.Context, accountID, mailboxID string, upTo uint32) (uint32, error)
 	RecentCount(ctx context.Context, accountID, mailboxID string) (int, error)
 	FirstUnseen(ctx context.Context, accountID, mailboxID string) (uint32, error)

@@ -301,9 +301,14 @@ func (se *session) List(w *imapserver.ListWriter, ref string, patterns []string,
 	if options == nil {
 		options = &imap.ListOptions{}
 	}
-	subs, err := se.srv.cfg.Store.Subscriptions(ctx, se.acct.ID)
-	if err != nil {
-		return se.toIMAPError("list", err)
+	// Subscriptions matter only to LSUB and LIST (SUBSCRIBED) or RETURN
+	// (SUBSCRIBED): a plain LIST, which clients send at every sync, does
+	// not read them.
+	var subs map[string]bool
+	if options.SelectSubscribed || options.ReturnSubscribed {
+		if subs, err = se.srv.cfg.Store.Subscriptions(ctx, se.acct.ID); err != nil {
+			return se.toIMAPError("list", err)
+		}
 	}
 	names := map[string]mail.Mailbox{}
 	implied := map[string]bool{}

@@ -38,22 +38,25 @@ func (s *Store) ClaimRecent(ctx context.Context, accountID, mailboxID string, up
 	if !validID(mailboxID) {
 		return 0, fmt.Errorf("%w: mailbox", mail.ErrNotFound)
 	}
+	const q = `SELECT recent_uid FROM mailboxes WHERE account_id = $1 AND id = $2`
 	var old int64
-	err := s.tx(ctx, func(tx pgx.Tx) error {
-		q := `SELECT recent_uid FROM mailboxes WHERE account_id = $1 AND id = $2`
-		if upTo != 0 {
-			q += ` FOR UPDATE`
-		}
-		if err := tx.QueryRow(ctx, q, accountID, mailboxID).Scan(&old); err != nil {
+	var err error
+	if upTo == 0 {
+		// Only a read: no transaction, no lock.
+		err = s.pool.QueryRow(ctx, q, accountID, mailboxID).Scan(&old)
+	} else {
+		err = s.tx(ctx, func(tx pgx.Tx) error {
+			if err := tx.QueryRow(ctx, q+` FOR UPDATE`, accountID, mailboxID).Scan(&old); err != nil {
+				return err
+			}
+			if int64(upTo) <= old {
+				return nil
+			}
+			_, err := tx.Exec(ctx, `UPDATE mailboxes SET recent_uid = $3 WHERE account_id = $1 AND id = $2`,
+				accountID, mailboxID, int64(upTo))
 			return err
-		}
-		if int64(upTo) <= old {
-			return nil
-		}
-		_, err := tx.Exec(ctx, `UPDATE mailboxes SET recent_uid = $3 WHERE account_id = $1 AND id = $2`,
-			accountID, mailboxID, int64(upTo))
-		return err
-	})
+		})
+	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, fmt.Errorf("%w: mailbox", mail.ErrNotFound)
 	}

@@ -155,9 +155,19 @@ func TestAccountLabelsBounded(t *testing.T) {
 	if !errors.Is(err, mail.ErrLimit) {
 		t.Fatalf("label %d of the account: %v, want ErrLimit", mail.MaxAccountLabels+1, err)
 	}
+	// A new message a client makes (IMAP APPEND) is held to it too.
+	if err := s.LabelsRoom(ctx, a.ID, []string{"one-too-many", "m0-0"}); !errors.Is(err, mail.ErrLimit) {
+		t.Fatalf("room for label %d of the account: %v, want ErrLimit", mail.MaxAccountLabels+1, err)
+	}
+	if err := s.LabelsRoom(ctx, a.ID, labels("m1-", 5)); err != nil {
+		t.Fatalf("room for labels the account has: %v", err)
+	}
 	// Labels that one message dropped make room.
 	if _, err := s.UpdateFlags(ctx, a.ID, []string{ids[0]}, mail.FlagChange{RemoveLabels: labels("m0-", 10)}); err != nil {
 		t.Fatal(err)
+	}
+	if err := s.LabelsRoom(ctx, a.ID, []string{"one-too-many"}); err != nil {
+		t.Fatalf("room after dropping labels: %v", err)
 	}
 	if _, err := s.UpdateFlags(ctx, a.ID, []string{extra.ID}, mail.FlagChange{AddLabels: []string{"now-there-is-room"}}); err != nil {
 		t.Fatalf("after dropping labels: %v", err)

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/yugabyte/pgx/v5"
 	"github.com/yugabyte/pgx/v5/pgconn"
@@ -143,15 +144,18 @@ func (s *Store) RenameMailbox(ctx context.Context, accountID, id, name string) (
 			accountID, id, name, int64(modseq)); err != nil {
 			return err
 		}
+		// The rest of a child's name starts after the old name: substr
+		// counts characters, not bytes.
+		rest := utf8.RuneCountInString(old) + 1
 		if _, err := tx.Exec(ctx, `UPDATE mailboxes SET name = $3 || substr(name, $4) WHERE account_id = $1 AND name LIKE $2`,
-			accountID, likeEscape(old)+"/%", name, len(old)+1); err != nil {
+			accountID, likeEscape(old)+"/%", name, rest); err != nil {
 			return err
 		}
 		// Subscriptions follow the mailboxes they name (as Dovecot's
 		// do); one already held for a new name stays.
 		if _, err := tx.Exec(ctx, `INSERT INTO subscriptions (account_id, name)
 			SELECT account_id, $3 || substr(name, $4) FROM subscriptions WHERE account_id = $1 AND (name = $5 OR name LIKE $2)
-			ON CONFLICT DO NOTHING`, accountID, likeEscape(old)+"/%", name, len(old)+1, old); err != nil {
+			ON CONFLICT DO NOTHING`, accountID, likeEscape(old)+"/%", name, rest, old); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM subscriptions WHERE account_id = $1 AND (name = $3 OR name LIKE $2)`,
@@ -592,16 +596,63 @@ func (s *Store) StoreFlags(ctx context.Context, accountID string, ids []string, 
 	if errors.Is(err, mail.ErrLimit) {
 		// The account's record of labels may hold some no message uses any
 		// more: collect them, and try once more.
-		// One pass over the account's messages (an anti-join with the
-		// labels in use), not one per recorded label.
-		if _, gcErr := s.pool.Exec(ctx, `DELETE FROM account_labels al WHERE al.account_id = $1 AND NOT EXISTS
-			(SELECT 1 FROM (SELECT DISTINCT l FROM messages m, unnest(m.labels) AS l WHERE m.account_id = $1) u
-			 WHERE u.l = al.label)`, accountID); gcErr != nil {
-			return nil, nil, fmt.Errorf("collect labels: %w", gcErr)
+		if gcErr := s.collectLabels(ctx, accountID); gcErr != nil {
+			return nil, nil, gcErr
 		}
 		changed, conflicts, err = s.storeFlags(ctx, accountID, ids, fc)
 	}
 	return changed, conflicts, err
+}
+
+// collectLabels forgets the account's recorded labels that no message uses
+// any more: one pass over the account's messages (an anti-join with the
+// labels in use), not one per recorded label.
+func (s *Store) collectLabels(ctx context.Context, accountID string) error {
+	if _, err := s.pool.Exec(ctx, `DELETE FROM account_labels al WHERE al.account_id = $1 AND NOT EXISTS
+		(SELECT 1 FROM (SELECT DISTINCT l FROM messages m, unnest(m.labels) AS l WHERE m.account_id = $1) u
+		 WHERE u.l = al.label)`, accountID); err != nil {
+		return fmt.Errorf("collect labels: %w", err)
+	}
+	return nil
+}
+
+// LabelsRoom refuses (ErrLimit) labels that would take the account past
+// mail.MaxAccountLabels distinct labels, for a new message a client makes
+// with labels (IMAP APPEND): migration 0010's trigger bounds flag changes
+// but only records the labels of an inserted message, since a delivery must
+// not fail for its filters' labels. Labels no message uses any more are
+// collected first when the bound is reached, as StoreFlags does.
+func (s *Store) LabelsRoom(ctx context.Context, accountID string, labels []string) error {
+	if len(labels) == 0 {
+		return nil
+	}
+	n, err := s.AccountLabels(ctx, accountID, labels)
+	if err == nil && n > mail.MaxAccountLabels {
+		if err = s.collectLabels(ctx, accountID); err == nil {
+			n, err = s.AccountLabels(ctx, accountID, labels)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if n > mail.MaxAccountLabels {
+		return fmt.Errorf("%w: an account uses at most %d distinct labels", mail.ErrLimit, mail.MaxAccountLabels)
+	}
+	return nil
+}
+
+// AccountLabels is how many distinct labels the account has recorded
+// (migration 0010's account_labels), with labels added: at most about
+// mail.MaxAccountLabels rows are read, and it bounds the labels of any one
+// of its mailboxes from above (the record holds every label in use).
+func (s *Store) AccountLabels(ctx context.Context, accountID string, labels []string) (int, error) {
+	var have, known int
+	err := s.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE label = ANY($2))
+		FROM account_labels WHERE account_id = $1`, accountID, labels).Scan(&have, &known)
+	if err != nil {
+		return 0, fmt.Errorf("account labels: %w", err)
+	}
+	return have + len(applyLabels(nil, labels, nil)) - known, nil
 }
 
 // labelsError translates the SQLSTATEs of migration 0010's label trigger.

@@ -385,3 +385,37 @@ func TestMailboxNamesNormalised(t *testing.T) {
 		t.Fatalf("%d café mailboxes, want 1", n)
 	}
 }
+
+// A RENAME takes the mailboxes and subscriptions under a name along, whatever
+// its characters: the children's rest is cut at the old name's length in
+// characters (SQL substr), not in bytes ("Réunion" is 7 of them, 8 bytes).
+func TestRenameNonASCIIParent(t *testing.T) {
+	s := open(t)
+	ctx := context.Background()
+	a, _ := account(t, s, "rename-utf8@example.com", 0)
+	parent, err := s.CreateMailbox(ctx, a.ID, "Réunion", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateMailbox(ctx, a.ID, "Réunion/Notes", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RenameMailbox(ctx, a.ID, parent.ID, "Meetings"); err != nil {
+		t.Fatal(err)
+	}
+	list, _, _ := s.ListMailboxes(ctx, a.ID)
+	names := map[string]bool{}
+	for _, b := range list {
+		names[b.Name] = true
+	}
+	if !names["Meetings"] || !names["Meetings/Notes"] || names["Réunion/Notes"] {
+		t.Errorf("mailboxes after rename: %v", names)
+	}
+	subs, err := s.Subscriptions(ctx, a.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !subs["Meetings"] || !subs["Meetings/Notes"] || subs["Réunion/Notes"] {
+		t.Errorf("subscriptions after rename: %v", subs)
+	}
+}

@@ -59,6 +59,23 @@ type addrParser struct {
 	i int
 	// comment is the text of the last comment skipped.
 	comment string
+	// closeFrom, closeAt: the first "]" at or after closeFrom is at
+	// closeAt (len(s) when none). A domain literal where no address
+	// can take it is passed over one byte at a time; without this, each
+	// byte would scan on to its "]" again (quadratic in the field).
+	closeFrom, closeAt int
+}
+
+// literalEnd is the index of the first "]" at or after p.i, len(p.s)
+// when none.
+func (p *addrParser) literalEnd() int {
+	if p.closeFrom == 0 && p.closeAt == 0 || p.i < p.closeFrom || p.i > p.closeAt {
+		p.closeFrom, p.closeAt = p.i, len(p.s)
+		if j := strings.IndexByte(p.s[p.i:], ']'); j >= 0 {
+			p.closeAt = p.i + j
+		}
+	}
+	return p.closeAt
 }
 
 func (p *addrParser) eof() bool { return p.i >= len(p.s) }
@@ -133,12 +150,8 @@ func (p *addrParser) word() (w string, quoted, ok bool) {
 		p.i++ // the closing quote
 		return b.String(), true, true
 	case c == '[':
-		j := strings.IndexByte(p.s[p.i:], ']')
-		if j < 0 {
-			j = len(p.s) - p.i - 1
-		}
-		w = p.s[p.i : p.i+j+1]
-		p.i += j + 1
+		end := min(p.literalEnd()+1, len(p.s))
+		w, p.i = p.s[p.i:end], end
 		return w, false, true
 	case isAtext(c):
 		j := p.i
