@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -70,6 +71,12 @@ type Config struct {
 	// Empty: no IMAP.
 	IMAPListen   string
 	IMAPListener net.Listener
+	// IMAPTrustedProxies are the peers (the routers) whose first ID
+	// "x-originating-ip" names the IMAP client, for the login limits;
+	// nil: loopback and private addresses. A router that reaches the cell
+	// from elsewhere must be listed, or every login counts against the
+	// router's own address (runbooks/login-limits.md).
+	IMAPTrustedProxies []netip.Prefix
 	// Kafka lists the brokers of the cell's queue (DESIGN.md §4); empty: the
 	// pipeline runs straight from the spool table.
 	Kafka []string
@@ -328,7 +335,8 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		}()
 		imapSrv := imapd.New(imapd.Config{Store: store, Blobs: blobs, Append: delivery.New(blobs, store, message.DefaultLimits()),
-			Hasher: hasher, Fence: fence, Logins: logins, Publish: kv, Hub: hub, Logger: log.With("part", "imap")})
+			Hasher: hasher, Fence: fence, Logins: logins, TrustedProxies: cfg.IMAPTrustedProxies, Publish: kv, Hub: hub,
+			Logger: log.With("part", "imap")})
 		go func() { _ = imapSrv.Serve(iln) }()
 		defer imapSrv.Close()
 		log.Info("cell IMAP serving", "imap", iln.Addr().String())

@@ -5,6 +5,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -40,6 +41,8 @@ func run(args []string) error {
 	authserv := fs.String("authserv-id", cli.Env("CELLMAIL_AUTHSERV_ID", "cellmail"), "name in Authentication-Results (env CELLMAIL_AUTHSERV_ID)")
 	hostname := fs.String("hostname", cli.Env("CELLMAIL_HOSTNAME", ""), "name in outbound SMTP and bounces (default <name>.cellmail.local; env CELLMAIL_HOSTNAME)")
 	outPort := fs.Int("outbound-port", 25, "port of remote mail exchangers (tests use another)")
+	proxies := fs.String("imap-trusted-proxies", cli.Env("CELLMAIL_IMAP_TRUSTED_PROXIES", ""),
+		"CIDRs of the routers whose IMAP ID x-originating-ip names the client, comma-separated; empty: loopback and private (env CELLMAIL_IMAP_TRUSTED_PROXIES)")
 	logger := cli.LogFlags(fs, os.Stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -51,6 +54,13 @@ func run(args []string) error {
 	cfg := cell.Config{Name: *name, Listen: *listen, Etcd: cli.List(*etcd), DataDir: *dataDir, RedisAddr: *redis,
 		BlobDir: *blobs, LMTPListen: *lmtp, IMAPListen: *imapAddr, Kafka: cli.List(*kafka), Role: *role, DNS: *dns, Clamd: *clamd,
 		AuthServID: *authserv, Hostname: *hostname, OutboundPort: *outPort, Logger: log}
+	for _, p := range cli.List(*proxies) {
+		pfx, err := netip.ParsePrefix(p)
+		if err != nil {
+			return fmt.Errorf("-imap-trusted-proxies: %w", err)
+		}
+		cfg.IMAPTrustedProxies = append(cfg.IMAPTrustedProxies, pfx)
+	}
 	if cfg.AgentToken, err = cli.Secret(*agent); err != nil {
 		return err
 	}
