@@ -112,17 +112,29 @@ func (m *MailServer) SendMessage(ctx context.Context, req *connect.Request[mailv
 	if err := checkOriginators(c.account, raw.Bytes()); err != nil {
 		return nil, fmt.Errorf("composed message: %w", err)
 	}
-	sent, err := m.store.MailboxByUse(ctx, c.account.ID, mail.UseSent)
-	if err != nil {
-		return nil, err
-	}
-	copyInSent, err := m.deliver.Deliver(ctx, c.account.ID, sent.ID, raw.Bytes(), delivery.Options{Flags: mail.Flags{Seen: true}})
+	copyInSent, err := m.fileSent(ctx, c.account.ID, raw.Bytes(), delivery.Options{Flags: mail.Flags{Seen: true}})
 	if err != nil {
 		return nil, err
 	}
 	out := &mailv1.SendMessageResponse{MessageId: copyInSent.ID}
 	out.Recipients = m.route(ctx, c.account.ID, c.account.Address, rcpts, raw.Bytes(), false)
 	return connect.NewResponse(out), nil
+}
+
+// fileSent stores the sender's copy of what is sent in their Sent mailbox,
+// durably, before anything is sent. A message over the MIME limits is
+// itself refused, for good (invalid_argument; 554 5.6.0 at submission),
+// not a rate limit.
+func (m *MailServer) fileSent(ctx context.Context, accountID string, raw []byte, opt delivery.Options) (mail.Message, error) {
+	sent, err := m.store.MailboxByUse(ctx, accountID, mail.UseSent)
+	if err != nil {
+		return mail.Message{}, err
+	}
+	copyInSent, err := m.deliver.Deliver(ctx, accountID, sent.ID, raw, opt)
+	if errors.Is(err, mail.ErrLimit) {
+		return mail.Message{}, invalid("%v", strings.TrimPrefix(err.Error(), mail.ErrLimit.Error()+": "))
+	}
+	return copyInSent, err
 }
 
 // OutboundExpiry is how long remote delivery is retried before a bounce.
@@ -560,18 +572,9 @@ func (m *MailServer) SubmitMessage(ctx context.Context, req *connect.Request[mai
 	if err := m.sendAllowed(ctx, c.account.ID, len(rcpts)); err != nil {
 		return nil, err
 	}
-	sent, err := m.store.MailboxByUse(ctx, c.account.ID, mail.UseSent)
-	if err != nil {
-		return nil, err
-	}
 	// Each submission is its own Sent copy, even of identical bytes.
-	copyInSent, err := m.deliver.Deliver(ctx, c.account.ID, sent.ID, r.Raw, delivery.Options{Flags: mail.Flags{Seen: true},
+	copyInSent, err := m.fileSent(ctx, c.account.ID, r.Raw, delivery.Options{Flags: mail.Flags{Seen: true},
 		Lenient: true, Key: "submit:" + mailstore.NewID()})
-	if errors.Is(err, mail.ErrLimit) {
-		// Over the MIME limits: the message itself is refused, for good
-		// (554 5.6.0 at submission), not a rate limit.
-		return nil, invalid("%v", strings.TrimPrefix(err.Error(), mail.ErrLimit.Error()+": "))
-	}
 	if err != nil {
 		return nil, err
 	}
