@@ -65,13 +65,7 @@ func TestIMAPConcurrentExpungeMoveStore(t *testing.T) {
 	s := newStack(t)
 	url := s.startRouter(nil)
 	u := s.user(t, url, "racer@eu.example")
-	var cs [2]*imapclient.Client
-	for i := range cs {
-		cs[i] = imapLogin(t, s.imaps, u.addr, nil)
-		if _, err := cs[i].Select("INBOX", nil).Wait(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	cs := twoInInbox(t, s, u.addr)
 	const perRound = 4
 	noop := func() {
 		t.Helper()
@@ -178,13 +172,7 @@ func TestIMAPConcurrentCopyExpunge(t *testing.T) {
 	s := newStack(t)
 	url := s.startRouter(nil)
 	u := s.user(t, url, "copier@eu.example")
-	var cs [2]*imapclient.Client
-	for i := range cs {
-		cs[i] = imapLogin(t, s.imaps, u.addr, nil)
-		if _, err := cs[i].Select("INBOX", nil).Wait(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	cs := twoInInbox(t, s, u.addr)
 	const perRound = 4
 	for round := range 25 {
 		appendN(t, cs[0], "INBOX", perRound)
@@ -238,4 +226,17 @@ func TestIMAPConcurrentCopyExpunge(t *testing.T) {
 		t.Errorf("Archive: SELECT says %d messages, FETCH 1:* gives %d", sel.NumMessages, len(msgs))
 	}
 	t.Logf("Archive holds %d copies after 25 races", len(msgs))
+}
+
+// twoInInbox logs two sessions of addr in, each with INBOX selected.
+func twoInInbox(t *testing.T, s *stack, addr string) [2]*imapclient.Client {
+	t.Helper()
+	var cs [2]*imapclient.Client
+	for i := range cs {
+		cs[i] = imapLogin(t, s.imaps, addr, nil)
+		if _, err := cs[i].Select("INBOX", nil).Wait(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return cs
 }
