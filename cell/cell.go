@@ -26,6 +26,7 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/cache"
 	"github.com/cellmail/cellmail/cell/internal/clamd"
 	"github.com/cellmail/cellmail/cell/internal/delivery"
+	"github.com/cellmail/cellmail/cell/internal/dispatch"
 	"github.com/cellmail/cellmail/cell/internal/imapd"
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
 	"github.com/cellmail/cellmail/cell/internal/message"
@@ -237,27 +238,38 @@ func Run(ctx context.Context, cfg Config) error {
 	hasher := auth.NewHasher(auth.OWASP)
 	logins := auth.NewLoginLimits(kv, cfg.LoginClock, log.With("part", "login-limits"))
 	srv := api.NewServer(fence, maps, counter{store}, log)
+	// The one acceptance path into this cell's mailboxes (LMTP, the
+	// DeliveryService, this cell's own users' sends).
+	acceptor := delivery.NewAcceptor(delivery.AcceptorConfig{Fence: fence, Store: store, Blobs: blobs, Wake: wake, Relay: relay,
+		Log: log.With("part", "accept")})
+	defer acceptor.Close()
 	var sender *outbound.Sender
+	wakeOutbound := func(accountID string) {
+		if sender != nil { // set before anything is served
+			sender.Wake()
+		}
+		if prod != nil { // the senders of the cell's other processes; never delays the send
+			go func() {
+				if err := prod.NotifyOutbound(ctx, accountID); err != nil && ctx.Err() == nil {
+					log.Warn("outbound notification not published; senders find the mail on their next pass", "err", err)
+				}
+			}()
+		}
+	}
+	dcfg := dispatch.Config{Cell: cfg.Name, Maps: maps, Accept: acceptor, Queue: store, Limiter: kv,
+		Peers:     dispatch.PeerClient{HTTP: &http.Client{Timeout: 2 * time.Minute}, Token: cfg.AgentToken},
+		SendLimit: cfg.SendLimit, Wake: wakeOutbound, Log: log.With("part", "dispatch")}
+	if v := virusScanner(cfg); v != nil {
+		dcfg.Virus = v
+	}
+	dispatcher := dispatch.New(dcfg)
 	mailSrv := api.NewMailServer(api.MailConfig{
-		Server: srv, Fence: fence, Maps: maps, Store: store, Blobs: blobs, Cache: kv,
+		Server: srv, Fence: fence, Store: store, Blobs: blobs, Cache: kv,
 		Hasher: hasher, Logins: logins, Limits: message.DefaultLimits(), OperatorToken: cfg.OperatorToken,
-		Peers: api.PeerClient{HTTP: &http.Client{Timeout: 2 * time.Minute}, Token: cfg.AgentToken},
-		WakeOutbound: func(accountID string) {
-			if sender != nil { // set before anything is served
-				sender.Wake()
-			}
-			if prod != nil { // the senders of the cell's other processes; never delays the send
-				go func() {
-					if err := prod.NotifyOutbound(ctx, accountID); err != nil && ctx.Err() == nil {
-						log.Warn("outbound notification not published; senders find the mail on their next pass", "err", err)
-					}
-				}()
-			}
-		},
-		SendLimit: cfg.SendLimit, Logger: log,
+		Dispatch: dispatcher, WakeOutbound: wakeOutbound, Logger: log,
 	})
 	if cfg.Role != RoleFront {
-		sender = newSender(cfg, store, blobs, mailSrv, log)
+		sender = newSender(cfg, store, blobs, dispatcher, log)
 		go sender.Run(ctx)
 		if len(cfg.Kafka) > 0 {
 			go func() {
@@ -317,8 +329,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return fmt.Errorf("cell: lmtp: %w", err)
 		}
-		lmtp := smtpd.New(smtpd.Config{Fence: fence, Store: store, Blobs: blobs, Wake: wake, Relay: relay,
-			Domain: cfg.Name, Logger: log.With("part", "lmtp")})
+		lmtp := smtpd.New(smtpd.Config{Accept: acceptor, Domain: cfg.Name, Logger: log.With("part", "lmtp")})
 		go func() { _ = lmtp.Serve(lln) }()
 		defer lmtp.Close()
 		log.Info("cell LMTP serving", "lmtp", lln.Addr().String())
@@ -347,15 +358,15 @@ func Run(ctx context.Context, cfg Config) error {
 
 // newSender makes the outbound sender: remote mail by MX, with DKIM,
 // retries and bounces; mail to our own domains that could not be handed
-// to its cell at once goes through the mail API's routing.
-func newSender(cfg Config, store *mailstore.Store, blobs blobstore.Tiered, mailSrv *api.MailServer, log *slog.Logger) *outbound.Sender {
+// to its cell at once goes through the dispatcher's routing.
+func newSender(cfg Config, store *mailstore.Store, blobs blobstore.Tiered, d *dispatch.Dispatcher, log *slog.Logger) *outbound.Sender {
 	host := cfg.Hostname
 	if host == "" {
 		host = cfg.Name + ".cellmail.local"
 	}
 	return &outbound.Sender{Store: store, DSN: delivery.New(blobs, store, message.DefaultLimits()), Resolver: resolver(cfg.DNS),
 		Hostname: host, Port: cfg.OutboundPort, Selector: DKIMSelector(cfg.Name), Log: log.With("part", "outbound"),
-		IsHosted: mailSrv.IsHosted, DeliverHosted: mailSrv.DeliverHosted}
+		IsHosted: d.IsHosted, DeliverHosted: d.DeliverHosted}
 }
 
 // DKIMSelector is the selector of the DKIM keys a cell makes: one per cell,
@@ -391,8 +402,8 @@ func startPipeline(ctx context.Context, cfg Config, store *mailstore.Store, blob
 	if p.Auth.AuthServID == "" {
 		p.Auth.AuthServID = "cellmail"
 	}
-	if cfg.Clamd != "" {
-		p.Virus = &clamd.Client{Addr: cfg.Clamd}
+	if v := virusScanner(cfg); v != nil {
+		p.Virus = v
 	}
 	if len(cfg.Kafka) == 0 {
 		w := delivery.NewWorker(p, store, log.With("part", "spool"))
@@ -416,6 +427,14 @@ func startPipeline(ctx context.Context, cfg Config, store *mailstore.Store, blob
 		}()
 	}
 	return wake, relay, nil
+}
+
+// virusScanner is the cell's clamd, or nil when none is configured.
+func virusScanner(cfg Config) *clamd.Client {
+	if cfg.Clamd == "" {
+		return nil
+	}
+	return &clamd.Client{Addr: cfg.Clamd}
 }
 
 // spoolKeep is how long a delivered spool entry (and so its delivery key,

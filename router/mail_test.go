@@ -115,6 +115,8 @@ func TestMailWalkthroughAcrossJurisdictions(t *testing.T) {
 		t.Fatalf("recipient status %v", sent.Msg.Recipients)
 	}
 
+	// Accepted by bob's cell (durable there), then filed by its pipeline.
+	waitFor(t, "the message in bob's INBOX", func() bool { return bob.box(t, mailv1.SpecialUse_SPECIAL_USE_INBOX).Total == 1 })
 	inbox := bob.box(t, mailv1.SpecialUse_SPECIAL_USE_INBOX)
 	if inbox.Total != 1 || inbox.Unread != 1 {
 		t.Fatalf("bob's INBOX %d/%d, want 1/1", inbox.Unread, inbox.Total)
@@ -267,7 +269,7 @@ func TestCrossAccountIsolation(t *testing.T) {
 		t.Fatal(err)
 	}
 	binbox := b.box(t, mailv1.SpecialUse_SPECIAL_USE_INBOX)
-	bm := b.list(t, binbox.Id)[0]
+	bm := waitInbox(t, b, 1)[0]
 	full, err := b.c.GetMessage(ctx, withToken(b.access, &mailv1.GetMessageRequest{MessageId: bm.Id}))
 	if err != nil {
 		t.Fatal(err)
@@ -356,6 +358,7 @@ func TestReadsWorkWithoutRedis(t *testing.T) {
 		t.Fatal(err)
 	}
 	inbox := u.box(t, mailv1.SpecialUse_SPECIAL_USE_INBOX)
+	waitInbox(t, u, 1)
 	if n := len(u.list(t, inbox.Id)); n != 1 { // cached now
 		t.Fatalf("%d messages", n)
 	}
@@ -366,7 +369,7 @@ func TestReadsWorkWithoutRedis(t *testing.T) {
 	if _, err := u.c.SendMessage(ctx, withToken(u.access, &mailv1.SendMessageRequest{To: []*mailv1.EmailAddress{{Email: "r@us.example"}}, Subject: "again"})); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(u.list(t, inbox.Id)); n != 2 {
+	if n := len(waitInbox(t, u, 2)); n != 2 {
 		t.Fatalf("%d messages after a send with Redis down, want 2", n)
 	}
 	if _, err := u.c.Login(ctx, connect.NewRequest(&mailv1.LoginRequest{Address: u.addr, Password: "correct horse battery"})); err != nil {

@@ -34,6 +34,7 @@ import (
 	pb "github.com/cellmail/cellmail/controlplane/gen/controlplanev1"
 	"github.com/cellmail/cellmail/controlplane/gen/controlplanev1/controlplanev1connect"
 	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/internal/clamdtest"
 	"github.com/cellmail/cellmail/internal/dnstest"
 	"github.com/cellmail/cellmail/internal/pgserver"
 	"github.com/cellmail/cellmail/internal/redisserver"
@@ -52,6 +53,8 @@ var (
 	// of remote.test (and of no other domain) that cells send to.
 	testDNS  *dnstest.Server
 	remoteMX *remoteServer
+	// clamdAddr is the cells' virus scanner.
+	clamdAddr string
 )
 
 func TestMain(m *testing.M) {
@@ -90,6 +93,13 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	dnsAddr, testDNS = dns.Addr, dns
+	// The cells scan mail with a real clamd (its database: EICAR only).
+	var stopClamd func()
+	clamdAddr, stopClamd, err = clamdtest.Run(filepath.Join(dir, "clamd"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start clamd:", err)
+		os.Exit(1)
+	}
 	if remoteMX, err = startRemoteServer(); err != nil {
 		fmt.Fprintln(os.Stderr, "start remote MX:", err)
 		os.Exit(1)
@@ -99,6 +109,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	stopClamd()
 	rs.Stop()
 	pg.Stop()
 	os.RemoveAll(dir)
@@ -249,7 +260,7 @@ func (s *stack) startCell(name, jur string) {
 	go func() {
 		done <- cell.Run(ctx, cell.Config{Name: name, Listener: ln, Etcd: s.cp.Etcd.Endpoints, DataDir: dataDir,
 			AgentToken: cptest.AgentToken, OperatorToken: cptest.AdminToken, DatabaseURL: dsn, RedisAddr: s.redis, LMTPListener: lln, IMAPListener: iln,
-			DNS: dnsAddr, OutboundPort: remoteMX.port, SendLimit: sendLimit(), Kafka: kafka, LoginClock: s.loginNow, Logger: cptest.Logger(t)})
+			DNS: dnsAddr, Clamd: clamdAddr, OutboundPort: remoteMX.port, SendLimit: sendLimit(), Kafka: kafka, LoginClock: s.loginNow, Logger: cptest.Logger(t)})
 	}()
 	stopped := false
 	stop := func() {

@@ -20,7 +20,7 @@ import (
 
 func (c *cli) queueCmd() *cobra.Command {
 	return group("queue", "Inspect and act on a cell's outbound queue",
-		c.queueListCmd(), c.queueShowCmd(), c.queueRetryCmd(), c.queueDropCmd())
+		c.queueListCmd(), c.queueShowCmd(), c.queueRetryCmd(), c.queueReleaseCmd(), c.queueDropCmd())
 }
 
 type queueEntry struct {
@@ -75,7 +75,7 @@ func (c *cli) queueListCmd() *cobra.Command {
 	var all bool
 	cmd := &cobra.Command{
 		Use:   "list --cell CELL",
-		Short: "List the pending outbound entries of a cell (--all: delivered, bounced and dropped too)",
+		Short: "List the pending and held outbound entries of a cell (--all: delivered, bounced and dropped too)",
 		Args:  cobra.NoArgs,
 		RunE: c.action(func(ctx context.Context, cp api, _ []string) error {
 			path := "/v1/queue"
@@ -163,30 +163,42 @@ func (c *cli) queueRetryCmd() *cobra.Command {
 }
 
 func (c *cli) queueDropCmd() *cobra.Command {
+	return c.queueChangeCmd("drop", "Take a pending or held outbound entry out of the queue: it is never delivered and no bounce is sent",
+		"drop the message from %s to %s without delivering it", "entry %s dropped")
+}
+
+func (c *cli) queueReleaseCmd() *cobra.Command {
+	return c.queueChangeCmd("release", "Send a held outbound entry (held as likely spam) after all",
+		"send the message from %s to %s, held as likely spam", "entry %s released: it is due now")
+}
+
+// queueChangeCmd is a confirmed change of one entry: the cell's
+// POST /v1/queue/{id}/{verb}.
+func (c *cli) queueChangeCmd(verb, short, confirm, done string) *cobra.Command {
 	var cell string
 	var f changeFlags
 	cmd := &cobra.Command{
-		Use:   "drop ID --cell CELL",
-		Short: "Take a pending outbound entry out of the queue: it is never delivered and no bounce is sent",
+		Use:   verb + " ID --cell CELL",
+		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: c.action(func(ctx context.Context, cp api, args []string) error {
 			path := "/v1/queue/" + url.PathEscape(args[0])
 			var e queueEntry
 			return c.confirmed(ctx, &f, change{
-				what: "queue drop",
+				what: "queue " + verb,
 				describe: func(ctx context.Context) (proto.Message, func(io.Writer), string, error) {
 					if err := c.cellCall(ctx, cp, cell, http.MethodGet, path, &e); err != nil {
 						return nil, nil, "", err
 					}
-					return nil, func(w io.Writer) { fmt.Fprintf(w, "%s %s → %s (%s)\n", e.ID, e.From, e.Rcpt, e.State) },
-						fmt.Sprintf("drop the message from %s to %s without delivering it", e.From, e.Rcpt), nil
+					return nil, func(w io.Writer) { fmt.Fprintf(w, "%s %s → %s (%s) %s\n", e.ID, e.From, e.Rcpt, e.State, e.LastError) },
+						fmt.Sprintf(confirm, e.From, e.Rcpt), nil
 				},
 				apply: func(ctx context.Context) error {
 					var ok map[string]bool
-					if err := c.cellCall(ctx, cp, cell, http.MethodPost, path+"/drop", &ok); err != nil {
+					if err := c.cellCall(ctx, cp, cell, http.MethodPost, path+"/"+verb, &ok); err != nil {
 						return err
 					}
-					c.note("entry %s dropped", args[0])
+					c.note(done, args[0])
 					return nil
 				},
 			})

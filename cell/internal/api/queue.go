@@ -16,7 +16,8 @@ import (
 //	GET  /v1/queue[?all=1]       pending entries (or all), oldest first
 //	GET  /v1/queue/{id}          one entry
 //	POST /v1/queue/{id}/retry    make a pending entry due now
-//	POST /v1/queue/{id}/drop     take a pending entry out, undelivered
+//	POST /v1/queue/{id}/release  send a held entry (likely spam) after all
+//	POST /v1/queue/{id}/drop     take a pending or held entry out, undelivered
 func (m *MailServer) QueueHandlers(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/queue", m.operator(func(w http.ResponseWriter, r *http.Request) {
 		items, err := m.store.ListOutbound(r.Context(), r.URL.Query().Get("all") == "1", 1000)
@@ -41,6 +42,13 @@ func (m *MailServer) QueueHandlers(mux *http.ServeMux) {
 	}))
 	mux.HandleFunc("POST /v1/queue/{id}/retry", m.operator(func(w http.ResponseWriter, r *http.Request) {
 		ok, err := m.store.RetryOutboundNow(r.Context(), r.PathValue("id"))
+		m.queueResult(w, ok, err)
+		if ok {
+			m.wakeOutbound("")
+		}
+	}))
+	mux.HandleFunc("POST /v1/queue/{id}/release", m.operator(func(w http.ResponseWriter, r *http.Request) {
+		ok, err := m.store.ReleaseOutbound(r.Context(), r.PathValue("id"), "released by an operator at "+time.Now().UTC().Format(time.RFC3339))
 		m.queueResult(w, ok, err)
 		if ok {
 			m.wakeOutbound("")
@@ -91,7 +99,7 @@ type queueJSON struct {
 }
 
 var queueStates = map[int16]string{mailstore.OutboundPending: "pending", mailstore.OutboundDelivered: "delivered",
-	mailstore.OutboundBounced: "bounced", mailstore.OutboundDropped: "dropped"}
+	mailstore.OutboundBounced: "bounced", mailstore.OutboundDropped: "dropped", mailstore.OutboundHeld: "held"}
 
 func toQueueJSON(q mailstore.QueueItem) queueJSON {
 	return queueJSON{ID: q.ID, State: queueStates[q.State], From: q.MailFrom, Rcpt: q.Rcpt, Domain: q.Domain,

@@ -40,6 +40,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 
 	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
 	"github.com/cellmail/cellmail/cell/gen/mailv1/mailv1connect"
@@ -286,6 +287,10 @@ func (se *session) Data(r io.Reader) error {
 		}
 		switch connect.CodeOf(err) {
 		case connect.CodePermissionDenied:
+			if reasonOf(ce) == reasonMalware {
+				// RFC 3463 §3.8: X.7.1 delivery not authorized, message refused.
+				return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: oneline.ASCII(msg, 200)}
+			}
 			// MAIL FROM, or a From/Sender field the user does not own.
 			return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: oneline.ASCII(msg, 200)}
 		case connect.CodeResourceExhausted:
@@ -302,6 +307,25 @@ func (se *session) Data(r io.Reader) error {
 		}
 	}
 	return nil
+}
+
+// reasonMalware is the cell's ErrorInfo reason for a message refused
+// because it carries a virus.
+const reasonMalware = "MALWARE"
+
+// reasonOf is the ErrorInfo reason of a cell's error, if it has one.
+func reasonOf(ce *connect.Error) string {
+	if ce == nil {
+		return ""
+	}
+	for _, d := range ce.Details() {
+		if v, err := d.Value(); err == nil {
+			if info, ok := v.(*errdetails.ErrorInfo); ok {
+				return info.Reason
+			}
+		}
+	}
+	return ""
 }
 
 // loginServer is the LOGIN SASL mechanism (draft-murchison-sasl-login):
