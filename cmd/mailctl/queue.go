@@ -190,7 +190,9 @@ func (c *cli) queueChangeCmd(verb, short, confirm, done string) *cobra.Command {
 					if err := c.cellCall(ctx, cp, cell, http.MethodGet, path, &e); err != nil {
 						return nil, nil, "", err
 					}
-					return nil, func(w io.Writer) { fmt.Fprintf(w, "%s %s → %s (%s) %s\n", e.ID, e.From, e.Rcpt, e.State, e.LastError) },
+					return nil, func(w io.Writer) {
+							fmt.Fprintf(w, "%s %s → %s (%s) %s\n", e.ID, e.From, e.Rcpt, e.State, e.LastError)
+						},
 						fmt.Sprintf(confirm, e.From, e.Rcpt), nil
 				},
 				apply: func(ctx context.Context) error {
