@@ -18,6 +18,7 @@ import (
 	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
 	"github.com/cellmail/cellmail/cell/gen/mailv1/mailv1connect"
 	"github.com/cellmail/cellmail/cell/internal/auth"
+	"github.com/cellmail/cellmail/cell/internal/blobstore"
 	"github.com/cellmail/cellmail/cell/internal/delivery"
 	"github.com/cellmail/cellmail/cell/internal/dispatch"
 	"github.com/cellmail/cellmail/cell/internal/mail"
@@ -448,7 +449,7 @@ func (m *MailServer) GetMessage(ctx context.Context, req *connect.Request[mailv1
 	if err != nil {
 		return nil, err
 	}
-	blob, err := m.blobs.Open(ctx, msg.BlobRef)
+	blob, err := blobstore.OpenMessage(ctx, m.blobs, msg.BlobRef, msg.Prefix)
 	if err != nil {
 		return nil, fmt.Errorf("open message blob: %w", err)
 	}
@@ -486,7 +487,7 @@ func (m *MailServer) GetMessage(ctx context.Context, req *connect.Request[mailv1
 // refuses (why): its header when that can be read, and a text saying why
 // the body is not shown.
 func (m *MailServer) degraded(ctx context.Context, msg mail.Message, why error) (*message.Parsed, error) {
-	blob, err := m.blobs.Open(ctx, msg.BlobRef)
+	blob, err := blobstore.OpenMessage(ctx, m.blobs, msg.BlobRef, msg.Prefix)
 	if err != nil {
 		return nil, fmt.Errorf("open message blob: %w", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	netmail "net/mail"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"connectrpc.com/connect"
 
 	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
+	"github.com/cellmail/cellmail/cell/internal/blobstore"
 	"github.com/cellmail/cellmail/cell/internal/delivery"
 	"github.com/cellmail/cellmail/cell/internal/dispatch"
 	"github.com/cellmail/cellmail/cell/internal/mail"
@@ -199,20 +201,24 @@ func (m *MailServer) ServeDownload(w http.ResponseWriter, r *http.Request) {
 		m.httpError(w, r, err)
 		return
 	}
-	ref, name, ctype := msg.BlobRef, "message-"+msg.ID+".eml", "message/rfc822"
+	name, ctype, etag := "message-"+msg.ID+".eml", "message/rfc822", "m-"+msg.ID
+	var blob blobstore.Blob
 	if part := r.PathValue("part"); part != "" {
-		found := false
-		for _, a := range atts {
-			if a.PartID == part {
-				ref, name, ctype, found = a.BlobRef, a.Filename, a.ContentType, true
-			}
-		}
-		if !found || ref == "" {
+		i := slices.IndexFunc(atts, func(a mail.AttachmentMeta) bool { return a.PartID == part })
+		if i < 0 {
 			m.httpError(w, r, fmt.Errorf("%w: attachment", mail.ErrNotFound))
 			return
 		}
+		a := atts[i]
+		name, ctype, etag = a.Filename, a.ContentType, etag+"-"+part
+		if a.BlobRef != "" { // stored decoded, before attachments were read from the message
+			blob, err = m.blobs.Open(r.Context(), a.BlobRef)
+		} else {
+			blob = &partBlob{open: func() (io.ReadCloser, error) { return m.openPart(r.Context(), msg, part) }, size: a.Size, mod: msg.ReceivedAt}
+		}
+	} else {
+		blob, err = blobstore.OpenMessage(r.Context(), m.blobs, msg.BlobRef, msg.Prefix)
 	}
-	blob, err := m.blobs.Open(r.Context(), ref)
 	if err != nil {
 		m.httpError(w, r, err)
 		return
@@ -229,7 +235,7 @@ func (m *MailServer) ServeDownload(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Content-Security-Policy", "sandbox; default-src 'none'")
 	w.Header().Set("Cache-Control", "private, max-age=3600")
-	w.Header().Set("ETag", `"`+ref+`"`)
+	w.Header().Set("ETag", `"`+etag+`"`)
 	size, err := blob.Seek(0, io.SeekEnd)
 	if err == nil {
 		_, err = blob.Seek(0, io.SeekStart)
@@ -242,6 +248,85 @@ func (m *MailServer) ServeDownload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.ServeContent(w, r, "", blob.ModTime(), blob)
+}
+
+// openPart opens the decoded content of one part of a stored message.
+func (m *MailServer) openPart(ctx context.Context, msg mail.Message, part string) (io.ReadCloser, error) {
+	b, err := blobstore.OpenMessage(ctx, m.blobs, msg.BlobRef, msg.Prefix)
+	if err != nil {
+		return nil, err
+	}
+	_, body, err := message.OpenPart(b, part, m.limits)
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("%w: attachment %s: %v", mail.ErrNotFound, part, err)
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{body, b}, nil
+}
+
+// partBlob is an attachment decoded from its message as it is read: it
+// seeks (for Range requests) by reading on, or from the start again.
+type partBlob struct {
+	open func() (io.ReadCloser, error)
+	size int64
+	mod  time.Time
+	r    io.ReadCloser
+	pos  int64 // where r is
+	want int64 // where the next Read starts
+}
+
+func (p *partBlob) Size() int64        { return p.size }
+func (p *partBlob) ModTime() time.Time { return p.mod }
+
+func (p *partBlob) Close() error {
+	if p.r == nil {
+		return nil
+	}
+	return p.r.Close()
+}
+
+func (p *partBlob) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += p.want
+	case io.SeekEnd:
+		offset += p.size
+	default:
+		return 0, errors.New("attachment: bad whence")
+	}
+	if offset < 0 {
+		return 0, errors.New("attachment: negative position")
+	}
+	p.want = offset
+	return offset, nil
+}
+
+func (p *partBlob) Read(b []byte) (int, error) {
+	if p.r == nil || p.want < p.pos {
+		if p.r != nil {
+			p.r.Close()
+		}
+		r, err := p.open()
+		if err != nil {
+			return 0, err
+		}
+		p.r, p.pos = r, 0
+	}
+	if p.want > p.pos {
+		n, err := io.CopyN(io.Discard, p.r, p.want-p.pos)
+		p.pos += n
+		if err != nil {
+			return 0, err
+		}
+	}
+	n, err := p.r.Read(b)
+	p.pos += int64(n)
+	p.want = p.pos
+	return n, err
 }
 
 // MaxRanges is the most byte ranges one download request may ask for; a

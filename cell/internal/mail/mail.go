@@ -47,3 +47,20 @@ func (e *MovingError) Error() string {
 
 // Unwrap makes errors.Is(err, ErrMoving) match.
 func (e *MovingError) Unwrap() error { return ErrMoving }
+
+// Delivered is the domain event of a message filed into a mailbox by the
+// inbound pipeline (published on the cell's `changes` topic).
+type Delivered struct {
+	SpoolID, AccountID, MailboxID, MessageID string
+	Modseq                                   uint64
+}
+
+// DeliveryFailed is the domain event of a processing attempt that failed
+// (published on the cell's error topic): the spool entry is retried after
+// Backoff, or kept as failed when Final.
+type DeliveryFailed struct {
+	SpoolID, AccountID, Reason string
+	Attempt                    int
+	Backoff                    time.Duration
+	Final                      bool
+}

@@ -1,4 +1,4 @@
-package queue_test
+package delivery_test
 
 import (
 	"context"
@@ -22,12 +22,7 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/mailstore/mailstoretest"
 	"github.com/cellmail/cellmail/cell/internal/message"
 	"github.com/cellmail/cellmail/cell/internal/queue"
-	"github.com/cellmail/cellmail/internal/pgserver"
 )
-
-var pg *pgserver.Server
-
-func TestMain(m *testing.M) { os.Exit(pgserver.TestMain(m, "queue", &pg)) }
 
 // broker is a kfake cluster that can be stopped and started again on the
 // same port, with its data directory (or a fresh one: data lost).
