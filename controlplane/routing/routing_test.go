@@ -109,7 +109,7 @@ func TestDo(t *testing.T) {
 		{name: "MOVING waits are bounded each", cur: "a", fresh: "a", answers: []error{moving(0), moving(time.Hour)},
 			wantTries: []try{{"a", 5, 1}, {"a", 5, 1}, {"a", 5, 1}}, wantWaits: []time.Duration{minMovingWait, maxMovingWait}},
 		{name: "MOVING for ever: bounded in all, then MOVING", cur: "a", fresh: "a",
-			answers: []error{moving(2 * time.Second), moving(2 * time.Second), moving(2 * time.Second), moving(2 * time.Second), moving(2 * time.Second)},
+			answers:   []error{moving(2 * time.Second), moving(2 * time.Second), moving(2 * time.Second), moving(2 * time.Second), moving(2 * time.Second)},
 			wantTries: []try{{"a", 5, 1}, {"a", 5, 1}, {"a", 5, 1}, {"a", 5, 1}, {"a", 5, 1}},
 			wantWaits: []time.Duration{2 * time.Second, 2 * time.Second, 2 * time.Second, 2 * time.Second}, wantMoving: true},
 		{name: "MOVING, caller gives up while waiting", cur: "a", fresh: "a", answers: []error{moving(time.Second)}, cancelled: true,
