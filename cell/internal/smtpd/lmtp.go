@@ -1,9 +1,14 @@
 // Package smtpd is the cell's LMTP endpoint (RFC 2033), where the router's
 // SMTP edge hands over inbound mail. Implementation notes:
 //
-//   - RCPT (RFC 5321 §4.1.1.3) runs the fence and checks the account: a
-//     subject another cell owns answers 451 (the router will re-route the
-//     retry), an unknown user 550 5.1.1.
+//   - RCPT (RFC 5321 §4.1.1.3) runs the fence and checks the account. The
+//     router's map epoch comes with each recipient as the RCPT parameter
+//     XCELLMAIL-EPOCH (RFC 5321 §4.1.2, advertised in LHLO; the routing
+//     contract, controlplane/routing), and the fence checks it. A subject
+//     another cell owns answers "451 4.4.0 [CELLMAIL-WRONG-CELL owner
+//     epoch]", one frozen by a move "451 4.2.1 [CELLMAIL-MOVING ms]" (RFC
+//     3463 codes, a routing response code the router parses to re-route
+//     or wait); an unknown user 550 5.1.1.
 //   - DATA (RFC 2033 §4.2): one spool row per recipient is committed before
 //     any per-recipient 250, with the message in the rows when small
 //     (MaxInline) or in the blob store (fsync'd first) when large: nothing
@@ -41,6 +46,7 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
 	"github.com/cellmail/cellmail/cell/internal/message"
 	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/controlplane/routing"
 	"github.com/cellmail/cellmail/internal/oneline"
 	"github.com/cellmail/cellmail/internal/trace"
 	"github.com/cellmail/cellmail/internal/wire"
@@ -121,6 +127,7 @@ func New(cfg Config) *Server {
 	srv.ReadTimeout = 5 * time.Minute
 	srv.WriteTimeout = time.Minute
 	srv.EnableSMTPUTF8 = true
+	srv.RcptParams = []string{routing.EpochParam} // the caller's map epoch, for the fence
 	srv.ErrorLog = slogAdapter{cfg.Logger}
 	s.srv = srv
 	return s
@@ -235,10 +242,14 @@ func (se *session) Mail(from string, _ *smtp.MailOptions) error {
 	return nil
 }
 
-func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+func (se *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	epoch, err := rcptEpoch(opts)
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(se.ctx, 10*time.Second)
 	defer cancel()
-	rt, err := se.s.cfg.Fence.Check(ctx, to, 0)
+	rt, err := se.s.cfg.Fence.Check(ctx, to, epoch)
 	if err != nil {
 		return reply(err)
 	}
@@ -310,14 +321,37 @@ func (se *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	return nil // 250 for every recipient: all committed together
 }
 
-// reply turns a domain error into an SMTP reply (RFC 3463 enhanced codes).
+// rcptEpoch is the caller's map epoch, from the RCPT parameter
+// XCELLMAIL-EPOCH; 0 (the cell's own map decides) without one.
+func rcptEpoch(opts *smtp.RcptOptions) (uint64, error) {
+	v, ok := "", false
+	if opts != nil {
+		v, ok = opts.Params[routing.EpochParam]
+	}
+	if !ok {
+		return 0, nil
+	}
+	e, err := routing.ParseEpoch(v)
+	if err != nil { // RFC 5321 §4.1.1.11: a parameter value not understood
+		return 0, &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 4}, Message: "Malformed " + routing.EpochParam + " parameter"}
+	}
+	return e, nil
+}
+
+// reply turns a domain error into an SMTP reply (RFC 3463 enhanced codes);
+// the fence's routing answers carry the routing contract's response code.
 func reply(err error) error {
 	var wrong *mail.WrongCellError
+	var moving *mail.MovingError
 	var smtpErr *smtp.SMTPError
 	switch {
 	case errors.As(err, &smtpErr):
 		return smtpErr
-	case errors.As(err, &wrong), errors.Is(err, mail.ErrMoving), errors.Is(err, mail.ErrStaleMap), errors.Is(err, mail.ErrUnavailable):
+	case errors.As(err, &wrong):
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "[" + wrong.ResponseCode() + "] Mailbox is served by another cell, try again"}
+	case errors.As(err, &moving): // X.2.1: the mailbox is not accepting messages for now
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 2, 1}, Message: "[" + moving.ResponseCode() + "] Mailbox is moving, try again shortly"}
+	case errors.Is(err, mail.ErrStaleMap), errors.Is(err, mail.ErrUnavailable):
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "Mailbox temporarily unavailable, try again"}
 	case errors.Is(err, mail.ErrNotFound) && strings.Contains(err.Error(), "domain"):
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 2}, Message: "Domain not hosted here"}
