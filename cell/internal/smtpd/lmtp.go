@@ -1,14 +1,9 @@
 // Package smtpd is the cell's LMTP endpoint (RFC 2033), where the router's
 // SMTP edge hands over inbound mail. Implementation notes:
 //
-//   - RCPT (RFC 5321 §4.1.1.3) runs the fence and checks the account. The
-//     router's map epoch comes with each recipient as the RCPT parameter
-//     XCELLMAIL-EPOCH (RFC 5321 §4.1.2, advertised in LHLO; the routing
-//     contract, controlplane/routing), and the fence checks it. A subject
-//     another cell owns answers "451 4.4.0 [CELLMAIL-WRONG-CELL owner
-//     epoch]", one frozen by a move "451 4.2.1 [CELLMAIL-MOVING ms]" (RFC
-//     3463 codes, a routing response code the router parses to re-route
-//     or wait); an unknown user 550 5.1.1.
+//   - RCPT (RFC 5321 §4.1.1.3) runs the fence and checks the account: a
+//     subject another cell owns answers 451 (the router will re-route the
+//     retry), an unknown user 550 5.1.1.
 //   - DATA (RFC 2033 §4.2): one spool row per recipient is committed before
 //     any per-recipient 250, with the message in the rows when small
 //     (MaxInline) or in the blob store (fsync'd first) when large: nothing
@@ -46,7 +41,6 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
 	"github.com/cellmail/cellmail/cell/internal/message"
 	"github.com/cellmail/cellmail/controlplane/placement"
-	"github.com/cellmail/cellmail/controlplane/routing"
 	"github.com/cellmail/cellmail/internal/oneline"
 	"github.com/cellmail/cellmail/internal/trace"
 	"github.com/cellmail/cellmail/internal/wire"
@@ -127,7 +121,7 @@ func New(cfg Config) *Server {
 	srv.ReadTimeout = 5 * time.Minute
 	srv.WriteTimeout = time.Minute
 	srv.EnableSMTPUTF8 = true
-	srv.RcptParams = []string{routing.EpochParam} // the caller's map epoch, for the fence
+	srv.RcptParams = rcptParams // the caller's map epoch, for the fence
 	srv.ErrorLog = slogAdapter{cfg.Logger}
 	s.srv = srv
 	return s
@@ -242,6 +236,10 @@ func (se *session) Mail(from string, _ *smtp.MailOptions) error {
 	return nil
 }
 
+// Rcpt runs the fence at the caller's map epoch (rcptEpoch) and checks the
+// account. The fence's routing answers are replies with the routing
+// contract's code (reply), which the router's edge reads to re-route or
+// wait.
 func (se *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	epoch, err := rcptEpoch(opts)
 	if err != nil {
@@ -319,23 +317,6 @@ func (se *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 		se.s.cfg.Wake()
 	}
 	return nil // 250 for every recipient: all committed together
-}
-
-// rcptEpoch is the caller's map epoch, from the RCPT parameter
-// XCELLMAIL-EPOCH; 0 (the cell's own map decides) without one.
-func rcptEpoch(opts *smtp.RcptOptions) (uint64, error) {
-	v, ok := "", false
-	if opts != nil {
-		v, ok = opts.Params[routing.EpochParam]
-	}
-	if !ok {
-		return 0, nil
-	}
-	e, err := routing.ParseEpoch(v)
-	if err != nil { // RFC 5321 §4.1.1.11: a parameter value not understood
-		return 0, &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 4}, Message: "Malformed " + routing.EpochParam + " parameter"}
-	}
-	return e, nil
 }
 
 // reply turns a domain error into an SMTP reply (RFC 3463 enhanced codes);
