@@ -38,6 +38,7 @@ import (
 	"github.com/cellmail/cellmail/controlplane/client"
 	cpv1 "github.com/cellmail/cellmail/controlplane/gen/controlplanev1"
 	"github.com/cellmail/cellmail/controlplane/gen/controlplanev1/controlplanev1connect"
+	"github.com/cellmail/cellmail/controlplane/routing"
 	"github.com/cellmail/cellmail/internal/serve"
 )
 
@@ -257,6 +258,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	dcfg := dispatch.Config{Cell: cfg.Name, Maps: maps, Accept: acceptor, Queue: store, Limiter: kv,
+		Routes:    routing.New(maps, routing.Config{Logger: log.With("part", "routing")}),
 		Peers:     dispatch.PeerClient{HTTP: &http.Client{Timeout: 2 * time.Minute}, Token: cfg.AgentToken},
 		SendLimit: cfg.SendLimit, Wake: wakeOutbound, Log: log.With("part", "dispatch")}
 	if v := virusScanner(cfg); v != nil {

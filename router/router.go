@@ -19,10 +19,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/cellmail/cellmail/controlplane/client"
+	"github.com/cellmail/cellmail/controlplane/routing"
 	"github.com/cellmail/cellmail/internal/serve"
 	"github.com/cellmail/cellmail/router/internal/httpproxy"
 	"github.com/cellmail/cellmail/router/internal/imapproxy"
-	"github.com/cellmail/cellmail/router/internal/route"
 	"github.com/cellmail/cellmail/router/internal/smtpedge"
 	"github.com/cellmail/cellmail/router/internal/submission"
 )
@@ -126,7 +126,13 @@ func Run(ctx context.Context, cfg Config) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	serve.MapGauges(reg, "cellmail_router", maps)
-	table := route.New(maps)
+	// One routing contract for every edge (DESIGN.md §3, §4).
+	wrongCell := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "cellmail_router_wrong_cell_total", Help: "WRONG_CELL answers that made the router refresh a subject.",
+	})
+	reg.MustRegister(wrongCell)
+	table := routing.New(maps, routing.Config{Logger: log.With("part", "routing"),
+		OnWrongCell: func(routing.Target, *routing.WrongCell) { wrongCell.Inc() }})
 	proxy := httpproxy.New(table, httpproxy.Config{Logger: log, Registerer: reg})
 	if cfg.SMTPListener != nil || cfg.SMTPListen != "" {
 		sln, err := serve.Listen(cfg.SMTPListener, cfg.SMTPListen)

@@ -25,6 +25,7 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
 	"github.com/cellmail/cellmail/cell/internal/message"
 	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/controlplane/routing"
 	"github.com/cellmail/cellmail/internal/wire"
 )
 
@@ -171,7 +172,7 @@ func (m *MailServer) Deliver(ctx context.Context, req *connect.Request[mailv1.De
 	if len(req.Msg.Recipients) == 0 || len(req.Msg.Recipients) > MaxRecipients {
 		return nil, invalid("1 to %d recipients", MaxRecipients)
 	}
-	epoch := parseEpoch(req.Header().Get(HeaderMapEpoch))
+	epoch := routing.EpochOf(req.Header())
 	st, err := m.dispatch.AcceptHere(ctx, epoch, req.Msg.MailFrom, req.Msg.Recipients, req.Msg.Raw)
 	if err != nil {
 		return nil, err
@@ -189,7 +190,7 @@ func (m *MailServer) Deliver(ctx context.Context, req *connect.Request[mailv1.De
 // an attachment with nosniff and a sandboxing CSP, so a hostile attachment
 // cannot run in the API's origin.
 func (m *MailServer) ServeDownload(w http.ResponseWriter, r *http.Request) {
-	epoch := parseEpoch(r.Header.Get(HeaderMapEpoch))
+	epoch := routing.EpochOf(r.Header)
 	c, err := m.session(r.Context(), bearer(r.Header), epoch, 1)
 	if err != nil {
 		m.httpError(w, r, err)
@@ -406,16 +407,6 @@ func limitRanges(w http.ResponseWriter, r *http.Request, size int64) bool {
 	return true
 }
 
-func parseEpoch(s string) uint64 {
-	var n uint64
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return 0
-		}
-		n = n*10 + uint64(c-'0')
-	}
-	return n
-}
 
 // httpError answers a download with the status the Connect code maps to.
 func (m *MailServer) httpError(w http.ResponseWriter, r *http.Request, err error) {

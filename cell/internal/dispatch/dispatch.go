@@ -26,6 +26,7 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/msgauth"
 	"github.com/cellmail/cellmail/cell/internal/spam"
 	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/controlplane/routing"
 )
 
 // Recipient states of a send, as the API reports them.
@@ -44,7 +45,12 @@ type Status struct {
 // Maps is the cell's watch-fed map copy.
 type Maps interface {
 	Map() *placement.Map
-	Refresh(ctx context.Context, address string) (placement.Route, error)
+}
+
+// Routes runs a call at a subject's owning cell under the routing contract
+// (routing.Routes over the cell's map copy).
+type Routes interface {
+	Do(ctx context.Context, address string, call func(ctx context.Context, tgt routing.Target) error) error
 }
 
 // Acceptor is the cell's one acceptance path (delivery.Acceptor).
@@ -82,6 +88,7 @@ type Scanner interface {
 type Config struct {
 	Cell    string // this cell's name
 	Maps    Maps
+	Routes  Routes
 	Accept  Acceptor
 	Peers   Peers
 	Queue   Queue
@@ -277,16 +284,12 @@ func (d *Dispatcher) DeliverHosted(ctx context.Context, from, rcpt string, raw [
 	return false, errors.New(st[0].Detail)
 }
 
-// maxHops is how many cells one recipient's delivery may visit (DESIGN.md
-// §3).
-const maxHops = 2
-
 // deliverHosted hands raw to the acceptance of each recipient's owning
-// cell: this cell's Acceptor, or a peer's DeliveryService with the epoch
-// of the map it was routed by. A cell that says it does not own them any
-// more (WRONG_CELL) makes it refresh those subjects and try the new owner,
-// at most maxHops cells; one whose subjects are moving (MOVING) is waited
-// for, a bounded time.
+// cell — this cell's Acceptor, or a peer's DeliveryService with the epoch
+// of the map it was routed by — the recipients of one cell together. A
+// cell that says it does not own them any more (WRONG_CELL) or that they
+// are moving (MOVING) sends each of them through the routing contract on
+// its own (one).
 func (d *Dispatcher) deliverHosted(ctx context.Context, from string, rcpts []string, raw []byte) []Status {
 	if len(rcpts) == 0 {
 		return nil
@@ -334,56 +337,40 @@ func (d *Dispatcher) deliverHosted(ctx context.Context, from string, rcpts []str
 	return out
 }
 
-// one delivers to one recipient through the routing contract: refresh,
-// try, at most maxHops cells, waiting out MOVING a bounded time.
+// one delivers to one recipient through the routing contract (refresh,
+// try, at most routing.MaxHops cells, MOVING waited out a bounded time).
 func (d *Dispatcher) one(ctx context.Context, from, rc string, raw []byte) Status {
-	waited := time.Duration(0)
-	var err error
-	for hop := 0; hop < maxHops; {
-		var rt placement.Route
-		if rt, err = d.cfg.Maps.Refresh(ctx, rc); err != nil {
-			break
-		}
-		var st []Status
-		st, err = d.at(ctx, d.cfg.Maps.Map(), rt.Cell, from, []string{rc}, raw)
-		if err == nil && len(st) == 1 {
-			return st[0]
-		}
-		var moving *mail.MovingError
-		if errors.As(err, &moving) && waited+moving.RetryAfter <= maxMovingWait {
-			t := time.NewTimer(moving.RetryAfter)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return failAll([]string{rc}, ctx.Err(), d.cfg.Log)[0]
-			case <-t.C:
-			}
-			waited += moving.RetryAfter
-			continue
-		}
-		var wrong *mail.WrongCellError
-		if !errors.As(err, &wrong) {
-			break
-		}
-		hop++
+	var st []Status
+	err := d.cfg.Routes.Do(ctx, rc, func(ctx context.Context, tgt routing.Target) error {
+		var err error
+		st, err = d.atCell(ctx, tgt.Cell, tgt.Epoch, from, []string{rc}, raw)
+		return err
+	})
+	if err == nil && len(st) == 1 {
+		return st[0]
+	}
+	if err == nil {
+		err = errors.New("no delivery result")
 	}
 	return failAll([]string{rc}, err, d.cfg.Log)[0]
 }
 
-// maxMovingWait bounds how long a send waits for a moving recipient before
-// it is queued for the sender's retry.
-const maxMovingWait = 5 * time.Second
-
-// at delivers to the recipients in one cell.
+// at delivers to the recipients in one cell, as the map mp names it.
 func (d *Dispatcher) at(ctx context.Context, mp *placement.Map, cellName, from string, rcpts []string, raw []byte) ([]Status, error) {
-	if cellName == d.cfg.Cell {
-		return d.AcceptHere(ctx, mp.Epoch(), from, rcpts, raw)
-	}
 	c, ok := mp.Cell(cellName)
 	if !ok {
 		return nil, fmt.Errorf("%w: owning cell %s not in the map", mail.ErrUnavailable, cellName)
 	}
-	return d.cfg.Peers.Deliver(ctx, c, mp.Epoch(), from, rcpts, raw)
+	return d.atCell(ctx, c, mp.Epoch(), from, rcpts, raw)
+}
+
+// atCell delivers to the recipients in cell c with the map epoch the
+// caller routed by: this cell's own acceptance, or a peer's.
+func (d *Dispatcher) atCell(ctx context.Context, c placement.Cell, epoch uint64, from string, rcpts []string, raw []byte) ([]Status, error) {
+	if c.Name == d.cfg.Cell {
+		return d.AcceptHere(ctx, epoch, from, rcpts, raw)
+	}
+	return d.cfg.Peers.Deliver(ctx, c, epoch, from, rcpts, raw)
 }
 
 // AcceptHere accepts raw for recipients of this cell (the DeliveryService,

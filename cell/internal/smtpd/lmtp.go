@@ -86,6 +86,7 @@ func New(cfg Config) *Server {
 	srv.ReadTimeout = 5 * time.Minute
 	srv.WriteTimeout = time.Minute
 	srv.EnableSMTPUTF8 = true
+	srv.RcptParams = rcptParams // the caller's map epoch, for the fence
 	srv.ErrorLog = slogAdapter{cfg.Logger}
 	s.srv = srv
 	return s
@@ -127,10 +128,18 @@ func (se *session) Mail(from string, _ *smtp.MailOptions) error {
 	return nil
 }
 
-func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+// Rcpt runs the fence at the caller's map epoch (rcptEpoch) and checks the
+// account. The fence's routing answers are replies with the routing
+// contract's code (reply), which the router's edge reads to re-route or
+// wait.
+func (se *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	epoch, err := rcptEpoch(opts)
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(se.ctx, 10*time.Second)
 	defer cancel()
-	rc, err := se.s.cfg.Accept.Recipient(ctx, to, 0)
+	rc, err := se.s.cfg.Accept.Recipient(ctx, to, epoch)
 	if err != nil {
 		return reply(err)
 	}
@@ -177,14 +186,20 @@ func (se *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	return nil // 250 for every recipient: all committed together
 }
 
-// reply turns a domain error into an SMTP reply (RFC 3463 enhanced codes).
+// reply turns a domain error into an SMTP reply (RFC 3463 enhanced codes);
+// the fence's routing answers carry the routing contract's response code.
 func reply(err error) error {
 	var wrong *mail.WrongCellError
+	var moving *mail.MovingError
 	var smtpErr *smtp.SMTPError
 	switch {
 	case errors.As(err, &smtpErr):
 		return smtpErr
-	case errors.As(err, &wrong), errors.Is(err, mail.ErrMoving), errors.Is(err, mail.ErrStaleMap), errors.Is(err, mail.ErrUnavailable):
+	case errors.As(err, &wrong):
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "[" + wrong.ResponseCode() + "] Mailbox is served by another cell, try again"}
+	case errors.As(err, &moving): // X.2.1: the mailbox is not accepting messages for now
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 2, 1}, Message: "[" + moving.ResponseCode() + "] Mailbox is moving, try again shortly"}
+	case errors.Is(err, mail.ErrStaleMap), errors.Is(err, mail.ErrUnavailable):
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "Mailbox temporarily unavailable, try again"}
 	case errors.Is(err, mail.ErrNotFound) && strings.Contains(err.Error(), "domain"):
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 2}, Message: "Domain not hosted here"}
