@@ -312,8 +312,8 @@ func Run(ctx context.Context, cfg Config) error {
 		connect.WithInterceptors(api.AgentAuthInterceptor(cfg.AgentToken), srv.FenceInterceptor()))
 	mux.Handle(deliveryPath, mailSrv.LimitBody(deliveryHandler, cfg.AgentToken))
 	mux.HandleFunc("GET /v1/messages/{id}/raw", mailSrv.ServeDownload)
-	mux.HandleFunc("GET /v1/dkim/{domain}", mailSrv.ServeDKIM(DKIMSelector(cfg.Name)))
-	mailSrv.QueueHandlers(mux)
+	mux.Handle(cellv1connect.NewOperatorServiceHandler(mailSrv.Operator(DKIMSelector(cfg.Name)), append(limits,
+		connect.WithInterceptors(mailSrv.OperatorInterceptor()))...))
 	mux.HandleFunc("GET /v1/messages/{id}/attachments/{part}", mailSrv.ServeDownload)
 	serve.Probes(mux, func() error {
 		if maps.Map() == nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -20,8 +19,9 @@ import (
 	"github.com/emersion/go-smtp"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 
+	cellv1 "github.com/cellmail/cellmail/cell/gen/cellv1"
+	"github.com/cellmail/cellmail/cell/gen/cellv1/cellv1connect"
 	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
-	"github.com/cellmail/cellmail/controlplane/cptest"
 	"github.com/cellmail/cellmail/internal/clamdtest"
 )
 
@@ -208,47 +208,27 @@ func TestHostedSenderMalwareAndSpam(t *testing.T) {
 
 	// The operator sees the held entry (mailctl queue list) and releases
 	// it: then it is sent.
-	cellURL := s.cells[s.owner(alice.addr)]
-	var list struct {
-		Entries []struct {
-			ID, State, Rcpt string
-			LastError       string `json:"last_error"`
-		} `json:"entries"`
+	op := cellv1connect.NewOperatorServiceClient(http.DefaultClient, s.cells[s.owner(alice.addr)])
+	list, err := op.ListQueue(ctx, call(t, connect.NewRequest(&cellv1.ListQueueRequest{})))
+	if err != nil {
+		t.Fatal(err)
 	}
-	operatorCall(t, http.MethodGet, cellURL+"/v1/queue", &list)
 	held := ""
-	for _, e := range list.Entries {
+	for _, e := range list.Msg.Entries {
 		if e.Rcpt == "spam@remote.test" && e.State == "held" && strings.Contains(e.LastError, "spam") {
-			held = e.ID
+			held = e.Id
 		}
 	}
 	if held == "" {
-		t.Fatalf("no held entry for spam@remote.test in %+v", list.Entries)
+		t.Fatalf("no held entry for spam@remote.test in %v", list.Msg.Entries)
 	}
-	var ok map[string]bool
-	operatorCall(t, http.MethodPost, cellURL+"/v1/queue/"+held+"/release", &ok)
+	if _, err := op.ReleaseQueueEntry(ctx, connect.NewRequest(&cellv1.ReleaseQueueEntryRequest{Id: held})); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Fatalf("release without the operator token: %v", err)
+	}
+	if _, err := op.ReleaseQueueEntry(ctx, call(t, connect.NewRequest(&cellv1.ReleaseQueueEntryRequest{Id: held}))); err != nil {
+		t.Fatal(err)
+	}
 	waitFor(t, "the released message at the remote MX", func() bool { return remoteMX.message("spam@remote.test") != nil })
-}
-
-// operatorCall calls a cell's operator endpoint and decodes its JSON.
-func operatorCall(t *testing.T, method, url string, out any) {
-	t.Helper()
-	req, err := http.NewRequest(method, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+cptest.AdminToken)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("%s %s: %s", method, url, resp.Status)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // reasonOf is the ErrorInfo reason of a Connect error.

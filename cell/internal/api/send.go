@@ -407,7 +407,6 @@ func limitRanges(w http.ResponseWriter, r *http.Request, size int64) bool {
 	return true
 }
 
-
 // httpError answers a download with the status the Connect code maps to.
 func (m *MailServer) httpError(w http.ResponseWriter, r *http.Request, err error) {
 	cerr := m.srv.toConnect(r.URL.Path, err)

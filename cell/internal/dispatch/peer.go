@@ -34,4 +34,3 @@ func (p PeerClient) Deliver(ctx context.Context, cell placement.Cell, epoch uint
 	}
 	return out, nil
 }
-
