@@ -36,11 +36,11 @@ test: deps checkgenerate ## Run every test (starts real etcd, PostgreSQL, Redis)
 bench: deps ## Run the benchmarks and print their figures (placement, router, inbound SMTP, outbound and submission, IMAP and imaptest's stress beside Dovecot, mail store, blob store, login)
 	@./scripts/deps.sh bench
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./controlplane/placement/ ./router/internal/...
-	$(GO) test -run '^$$' -bench 'BenchmarkRouter' -benchmem -benchtime 2s ./router/
-	$(GO) test -run '^$$' -bench 'BenchmarkInboundSMTP' -benchtime 10000x -timeout 30m ./router/
-	$(GO) test -run '^$$' -bench 'BenchmarkOutbound' -benchtime 2000x -timeout 30m ./router/
-	$(GO) test -run '^$$' -bench 'BenchmarkIMAP' -benchtime 10x -timeout 30m ./router/
-	$(GO) test -run '^$$' -bench 'BenchmarkImaptestStress' -benchtime 1x -timeout 30m ./router/ # imaptest's stress throughput beside Dovecot's
+	$(GO) test -run '^$$' -bench 'BenchmarkRouter' -benchmem -benchtime 2s ./e2e/
+	$(GO) test -run '^$$' -bench 'BenchmarkInboundSMTP' -benchtime 10000x -timeout 30m ./e2e/
+	$(GO) test -run '^$$' -bench 'BenchmarkOutbound' -benchtime 2000x -timeout 30m ./e2e/
+	$(GO) test -run '^$$' -bench 'BenchmarkIMAP' -benchtime 10x -timeout 30m ./e2e/
+	$(GO) test -run '^$$' -bench 'BenchmarkImaptestStress' -benchtime 1x -timeout 30m ./e2e/ # imaptest's stress throughput beside Dovecot's
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 300x ./cell/internal/mailstore/
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 3000x ./cell/internal/blobstore/
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 30x ./cell/internal/auth/

@@ -84,6 +84,11 @@ func TestLayering(t *testing.T) {
 					t.Errorf("%s depends on %s: %s", rel(p.ImportPath), rel(d), r.why)
 				}
 			}
+			for _, d := range append(append([]string{}, p.TestImports...), p.XTestImports...) {
+				if strings.HasPrefix(d, module) && under(d, r.to) {
+					t.Errorf("%s's tests import %s: %s (scenarios across services live in e2e/)", rel(p.ImportPath), rel(d), r.why)
+				}
+			}
 		}
 		// A service's root package (Config, Run) is wired only by cmd/.
 		for _, root := range []string{"controlplane", "cell", "router"} {
