@@ -11,7 +11,7 @@ export PATH := $(TOOLS):$(PATH)
 TEST_FLAGS ?= -count=1 -timeout 20m
 FUZZTIME ?= 30s
 
-.PHONY: help deps build run test bench lint fuzz generate checkgenerate tools clean
+.PHONY: help deps build run test bench lint fuzz generate checkgenerate tools weed clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -26,14 +26,14 @@ build: ## Build every binary into bin/
 run: deps build ## Run the whole system on this machine (Ctrl-C stops it)
 	$(BIN)/devstack -dir .dev
 
-test: deps checkgenerate ## Run every test (starts real etcd, PostgreSQL, Redis)
+test: deps checkgenerate weed ## Run every test (starts real etcd, PostgreSQL, Redis, SeaweedFS's S3)
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) test $(TEST_FLAGS) ./...
 	cd third_party/go-smtp && $(GO) test $(TEST_FLAGS) ./... # the patched copy (CELLMAIL.md)
 
-bench: deps ## Run the benchmarks and print their figures (placement, router, inbound SMTP, outbound and submission, IMAP and imaptest's stress beside Dovecot, mail store, blob store, login)
+bench: deps weed ## Run the benchmarks and print their figures (placement, router, inbound SMTP, outbound and submission, IMAP and imaptest's stress beside Dovecot, mail store, blob store, login)
 	@./scripts/deps.sh bench
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./controlplane/placement/ ./router/internal/...
 	$(GO) test -run '^$$' -bench 'BenchmarkRouter' -benchmem -benchtime 2s ./router/
@@ -66,6 +66,9 @@ tools: ## Install buf and the protoc plugins (pinned) into .dev/tools
 	@test -x $(TOOLS)/buf || GOBIN=$(TOOLS) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
 	@test -x $(TOOLS)/protoc-gen-go || GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	@test -x $(TOOLS)/protoc-gen-connect-go || GOBIN=$(TOOLS) $(GO) install connectrpc.com/connect/cmd/protoc-gen-connect-go@$(PROTOC_GEN_CONNECT_GO_VERSION)
+
+weed: ## Build SeaweedFS's weed (the blob store tests' S3 server) into .dev/tools, once (a few minutes)
+	@GO=$(GO) ./scripts/weed.sh
 
 generate: tools ## Regenerate protobuf and Connect code (committed)
 	buf lint
