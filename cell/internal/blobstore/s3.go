@@ -270,8 +270,8 @@ func (s *S3) write(ctx context.Context, ref string, put func(ctx context.Context
 // upload sends first, then the rest of in, as a multipart upload to a new
 // temporary object, and returns its key. On failure it aborts the upload
 // and leaves nothing behind.
-func (s *S3) upload(ctx context.Context, in *putReader, first []byte) (tmp string, err error) {
-	tmp = s.tmp + "put-" + rand.Text()
+func (s *S3) upload(ctx context.Context, in *putReader, first []byte) (_ string, err error) {
+	tmp := s.tmp + "put-" + rand.Text() // not the result, which a failure clears before the abort
 	id, err := s.core.NewMultipartUpload(ctx, s.bucket, tmp, minio.PutObjectOptions{})
 	if err != nil {
 		return "", fmt.Errorf("start upload: %w", err)

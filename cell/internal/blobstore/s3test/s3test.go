@@ -3,6 +3,9 @@
 // process) on free loopback ports and a private data directory, stopped
 // when the test ends.
 //
+// WEED_LOG names a file to copy all of weed's log to; a failed test logs
+// its tail.
+//
 // The weed binary is built from the Go module proxy by scripts/weed.sh
 // into .dev/tools/weed (make test does this first); WEED names another.
 // A test that needs the server fails, not skips, when weed is missing: a
@@ -21,6 +24,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -135,7 +139,16 @@ func Start(tb testing.TB) *Server {
 		"-metricsPort="+p(8),
 	)
 	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = s.log, s.log
+	var out io.Writer = s.log
+	if p := os.Getenv("WEED_LOG"); p != "" { // all of weed's log, for debugging
+		f, err := os.Create(p)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { f.Close() })
+		out = io.MultiWriter(s.log, f)
+	}
+	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		tb.Fatalf("s3test: start weed: %v", err)
@@ -146,14 +159,11 @@ func Start(tb testing.TB) *Server {
 		if s.filer != nil {
 			s.filer.Close()
 		}
-		// weed's children, if any, are in its process group.
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-exited
-		}
+		// Killed, not stopped: its data is thrown away, and a volume
+		// server given SIGTERM waits 10 s before it exits. Its children,
+		// if any, are in its process group.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-exited
 		if tb.Failed() {
 			tb.Logf("weed's log (last 4 KB):\n%s", tail(s.log.Bytes(), 4<<10))
 		}
@@ -165,13 +175,13 @@ func Start(tb testing.TB) *Server {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	// Ready when S3 answers with our credentials and the filer's gRPC
-	// port is up: a ListBuckets goes through both.
+	began := time.Now()
+	// Ready when an object can be written: S3 answers before the filer has
+	// registered with the master and the write locks work (about 8 s after
+	// the start on this project's machine), and a write then waits.
 	deadline := time.Now().Add(startTimeout)
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err = s.Client.ListBuckets(ctx)
-		cancel()
+		err = s.ready()
 		if err == nil {
 			break
 		}
@@ -184,11 +194,28 @@ func Start(tb testing.TB) *Server {
 			tb.Fatalf("s3test: weed not serving S3 after %v: %v", startTimeout, err)
 		}
 	}
+	tb.Logf("s3test: weed serving S3 at %s after %v", s.Endpoint, time.Since(began).Round(time.Millisecond))
 	s.filer, err = grpc.NewClient(s.filerGRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		tb.Fatalf("s3test: filer client: %v", err)
 	}
 	return s
+}
+
+// ready writes and deletes an object in a bucket of its own.
+func (s *Server) ready() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const bucket = "s3test-ready"
+	if err := s.Client.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}); err != nil {
+		if c := minio.ToErrorResponse(err).Code; c != "BucketAlreadyOwnedByYou" && c != "BucketAlreadyExists" {
+			return err
+		}
+	}
+	if _, err := s.Client.PutObject(ctx, bucket, "ready", strings.NewReader("ready"), 5, minio.PutObjectOptions{}); err != nil {
+		return err
+	}
+	return s.Client.RemoveObject(ctx, bucket, "ready", minio.RemoveObjectOptions{})
 }
 
 func tail(b []byte, n int) []byte {
