@@ -42,7 +42,8 @@ bench: deps weed ## Run the benchmarks and print their figures (placement, route
 	$(GO) test -run '^$$' -bench 'BenchmarkIMAP' -benchtime 10x -timeout 30m ./router/
 	$(GO) test -run '^$$' -bench 'BenchmarkImaptestStress' -benchtime 1x -timeout 30m ./router/ # imaptest's stress throughput beside Dovecot's
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 300x ./cell/internal/mailstore/
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 3000x ./cell/internal/blobstore/
+	$(GO) test -run '^$$' -bench 'BenchmarkFS' -benchmem -benchtime 3000x ./cell/internal/blobstore/
+	$(GO) test -run '^$$' -bench 'BenchmarkS3' -benchmem -benchtime 300x ./cell/internal/blobstore/ # against weed's S3 on this machine
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 30x ./cell/internal/auth/
 
 lint: tools ## buf lint, go vet, gofmt

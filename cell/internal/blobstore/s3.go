@@ -144,8 +144,8 @@ func (c *S3Config) Validate() error {
 // see no change. A PUT or a copy replaces an object atomically, so a crash
 // leaves either no blob or the complete one; a temporary object or
 // multipart upload left by a crash is removed by a later Collect once an
-// hour old. Durability is the server's: S3 answers a write once it is
-// stored redundantly.
+// hour old. Durability is the server's: Put returns once the server has
+// acknowledged the write.
 //
 // Reads are ranged GETs: Open GETs the whole blob, and a Seek makes the
 // next Read GET from the new offset. The bucket must not have versioning
@@ -585,8 +585,9 @@ const staleS3Temp = time.Hour
 // That lock closes the refresh/delete window for the Puts of this process
 // only: a Put in another process that writes the blob between the re-check
 // and the delete loses it. FS has the same window when processes share its
-// root; closing it across processes needs a conditional delete that S3
-// offers only on the ETag, which a refresh does not change.
+// root. A conditional delete would close it across processes, but S3's
+// If-Match compares ETags, and a re-write of the same content keeps its
+// ETag.
 //
 // Collect also removes the temporary objects and aborts the multipart
 // uploads that crashed Puts left, once an hour old.

@@ -59,9 +59,9 @@ type Server struct {
 	log       *bytes.Buffer
 }
 
-// startTimeout bounds how long weed may take to serve S3 (it takes 2 to
-// 5 s on this project's machine: master election, volume heartbeat,
-// filer).
+// startTimeout bounds how long weed may take to take a write (8 to 12 s
+// on this project's machine: master election, volume heartbeat, the
+// filer joining the master's lock ring).
 const startTimeout = 90 * time.Second
 
 // Weed returns the path of the weed binary: $WEED, or .dev/tools/weed at
