@@ -121,7 +121,8 @@ type BlobBucket struct {
 	Endpoint string
 	// TLS selects https.
 	TLS bool
-	// Region is the bucket's region; empty lets the client ask the server.
+	// Region is the bucket's region; empty: asked of the server at start
+	// (a request without retries).
 	Region string
 	// Bucket must exist.
 	Bucket string

@@ -39,7 +39,7 @@ func run(args []string) error {
 		"S3 server host:port; set, with -blob-s3-bucket, to keep blobs in S3 instead of -blob-dir; credentials from env CELLMAIL_BLOB_S3_ACCESS_KEY and CELLMAIL_BLOB_S3_SECRET_KEY (or @file) (env CELLMAIL_BLOB_S3_ENDPOINT)")
 	s3Bucket := fs.String("blob-s3-bucket", cli.Env("CELLMAIL_BLOB_S3_BUCKET", ""), "S3 bucket of the cell's blobs; it must exist (env CELLMAIL_BLOB_S3_BUCKET)")
 	s3Prefix := fs.String("blob-s3-prefix", cli.Env("CELLMAIL_BLOB_S3_PREFIX", ""), "key prefix ending in /, for cells sharing a bucket (env CELLMAIL_BLOB_S3_PREFIX)")
-	s3Region := fs.String("blob-s3-region", cli.Env("CELLMAIL_BLOB_S3_REGION", ""), "the bucket's region; empty: asked of the server (env CELLMAIL_BLOB_S3_REGION)")
+	s3Region := fs.String("blob-s3-region", cli.Env("CELLMAIL_BLOB_S3_REGION", ""), "the bucket's region; empty: asked of the server at start, without retries (env CELLMAIL_BLOB_S3_REGION)")
 	s3TLSDefault, err := strconv.ParseBool(cli.Env("CELLMAIL_BLOB_S3_TLS", "true"))
 	if err != nil {
 		return fmt.Errorf("CELLMAIL_BLOB_S3_TLS: %w", err)

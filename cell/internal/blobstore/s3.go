@@ -51,7 +51,8 @@ type S3Config struct {
 	// TLS selects https (the default in production; the tests' server
 	// speaks http).
 	TLS bool
-	// Region is the bucket's region; empty lets the client ask the server.
+	// Region is the bucket's region. Empty: NewS3 asks the server, in a
+	// request that minio-go does not retry, so a blip fails NewS3; set it.
 	Region string
 	// Bucket must exist: NewS3 does not create it.
 	Bucket string
