@@ -210,7 +210,7 @@ func notFound(err error) bool {
 }
 
 // Put implements Store.Put.
-func (s *S3) Put(ctx context.Context, r io.Reader) (ref string, size int64, err error) {
+func (s *S3) Put(ctx context.Context, r io.Reader) (string, int64, error) {
 	if err := ctx.Err(); err != nil {
 		return "", 0, fmt.Errorf("put blob: %w", err)
 	}
@@ -220,8 +220,8 @@ func (s *S3) Put(ctx context.Context, r io.Reader) (ref string, size int64, err 
 		return "", 0, fmt.Errorf("put blob: %w", err)
 	}
 	if eof {
-		ref = hex.EncodeToString(in.h.Sum(nil))
-		err = s.write(ctx, ref, func(ctx context.Context, key string) error {
+		ref := hex.EncodeToString(in.h.Sum(nil))
+		err := s.write(ctx, ref, func(ctx context.Context, key string) error {
 			_, err := s.core.PutObject(ctx, s.bucket, key, bytes.NewReader(first), int64(len(first)), "", ref, minio.PutObjectOptions{})
 			return err
 		})
@@ -237,14 +237,13 @@ func (s *S3) Put(ctx context.Context, r io.Reader) (ref string, size int64, err 
 	}
 	defer func() {
 		// Whether or not the copy worked, the temporary object goes, even
-		// if ctx is done.
+		// if ctx is done. If it cannot, the blob is no less stored, and
+		// Collect removes the object once it is an hour old.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s3CleanupTimeout)
 		defer cancel()
-		if rerr := s.client.RemoveObject(cctx, s.bucket, tmp, minio.RemoveObjectOptions{}); rerr != nil && err == nil {
-			err = fmt.Errorf("put blob %s: remove temporary object: %w", ref, rerr)
-		}
+		_ = s.client.RemoveObject(cctx, s.bucket, tmp, minio.RemoveObjectOptions{})
 	}()
-	ref = hex.EncodeToString(in.h.Sum(nil))
+	ref := hex.EncodeToString(in.h.Sum(nil))
 	err = s.write(ctx, ref, func(ctx context.Context, key string) error {
 		_, err := s.client.CopyObject(ctx, minio.CopyDestOptions{Bucket: s.bucket, Object: key},
 			minio.CopySrcOptions{Bucket: s.bucket, Object: tmp})
