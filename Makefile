@@ -36,11 +36,11 @@ test: deps checkgenerate weed ## Run every test (starts real etcd, PostgreSQL, R
 bench: deps weed ## Run the benchmarks and print their figures (placement, router, inbound SMTP, outbound and submission, IMAP and imaptest's stress beside Dovecot, mail store, blob store, login)
 	@./scripts/deps.sh bench
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./controlplane/placement/ ./router/internal/...
-	$(GO) test -run '^$$' -bench 'BenchmarkRouter' -benchmem -benchtime 2s ./router/
-	$(GO) test -run '^$$' -bench 'BenchmarkInboundSMTP' -benchtime 10000x -timeout 30m ./router/
-	$(GO) test -run '^$$' -bench 'BenchmarkOutbound' -benchtime 2000x -timeout 30m ./router/
-	$(GO) test -run '^$$' -bench 'BenchmarkIMAP' -benchtime 10x -timeout 30m ./router/
-	$(GO) test -run '^$$' -bench 'BenchmarkImaptestStress' -benchtime 1x -timeout 30m ./router/ # imaptest's stress throughput beside Dovecot's
+	$(GO) test -run '^$$' -bench 'BenchmarkRouter' -benchmem -benchtime 2s ./e2e/
+	$(GO) test -run '^$$' -bench 'BenchmarkInboundSMTP' -benchtime 10000x -timeout 30m ./e2e/
+	$(GO) test -run '^$$' -bench 'BenchmarkOutbound' -benchtime 2000x -timeout 30m ./e2e/
+	$(GO) test -run '^$$' -bench 'BenchmarkIMAP' -benchtime 10x -timeout 30m ./e2e/
+	$(GO) test -run '^$$' -bench 'BenchmarkImaptestStress' -benchtime 1x -timeout 30m ./e2e/ # imaptest's stress throughput beside Dovecot's
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 300x ./cell/internal/mailstore/
 	$(GO) test -run '^$$' -bench 'BenchmarkFS' -benchmem -benchtime 3000x ./cell/internal/blobstore/
 	$(GO) test -run '^$$' -bench 'BenchmarkS3' -benchmem -benchtime 300x ./cell/internal/blobstore/ # against weed's S3 on this machine
@@ -68,7 +68,7 @@ tools: ## Install buf and the protoc plugins (pinned) into .dev/tools
 	@test -x $(TOOLS)/protoc-gen-go || GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	@test -x $(TOOLS)/protoc-gen-connect-go || GOBIN=$(TOOLS) $(GO) install connectrpc.com/connect/cmd/protoc-gen-connect-go@$(PROTOC_GEN_CONNECT_GO_VERSION)
 
-weed: ## Build SeaweedFS's weed (the blob store tests' S3 server) into .dev/tools, once (a few minutes)
+weed: ## Build SeaweedFS's weed (the blob store tests' S3 server) into .dev/tools, once (about 10 minutes on 2 cores)
 	@GO=$(GO) ./scripts/weed.sh
 
 generate: tools ## Regenerate protobuf and Connect code (committed)

@@ -19,6 +19,8 @@ type pkg struct {
 	Imports    []string
 	Deps       []string
 	GoFiles    []string
+	// The imports of its tests, in the package and outside it.
+	TestImports, XTestImports []string
 }
 
 func listPackages(t *testing.T) []pkg {
@@ -82,6 +84,11 @@ func TestLayering(t *testing.T) {
 					t.Errorf("%s depends on %s: %s", rel(p.ImportPath), rel(d), r.why)
 				}
 			}
+			for _, d := range append(append([]string{}, p.TestImports...), p.XTestImports...) {
+				if strings.HasPrefix(d, module) && under(d, r.to) {
+					t.Errorf("%s's tests import %s: %s (scenarios across services live in e2e/)", rel(p.ImportPath), rel(d), r.why)
+				}
+			}
 		}
 		// A service's root package (Config, Run) is wired only by cmd/.
 		for _, root := range []string{"controlplane", "cell", "router"} {
@@ -92,6 +99,51 @@ func TestLayering(t *testing.T) {
 				if d == module+"/"+root {
 					t.Errorf("%s imports the %s service root: only cmd/ wires services", rel(p.ImportPath), root)
 				}
+			}
+		}
+	}
+}
+
+// cellLayers orders a cell's internal packages (DESIGN.md §7: transports →
+// delivery → adapters → domain types). A package, or its tests, may import
+// packages of its own layer or below, never above; every package of
+// cell/internal is in a layer (a new one must be placed here).
+var cellLayers = []struct {
+	name     string
+	packages []string
+}{
+	{"domain", []string{"mail"}},
+	{"adapter", []string{"mailstore", "mailstore/mailstoretest", "blobstore", "blobstore/blobstoretest", "blobstore/s3test",
+		"cache", "cache/redistest", "queue", "search", "clamd", "msgauth", "spam", "message", "ownership", "auth"}},
+	{"delivery", []string{"delivery", "dispatch", "outbound"}},
+	{"transport", []string{"api", "smtpd", "imapd", "push"}},
+}
+
+// The order of a cell's layers holds for its packages and their tests: an
+// adapter that imported the pipeline (as queue once did for its event
+// types) fails here.
+func TestCellLayers(t *testing.T) {
+	layer := map[string]int{}
+	for i, l := range cellLayers {
+		for _, p := range l.packages {
+			layer[module+"/cell/internal/"+p] = i
+		}
+	}
+	for _, p := range listPackages(t) {
+		if !under(p.ImportPath, "cell/internal") {
+			continue
+		}
+		from, ok := layer[p.ImportPath]
+		if !ok {
+			t.Errorf("%s is in no layer of deps_test.go's cellLayers", rel(p.ImportPath))
+			continue
+		}
+		imports := append(append(append([]string{}, p.Imports...), p.TestImports...), p.XTestImports...)
+		for _, imp := range imports {
+			to, ok := layer[imp]
+			if ok && to > from {
+				t.Errorf("%s (%s) imports %s (%s): a layer may import only its own and lower ones",
+					rel(p.ImportPath), cellLayers[from].name, rel(imp), cellLayers[to].name)
 			}
 		}
 	}

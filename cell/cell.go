@@ -26,6 +26,7 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/cache"
 	"github.com/cellmail/cellmail/cell/internal/clamd"
 	"github.com/cellmail/cellmail/cell/internal/delivery"
+	"github.com/cellmail/cellmail/cell/internal/dispatch"
 	"github.com/cellmail/cellmail/cell/internal/imapd"
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
 	"github.com/cellmail/cellmail/cell/internal/message"
@@ -37,6 +38,7 @@ import (
 	"github.com/cellmail/cellmail/controlplane/client"
 	cpv1 "github.com/cellmail/cellmail/controlplane/gen/controlplanev1"
 	"github.com/cellmail/cellmail/controlplane/gen/controlplanev1/controlplanev1connect"
+	"github.com/cellmail/cellmail/controlplane/routing"
 	"github.com/cellmail/cellmail/internal/serve"
 )
 
@@ -226,19 +228,6 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	apiURL := "http://" + ln.Addr().String()
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	bg := make(chan struct{}, 2)
-	go func() { defer func() { bg <- struct{}{} }(); _ = maps.Run(ctx) }()
-	go func() {
-		defer func() { bg <- struct{}{} }()
-		if cfg.Role == RoleWorker {
-			return // serves no requests
-		}
-		_ = maps.KeepAlive(ctx, cfg.Name, cfg.Instance, apiURL, 10*time.Second)
-	}()
-	defer func() { <-bg; <-bg }()
-
 	store, err := mailstore.Open(ctx, cfg.DatabaseURL, log.With("part", "mailstore"))
 	if err != nil {
 		return fmt.Errorf("cell: %w", err)
@@ -264,43 +253,61 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		defer prod.Close()
 	}
-	wake, relay, err := startPipeline(ctx, cfg, store, blobs, kv, prod, log)
-	if err != nil {
-		return err
+	// Every component from here on runs in the group: the first to fail
+	// ends the process, and the adapters above are closed (deferred) only
+	// after every component has returned.
+	g := serve.NewGroup(ctx)
+	defer g.Stop()
+	ctx = g.Context()
+	g.Go("map watch", maps.Run)
+	if cfg.Role != RoleWorker { // a worker serves no requests: not a live instance
+		g.Go("liveness", func(ctx context.Context) error {
+			return maps.KeepAlive(ctx, cfg.Name, cfg.Instance, apiURL, 10*time.Second)
+		})
 	}
+	wake, relay := startPipeline(g, cfg, store, blobs, kv, prod, log)
 	fence := ownership.New(cfg.Name, maps)
 	hasher := auth.NewHasher(auth.OWASP)
 	logins := auth.NewLoginLimits(kv, cfg.LoginClock, log.With("part", "login-limits"))
 	srv := api.NewServer(fence, maps, counter{store}, log)
+	// The one acceptance path into this cell's mailboxes (LMTP, the
+	// DeliveryService, this cell's own users' sends).
+	acceptor := delivery.NewAcceptor(delivery.AcceptorConfig{Fence: fence, Store: store, Blobs: blobs, Wake: wake, Relay: relay,
+		Log: log.With("part", "accept")})
+	defer acceptor.Close()
 	var sender *outbound.Sender
-	mailSrv := api.NewMailServer(api.MailConfig{
-		Server: srv, Fence: fence, Maps: maps, Store: store, Blobs: blobs, Cache: kv,
-		Hasher: hasher, Logins: logins, Limits: message.DefaultLimits(), OperatorToken: cfg.OperatorToken,
-		Peers: api.PeerClient{HTTP: &http.Client{Timeout: 2 * time.Minute}, Token: cfg.AgentToken},
-		WakeOutbound: func(accountID string) {
-			if sender != nil { // set before anything is served
-				sender.Wake()
-			}
-			if prod != nil { // the senders of the cell's other processes; never delays the send
-				go func() {
-					if err := prod.NotifyOutbound(ctx, accountID); err != nil && ctx.Err() == nil {
-						log.Warn("outbound notification not published; senders find the mail on their next pass", "err", err)
-					}
-				}()
-			}
-		},
-		SendLimit: cfg.SendLimit, Logger: log,
-	})
-	if cfg.Role != RoleFront {
-		sender = newSender(cfg, store, blobs, mailSrv, log)
-		go sender.Run(ctx)
-		if len(cfg.Kafka) > 0 {
+	wakeOutbound := func(accountID string) {
+		if sender != nil { // set before anything is served
+			sender.Wake()
+		}
+		if prod != nil { // the senders of the cell's other processes; never delays the send
 			go func() {
-				err := queue.ConsumeOutbound(ctx, cfg.Kafka, "cellmail-"+cfg.Name+"-outbound", log.With("part", "outbound"), sender.Wake)
-				if err != nil && ctx.Err() == nil {
-					log.Error("outbound consumer stopped", "err", err)
+				if err := prod.NotifyOutbound(ctx, accountID); err != nil && ctx.Err() == nil {
+					log.Warn("outbound notification not published; senders find the mail on their next pass", "err", err)
 				}
 			}()
+		}
+	}
+	dcfg := dispatch.Config{Cell: cfg.Name, Maps: maps, Accept: acceptor, Queue: store, Limiter: kv,
+		Routes:    routing.New(maps, routing.Config{Logger: log.With("part", "routing")}),
+		Peers:     dispatch.PeerClient{HTTP: &http.Client{Timeout: 2 * time.Minute}, Token: cfg.AgentToken},
+		SendLimit: cfg.SendLimit, Wake: wakeOutbound, Log: log.With("part", "dispatch")}
+	if v := virusScanner(cfg); v != nil {
+		dcfg.Virus = v
+	}
+	dispatcher := dispatch.New(dcfg)
+	mailSrv := api.NewMailServer(api.MailConfig{
+		Server: srv, Fence: fence, Store: store, Blobs: blobs, Cache: kv,
+		Hasher: hasher, Logins: logins, Limits: message.DefaultLimits(), OperatorToken: cfg.OperatorToken,
+		Dispatch: dispatcher, WakeOutbound: wakeOutbound, Logger: log,
+	})
+	if cfg.Role != RoleFront {
+		sender = newSender(cfg, store, blobs, dispatcher, log)
+		g.Go("outbound sender", func(ctx context.Context) error { sender.Run(ctx); return nil })
+		if len(cfg.Kafka) > 0 {
+			g.Go("outbound consumer", func(ctx context.Context) error {
+				return queue.ConsumeOutbound(ctx, cfg.Kafka, "cellmail-"+cfg.Name+"-outbound", log.With("part", "outbound"), sender.Wake)
+			})
 		}
 	}
 	if cfg.Role == RoleWorker {
@@ -309,9 +316,10 @@ func Run(ctx context.Context, cfg Config) error {
 		mux := http.NewServeMux()
 		serve.Probes(mux, func() error { return store.Ping(ctx) }, reg)
 		log.Info("cell worker running", "probes", apiURL, "instance", cfg.Instance)
-		return serve.Run(ctx, ln, mux)
+		g.Go("probes", func(ctx context.Context) error { return serve.Run(ctx, ln, mux) })
+		return g.Wait()
 	}
-	go collectBlobs(ctx, files, store, log)
+	g.Go("blob collector", func(ctx context.Context) error { collectBlobs(ctx, files, store, log); return nil })
 
 	reg := prometheus.NewRegistry()
 	serve.MapGauges(reg, "cellmail_cell", maps)
@@ -333,8 +341,8 @@ func Run(ctx context.Context, cfg Config) error {
 		connect.WithInterceptors(api.AgentAuthInterceptor(cfg.AgentToken), srv.FenceInterceptor()))
 	mux.Handle(deliveryPath, mailSrv.LimitBody(deliveryHandler, cfg.AgentToken))
 	mux.HandleFunc("GET /v1/messages/{id}/raw", mailSrv.ServeDownload)
-	mux.HandleFunc("GET /v1/dkim/{domain}", mailSrv.ServeDKIM(DKIMSelector(cfg.Name)))
-	mailSrv.QueueHandlers(mux)
+	mux.Handle(cellv1connect.NewOperatorServiceHandler(mailSrv.Operator(DKIMSelector(cfg.Name)), append(limits,
+		connect.WithInterceptors(mailSrv.OperatorInterceptor()))...))
 	mux.HandleFunc("GET /v1/messages/{id}/attachments/{part}", mailSrv.ServeDownload)
 	serve.Probes(mux, func() error {
 		if maps.Map() == nil {
@@ -352,10 +360,8 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return fmt.Errorf("cell: lmtp: %w", err)
 		}
-		lmtp := smtpd.New(smtpd.Config{Fence: fence, Store: store, Blobs: blobs, Wake: wake, Relay: relay,
-			Domain: cfg.Name, Logger: log.With("part", "lmtp")})
-		go func() { _ = lmtp.Serve(lln) }()
-		defer lmtp.Close()
+		lmtp := smtpd.New(smtpd.Config{Accept: acceptor, Domain: cfg.Name, Logger: log.With("part", "lmtp")})
+		g.Serve("lmtp", func() error { return lmtp.Serve(lln) }, lmtp.Close)
 		log.Info("cell LMTP serving", "lmtp", lln.Addr().String())
 	}
 	if cfg.IMAPListener != nil || cfg.IMAPListen != "" {
@@ -364,33 +370,34 @@ func Run(ctx context.Context, cfg Config) error {
 			return fmt.Errorf("cell: imap: %w", err)
 		}
 		hub := imapd.NewHub()
-		go func() {
+		g.Go("imap wake-ups", func(ctx context.Context) error {
 			if err := hub.Run(ctx, kv); err != nil && ctx.Err() == nil {
 				log.Error("imap wake-ups stopped; IDLE falls back to polling", "err", err)
 			}
-		}()
+			return nil
+		})
 		imapSrv := imapd.New(imapd.Config{Store: store, Blobs: blobs, Append: delivery.New(blobs, store, message.DefaultLimits()),
 			Hasher: hasher, Fence: fence, Logins: logins, TrustedProxies: cfg.IMAPTrustedProxies, Publish: kv, Hub: hub,
 			Logger: log.With("part", "imap")})
-		go func() { _ = imapSrv.Serve(iln) }()
-		defer imapSrv.Close()
+		g.Serve("imap", func() error { return imapSrv.Serve(iln) }, imapSrv.Close)
 		log.Info("cell IMAP serving", "imap", iln.Addr().String())
 	}
 	log.Info("cell serving", "api", apiURL, "instance", cfg.Instance)
-	return serve.Run(ctx, ln, mux)
+	g.Go("api", func(ctx context.Context) error { return serve.Run(ctx, ln, mux) })
+	return g.Wait()
 }
 
 // newSender makes the outbound sender: remote mail by MX, with DKIM,
 // retries and bounces; mail to our own domains that could not be handed
-// to its cell at once goes through the mail API's routing.
-func newSender(cfg Config, store *mailstore.Store, blobs blobstore.Tiered, mailSrv *api.MailServer, log *slog.Logger) *outbound.Sender {
+// to its cell at once goes through the dispatcher's routing.
+func newSender(cfg Config, store *mailstore.Store, blobs blobstore.Tiered, d *dispatch.Dispatcher, log *slog.Logger) *outbound.Sender {
 	host := cfg.Hostname
 	if host == "" {
 		host = cfg.Name + ".cellmail.local"
 	}
 	return &outbound.Sender{Store: store, DSN: delivery.New(blobs, store, message.DefaultLimits()), Resolver: resolver(cfg.DNS),
 		Hostname: host, Port: cfg.OutboundPort, Selector: DKIMSelector(cfg.Name), Log: log.With("part", "outbound"),
-		IsHosted: mailSrv.IsHosted, DeliverHosted: mailSrv.DeliverHosted}
+		IsHosted: d.IsHosted, DeliverHosted: d.DeliverHosted}
 }
 
 // DKIMSelector is the selector of the DKIM keys a cell makes: one per cell,
@@ -415,8 +422,8 @@ func resolver(addr string) *net.Resolver {
 //   - with a broker: the relay (spool → inbound topic, and its sweeper) in
 //     front processes, the consumer group member in worker processes; both
 //     in RoleAll.
-func startPipeline(ctx context.Context, cfg Config, store *mailstore.Store, blobs blobstore.Tiered, kv *cache.Cache, prod *queue.Producer,
-	log *slog.Logger) (wake func(), relay func([]mailstore.SpoolEntry), err error) {
+func startPipeline(g *serve.Group, cfg Config, store *mailstore.Store, blobs blobstore.Tiered, kv *cache.Cache, prod *queue.Producer,
+	log *slog.Logger) (wake func(), relay func([]mailstore.SpoolEntry)) {
 	lim := message.DefaultLimits()
 	lim.MaxSize += 256 << 10 // the trace and verdict fields added to a message of the largest size accepted
 	p := &delivery.Pipeline{D: delivery.New(blobs, store, lim), Store: store, Notify: kv, Log: log.With("part", "pipeline")}
@@ -426,31 +433,37 @@ func startPipeline(ctx context.Context, cfg Config, store *mailstore.Store, blob
 	if p.Auth.AuthServID == "" {
 		p.Auth.AuthServID = "cellmail"
 	}
-	if cfg.Clamd != "" {
-		p.Virus = &clamd.Client{Addr: cfg.Clamd}
+	if v := virusScanner(cfg); v != nil {
+		p.Virus = v
 	}
 	if len(cfg.Kafka) == 0 {
 		w := delivery.NewWorker(p, store, log.With("part", "spool"))
-		go w.Run(ctx)
-		return w.Wake, nil, nil
+		g.Go("spool worker", func(ctx context.Context) error { w.Run(ctx); return nil })
+		return w.Wake, nil
 	}
 	p.Events = prod
 	wake = func() {}
 	if cfg.Role != RoleWorker {
 		r := delivery.NewRelay(store, prod, log.With("part", "relay"))
-		go r.Run(ctx)
+		g.Go("relay", func(ctx context.Context) error { r.Run(ctx); return nil })
 		wake, relay = r.Wake, r.Publish
 	}
 	if cfg.Role != RoleFront {
-		go delivery.NewRescuer(p, store, log.With("part", "rescue")).Run(ctx)
-		go func() {
-			err := queue.ConsumeInbound(ctx, cfg.Kafka, "cellmail-"+cfg.Name+"-inbound", log.With("part", "worker"), p.HandleIDs)
-			if err != nil && ctx.Err() == nil {
-				log.Error("inbound consumer stopped", "err", err)
-			}
-		}()
+		rescuer := delivery.NewRescuer(p, store, log.With("part", "rescue"))
+		g.Go("rescuer", func(ctx context.Context) error { rescuer.Run(ctx); return nil })
+		g.Go("inbound consumer", func(ctx context.Context) error {
+			return queue.ConsumeInbound(ctx, cfg.Kafka, "cellmail-"+cfg.Name+"-inbound", log.With("part", "worker"), p.HandleIDs)
+		})
 	}
-	return wake, relay, nil
+	return wake, relay
+}
+
+// virusScanner is the cell's clamd, or nil when none is configured.
+func virusScanner(cfg Config) *clamd.Client {
+	if cfg.Clamd == "" {
+		return nil
+	}
+	return &clamd.Client{Addr: cfg.Clamd}
 }
 
 // spoolKeep is how long a delivered spool entry (and so its delivery key,

@@ -13,16 +13,17 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/cellmail/cellmail/controlplane/client"
+	"github.com/cellmail/cellmail/controlplane/routing"
 	"github.com/cellmail/cellmail/internal/serve"
 	"github.com/cellmail/cellmail/router/internal/httpproxy"
 	"github.com/cellmail/cellmail/router/internal/imapproxy"
-	"github.com/cellmail/cellmail/router/internal/route"
 	"github.com/cellmail/cellmail/router/internal/smtpedge"
 	"github.com/cellmail/cellmail/router/internal/submission"
 )
@@ -105,8 +106,6 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.MaxStaleness == 0 {
 		cfg.MaxStaleness = 5 * time.Minute
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	maps := cfg.Maps
 	if maps == nil {
 		var err error
@@ -118,15 +117,25 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		defer maps.Close()
-		done := make(chan struct{})
-		go func() { defer close(done); _ = maps.Run(ctx) }()
-		defer func() { <-done }()
+	}
+	// The components run as one group: a listener that fails ends the
+	// process; the map client is closed after every component returned.
+	g := serve.NewGroup(ctx)
+	defer g.Stop()
+	if cfg.Maps == nil {
+		g.Go("map watch", maps.Run)
 	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	serve.MapGauges(reg, "cellmail_router", maps)
-	table := route.New(maps)
+	// One routing contract for every edge (DESIGN.md §3, §4).
+	wrongCell := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "cellmail_router_wrong_cell_total", Help: "WRONG_CELL answers that made the router refresh a subject.",
+	})
+	reg.MustRegister(wrongCell)
+	table := routing.New(maps, routing.Config{Logger: log.With("part", "routing"),
+		OnWrongCell: func(routing.Target, *routing.WrongCell) { wrongCell.Inc() }})
 	proxy := httpproxy.New(table, httpproxy.Config{Logger: log, Registerer: reg})
 	if cfg.SMTPListener != nil || cfg.SMTPListen != "" {
 		sln, err := serve.Listen(cfg.SMTPListener, cfg.SMTPListen)
@@ -134,8 +143,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return fmt.Errorf("router: smtp: %w", err)
 		}
 		edge := smtpedge.New(table, smtpedge.Config{Domain: cfg.Hostname, Postmaster: cfg.Postmaster, TLS: cfg.TLS, Logger: log.With("part", "smtp")})
-		go func() { _ = edge.Serve(serve.LimitListener(sln, 2000, 64)) }()
-		defer edge.Close()
+		g.Serve("smtp", func() error { return edge.Serve(serve.LimitListener(sln, 2000, 64)) }, edge.Close)
 		log.Info("router SMTP serving", "smtp", sln.Addr().String())
 	}
 
@@ -145,13 +153,13 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		sub := submission.New(table, submission.Config{Domain: cfg.Hostname, Postmaster: cfg.Postmaster, TLS: cfg.TLS, HTTP: &http.Client{Transport: proxy},
 			Logger: log.With("part", "submission")})
-		defer sub.Close()
+		stop := sync.OnceValue(sub.Close) // one server behind both ports
 		if cfg.SubmissionListener != nil || cfg.SubmissionListen != "" {
 			ln, err := serve.Listen(cfg.SubmissionListener, cfg.SubmissionListen)
 			if err != nil {
 				return fmt.Errorf("router: submission: %w", err)
 			}
-			go func() { _ = sub.Serve(serve.LimitListener(ln, 2000, 64)) }()
+			g.Serve("submission", func() error { return sub.Serve(serve.LimitListener(ln, 2000, 64)) }, stop)
 			log.Info("router submission serving (STARTTLS)", "addr", ln.Addr().String())
 		}
 		if cfg.SubmissionsListener != nil || cfg.SubmissionsListen != "" {
@@ -159,7 +167,7 @@ func Run(ctx context.Context, cfg Config) error {
 			if err != nil {
 				return fmt.Errorf("router: submissions: %w", err)
 			}
-			go func() { _ = sub.ServeTLS(serve.LimitListener(ln, 2000, 64)) }()
+			g.Serve("submissions", func() error { return sub.ServeTLS(serve.LimitListener(ln, 2000, 64)) }, stop)
 			log.Info("router submission serving (implicit TLS)", "addr", ln.Addr().String())
 		}
 	}
@@ -167,13 +175,13 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.IMAPListener != nil || cfg.IMAPListen != "" || cfg.IMAPSListener != nil || cfg.IMAPSListen != "" {
 		ip := imapproxy.New(table, imapproxy.Config{TLS: cfg.TLS, AllowPlaintextLogin: cfg.IMAPAllowPlaintext,
 			Logger: log.With("part", "imap")})
-		defer ip.Close()
+		stop := sync.OnceValue(ip.Close) // one proxy behind both ports
 		if cfg.IMAPListener != nil || cfg.IMAPListen != "" {
 			ln, err := serve.Listen(cfg.IMAPListener, cfg.IMAPListen)
 			if err != nil {
 				return fmt.Errorf("router: imap: %w", err)
 			}
-			go func() { _ = ip.Serve(serve.LimitListener(ln, 20000, 256)) }()
+			g.Serve("imap", func() error { return ip.Serve(serve.LimitListener(ln, 20000, 256)) }, stop)
 			log.Info("router IMAP serving (STARTTLS)", "addr", ln.Addr().String())
 		}
 		if cfg.IMAPSListener != nil || cfg.IMAPSListen != "" {
@@ -184,7 +192,7 @@ func Run(ctx context.Context, cfg Config) error {
 			if err != nil {
 				return fmt.Errorf("router: imaps: %w", err)
 			}
-			go func() { _ = ip.ServeTLS(serve.LimitListener(ln, 20000, 256)) }()
+			g.Serve("imaps", func() error { return ip.ServeTLS(serve.LimitListener(ln, 20000, 256)) }, stop)
 			log.Info("router IMAP serving (implicit TLS)", "addr", ln.Addr().String())
 		}
 	}
@@ -211,5 +219,6 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("router: %w", err)
 	}
 	log.Info("router serving", "http", ln.Addr().String())
-	return serve.Run(ctx, serve.LimitListener(ln, 10000, 256), mux)
+	g.Go("http", func(ctx context.Context) error { return serve.Run(ctx, serve.LimitListener(ln, 10000, 256), mux) })
+	return g.Wait()
 }

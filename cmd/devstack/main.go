@@ -403,7 +403,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			if err != nil {
 				return fmt.Errorf("dkim key of %s at %s: %w", d.Name, c.Name, err)
 			}
-			if err := dns.Add(rec.Name + `. 300 IN TXT "` + rec.TXT + `"`); err != nil {
+			if err := dns.Add(rec.Name + `. 300 IN TXT "` + rec.Txt + `"`); err != nil {
 				return err
 			}
 		}

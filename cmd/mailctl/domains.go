@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/proto"
 
+	cellv1 "github.com/cellmail/cellmail/cell/gen/cellv1"
 	clilib "github.com/cellmail/cellmail/cmd/internal/cli"
 	pb "github.com/cellmail/cellmail/controlplane/gen/controlplanev1"
 	"github.com/cellmail/cellmail/controlplane/placement"
@@ -164,7 +165,7 @@ The cells are asked directly, with the same operator token.`,
 				return err
 			}
 			var out struct {
-				Records []clilib.DKIMRecord `json:"records"`
+				Records []*cellv1.GetDKIMRecordResponse `json:"records"`
 			}
 			for _, cs := range cells.Msg.Cells {
 				rec, err := clilib.FetchDKIM(ctx, cs.GetCell().GetApiUrl(), domain, c.operatorToken())
@@ -177,7 +178,7 @@ The cells are asked directly, with the same operator token.`,
 				return json.NewEncoder(c.stdout).Encode(out)
 			}
 			for _, r := range out.Records {
-				fmt.Fprintf(c.stdout, "%s. IN TXT \"%s\"\n", r.Name, r.TXT)
+				fmt.Fprintf(c.stdout, "%s. IN TXT \"%s\"\n", r.Name, r.Txt)
 			}
 			return nil
 		}),

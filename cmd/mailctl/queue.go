@@ -2,102 +2,73 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
-	"strings"
-	"text/tabwriter"
 	"time"
 
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
+	cellv1 "github.com/cellmail/cellmail/cell/gen/cellv1"
+	"github.com/cellmail/cellmail/cell/gen/cellv1/cellv1connect"
 	pb "github.com/cellmail/cellmail/controlplane/gen/controlplanev1"
 )
 
 func (c *cli) queueCmd() *cobra.Command {
 	return group("queue", "Inspect and act on a cell's outbound queue",
-		c.queueListCmd(), c.queueShowCmd(), c.queueRetryCmd(), c.queueDropCmd())
+		c.queueListCmd(), c.queueShowCmd(), c.queueRetryCmd(), c.queueReleaseCmd(), c.queueDropCmd())
 }
 
-type queueEntry struct {
-	ID          string    `json:"id"`
-	State       string    `json:"state"`
-	From        string    `json:"from"`
-	Rcpt        string    `json:"rcpt"`
-	Domain      string    `json:"domain"`
-	Attempts    int       `json:"attempts"`
-	NextAttempt time.Time `json:"next_attempt"`
-	Created     time.Time `json:"created"`
-	Expires     time.Time `json:"expires"`
-	LastError   string    `json:"last_error"`
-	Size        int       `json:"size"`
-}
-
-// cellCall calls a cell's operator endpoint (found through the control
-// plane) with the operator token and decodes the JSON answer into out.
-func (c *cli) cellCall(ctx context.Context, cp api, cell, method, path string, out any) error {
+// operator returns a client of the cell's OperatorService (its address
+// found through the control plane), and the operator token to call it with.
+func (c *cli) operator(ctx context.Context, cp api, cell string) (cellv1connect.OperatorServiceClient, error) {
 	cells, err := cp.ListCells(ctx, connect.NewRequest(&pb.ListCellsRequest{}))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	base := ""
 	for _, cs := range cells.Msg.Cells {
 		if cs.GetCell().GetName() == cell {
-			base = cs.GetCell().GetApiUrl()
+			return cellv1connect.NewOperatorServiceClient(http.DefaultClient, cs.GetCell().GetApiUrl()), nil
 		}
 	}
-	if base == "" {
-		return usagef("no cell named %q", cell)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(base, "/")+path, nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.operatorToken())
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("cell %s: %w", cell, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("cell %s: %s: %s", cell, resp.Status, strings.TrimSpace(string(b)))
-	}
-	return json.NewDecoder(io.LimitReader(resp.Body, 32<<20)).Decode(out)
+	return nil, usagef("no cell named %q", cell)
 }
+
+// withOperator is a request carrying the operator token.
+func withOperator[T any](c *cli, m *T) *connect.Request[T] {
+	req := connect.NewRequest(m)
+	req.Header().Set("Authorization", "Bearer "+c.operatorToken())
+	return req
+}
+
+func when(ts *timestamppb.Timestamp) string { return ts.AsTime().Local().Format(time.DateTime) }
 
 func (c *cli) queueListCmd() *cobra.Command {
 	var cell string
 	var all bool
 	cmd := &cobra.Command{
 		Use:   "list --cell CELL",
-		Short: "List the pending outbound entries of a cell (--all: delivered, bounced and dropped too)",
+		Short: "List the pending and held outbound entries of a cell (--all: delivered, bounced and dropped too)",
 		Args:  cobra.NoArgs,
 		RunE: c.action(func(ctx context.Context, cp api, _ []string) error {
-			path := "/v1/queue"
-			if all {
-				path += "?all=1"
-			}
-			var out struct {
-				Entries []queueEntry `json:"entries"`
-			}
-			if err := c.cellCall(ctx, cp, cell, http.MethodGet, path, &out); err != nil {
+			op, err := c.operator(ctx, cp, cell)
+			if err != nil {
 				return err
 			}
-			if c.output == "json" {
-				return json.NewEncoder(c.stdout).Encode(out)
+			resp, err := op.ListQueue(ctx, withOperator(c, &cellv1.ListQueueRequest{All: all}))
+			if err != nil {
+				return err
 			}
-			w := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "ID\tSTATE\tFROM\tTO\tATTEMPTS\tNEXT\tLAST ERROR")
-			for _, e := range out.Entries {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", e.ID, e.State, e.From, e.Rcpt, e.Attempts,
-					e.NextAttempt.Local().Format(time.DateTime), truncate(e.LastError, 60))
-			}
-			return w.Flush()
+			return c.show(resp.Msg, func(w io.Writer) {
+				fmt.Fprintln(w, "ID\tSTATE\tFROM\tTO\tATTEMPTS\tNEXT\tLAST ERROR")
+				for _, e := range resp.Msg.Entries {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", e.Id, e.State, e.From, e.Rcpt, e.Attempts,
+						when(e.NextAttempt), truncate(e.LastError, 60))
+				}
+			})
 		}),
 	}
 	cmd.Flags().StringVar(&cell, "cell", "", "the cell whose queue to read (required)")
@@ -113,6 +84,18 @@ func truncate(s string, n int) string {
 	return s
 }
 
+// entryTable writes one entry as name: value lines.
+func entryTable(e *cellv1.QueueEntry) func(io.Writer) {
+	return func(w io.Writer) {
+		for _, kv := range [][2]string{{"id", e.Id}, {"state", e.State}, {"from", e.From}, {"to", e.Rcpt},
+			{"domain", e.Domain}, {"attempts", fmt.Sprint(e.Attempts)}, {"next attempt", when(e.NextAttempt)},
+			{"queued", when(e.Created)}, {"expires", when(e.Expires)},
+			{"size", fmt.Sprint(e.Size)}, {"last error", e.LastError}} {
+			fmt.Fprintf(w, "%s:\t%s\n", kv[0], kv[1])
+		}
+	}
+}
+
 func (c *cli) queueShowCmd() *cobra.Command {
 	var cell string
 	cmd := &cobra.Command{
@@ -120,21 +103,15 @@ func (c *cli) queueShowCmd() *cobra.Command {
 		Short: "Show one outbound entry",
 		Args:  cobra.ExactArgs(1),
 		RunE: c.action(func(ctx context.Context, cp api, args []string) error {
-			var e queueEntry
-			if err := c.cellCall(ctx, cp, cell, http.MethodGet, "/v1/queue/"+url.PathEscape(args[0]), &e); err != nil {
+			op, err := c.operator(ctx, cp, cell)
+			if err != nil {
 				return err
 			}
-			if c.output == "json" {
-				return json.NewEncoder(c.stdout).Encode(e)
+			resp, err := op.GetQueueEntry(ctx, withOperator(c, &cellv1.GetQueueEntryRequest{Id: args[0]}))
+			if err != nil {
+				return err
 			}
-			w := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-			for _, kv := range [][2]string{{"id", e.ID}, {"state", e.State}, {"from", e.From}, {"to", e.Rcpt},
-				{"domain", e.Domain}, {"attempts", fmt.Sprint(e.Attempts)}, {"next attempt", e.NextAttempt.Local().Format(time.DateTime)},
-				{"queued", e.Created.Local().Format(time.DateTime)}, {"expires", e.Expires.Local().Format(time.DateTime)},
-				{"size", fmt.Sprint(e.Size)}, {"last error", e.LastError}} {
-				fmt.Fprintf(w, "%s:\t%s\n", kv[0], kv[1])
-			}
-			return w.Flush()
+			return c.show(resp.Msg.Entry, entryTable(resp.Msg.Entry))
 		}),
 	}
 	cmd.Flags().StringVar(&cell, "cell", "", "the cell holding the entry (required)")
@@ -149,8 +126,11 @@ func (c *cli) queueRetryCmd() *cobra.Command {
 		Short: "Try a pending outbound entry again now",
 		Args:  cobra.ExactArgs(1),
 		RunE: c.action(func(ctx context.Context, cp api, args []string) error {
-			var ok map[string]bool
-			if err := c.cellCall(ctx, cp, cell, http.MethodPost, "/v1/queue/"+url.PathEscape(args[0])+"/retry", &ok); err != nil {
+			op, err := c.operator(ctx, cp, cell)
+			if err != nil {
+				return err
+			}
+			if _, err := op.RetryQueueEntry(ctx, withOperator(c, &cellv1.RetryQueueEntryRequest{Id: args[0]})); err != nil {
 				return err
 			}
 			c.note("entry %s is due now", args[0])
@@ -163,30 +143,51 @@ func (c *cli) queueRetryCmd() *cobra.Command {
 }
 
 func (c *cli) queueDropCmd() *cobra.Command {
+	return c.queueChangeCmd("drop", "Take a pending or held outbound entry out of the queue: it is never delivered and no bounce is sent",
+		"drop the message from %s to %s without delivering it", "entry %s dropped",
+		func(ctx context.Context, op cellv1connect.OperatorServiceClient, id string) error {
+			_, err := op.DropQueueEntry(ctx, withOperator(c, &cellv1.DropQueueEntryRequest{Id: id}))
+			return err
+		})
+}
+
+func (c *cli) queueReleaseCmd() *cobra.Command {
+	return c.queueChangeCmd("release", "Send a held outbound entry (held as likely spam) after all",
+		"send the message from %s to %s, held as likely spam", "entry %s released: it is due now",
+		func(ctx context.Context, op cellv1connect.OperatorServiceClient, id string) error {
+			_, err := op.ReleaseQueueEntry(ctx, withOperator(c, &cellv1.ReleaseQueueEntryRequest{Id: id}))
+			return err
+		})
+}
+
+// queueChangeCmd is a confirmed change of one entry.
+func (c *cli) queueChangeCmd(verb, short, confirm, done string,
+	call func(ctx context.Context, op cellv1connect.OperatorServiceClient, id string) error) *cobra.Command {
 	var cell string
 	var f changeFlags
 	cmd := &cobra.Command{
-		Use:   "drop ID --cell CELL",
-		Short: "Take a pending outbound entry out of the queue: it is never delivered and no bounce is sent",
+		Use:   verb + " ID --cell CELL",
+		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: c.action(func(ctx context.Context, cp api, args []string) error {
-			path := "/v1/queue/" + url.PathEscape(args[0])
-			var e queueEntry
+			op, err := c.operator(ctx, cp, cell)
+			if err != nil {
+				return err
+			}
 			return c.confirmed(ctx, &f, change{
-				what: "queue drop",
+				what: "queue " + verb,
 				describe: func(ctx context.Context) (proto.Message, func(io.Writer), string, error) {
-					if err := c.cellCall(ctx, cp, cell, http.MethodGet, path, &e); err != nil {
+					e, err := op.GetQueueEntry(ctx, withOperator(c, &cellv1.GetQueueEntryRequest{Id: args[0]}))
+					if err != nil {
 						return nil, nil, "", err
 					}
-					return nil, func(w io.Writer) { fmt.Fprintf(w, "%s %s → %s (%s)\n", e.ID, e.From, e.Rcpt, e.State) },
-						fmt.Sprintf("drop the message from %s to %s without delivering it", e.From, e.Rcpt), nil
+					return e.Msg.Entry, entryTable(e.Msg.Entry), fmt.Sprintf(confirm, e.Msg.Entry.From, e.Msg.Entry.Rcpt), nil
 				},
 				apply: func(ctx context.Context) error {
-					var ok map[string]bool
-					if err := c.cellCall(ctx, cp, cell, http.MethodPost, path+"/drop", &ok); err != nil {
+					if err := call(ctx, op, args[0]); err != nil {
 						return err
 					}
-					c.note("entry %s dropped", args[0])
+					c.note(done, args[0])
 					return nil
 				},
 			})

@@ -195,3 +195,70 @@ func TestClientMailRcptAndBdatLastOverLMTP(t *testing.T) {
 		t.Fatalf("the connection is out of step after a refused BdatLast: %v", err)
 	}
 }
+
+// RCPT parameters of extensions the backend names (Server.RcptParams):
+// advertised, parsed into RcptOptions.Params, sent by the client only when
+// advertised; any other parameter is still refused.
+func TestRcptParams(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := &backend{implementLMTPData: true}
+	s := smtp.NewServer(be)
+	s.Domain, s.LMTP, s.RcptParams = "localhost", true, []string{"XTEST-EPOCH"}
+	go s.Serve(l)
+	defer s.Close()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	cl := smtp.NewClientLMTP(c)
+	if err := cl.Hello("localhost"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := cl.Extension("XTEST-EPOCH"); !ok {
+		t.Fatal("XTEST-EPOCH not advertised")
+	}
+	opts := &smtp.RcptOptions{Params: map[string]string{"xtest-epoch": "17", "XNOT-ADVERTISED": "1"}}
+	if mailErr, rcptErr := cl.MailRcpt("a@example.org", nil, "b@example.org", opts); mailErr != nil || rcptErr != nil {
+		t.Fatalf("MailRcpt: %v, %v", mailErr, rcptErr)
+	}
+	if err := cl.Rcpt("c@example.org", &smtp.RcptOptions{Params: map[string]string{"XTEST-EPOCH": "18"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Rcpt("d@example.org", &smtp.RcptOptions{Params: map[string]string{"XTEST-EPOCH": "a=b"}}); err == nil {
+		t.Fatal("a malformed parameter value was sent")
+	}
+	if _, err := cl.BdatLast([]byte("Subject: x\r\n\r\nx\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if len(be.anonmsgs) != 1 || len(be.anonmsgs[0].RcptOpts) != 2 {
+		t.Fatalf("stored %+v", be.anonmsgs)
+	}
+	for i, want := range []string{"17", "18"} {
+		if got := be.anonmsgs[0].RcptOpts[i].Params; len(got) != 1 || got["XTEST-EPOCH"] != want {
+			t.Errorf("recipient %d: params %v, want XTEST-EPOCH=%s only", i, got, want)
+		}
+	}
+	raw, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(raw)
+	reply(t, r) // greeting
+	for _, cmd := range []string{"LHLO x", "MAIL FROM:<a@example.org>"} {
+		io.WriteString(raw, cmd+"\r\n")
+		if got := reply(t, r); !strings.HasPrefix(got, "250") {
+			t.Fatalf("%s: %s", cmd, got)
+		}
+	}
+	io.WriteString(raw, "RCPT TO:<b@example.org> XNOPE=1\r\n")
+	if got := reply(t, r); !strings.HasPrefix(got, "500 5.5.4") {
+		t.Fatalf("unknown parameter: %s, want 500 5.5.4", got)
+	}
+}

@@ -585,6 +585,25 @@ func (c *Client) rcptCommand(to string, opts *RcptOptions) (string, error) {
 		}
 		sb.WriteString(fmt.Sprintf(" MT-PRIORITY=%d", *opts.MTPriority))
 	}
+	// cellmail patch: further parameters, of extensions the server
+	// advertised (RFC 5321 §4.1.2 esmtp-keyword "=" esmtp-value).
+	if opts != nil {
+		keys := make([]string, 0, len(opts.Params))
+		for key := range opts.Params {
+			keys = append(keys, key)
+		}
+		sort.Strings(keys)
+		for _, key := range keys {
+			k, v := strings.ToUpper(key), opts.Params[key]
+			if _, ok := c.ext[k]; !ok {
+				continue
+			}
+			if !isESMTPKeyword(k) || !isESMTPValue(v) {
+				return "", fmt.Errorf("smtp: malformed RCPT parameter %q", k)
+			}
+			fmt.Fprintf(&sb, " %s=%s", k, v)
+		}
+	}
 	return sb.String(), nil
 }
 
@@ -1098,4 +1117,26 @@ func (c *Client) BdatLast(msg []byte) (map[string]*DataResponse, error) {
 		return nil, err
 	}
 	return map[string]*DataResponse{"": {StatusText: text}}, nil
+}
+
+// isESMTPKeyword: (ALPHA / DIGIT) *(ALPHA / DIGIT / "-") (RFC 5321 §4.1.2;
+// cellmail patch).
+func isESMTPKeyword(s string) bool {
+	for i, ch := range []byte(s) {
+		alnum := ch >= 'A' && ch <= 'Z' || ch >= 'a' && ch <= 'z' || ch >= '0' && ch <= '9'
+		if !alnum && (i == 0 || ch != '-') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// isESMTPValue: 1*(%d33-60 / %d62-126) (RFC 5321 §4.1.2; cellmail patch).
+func isESMTPValue(s string) bool {
+	for _, ch := range []byte(s) {
+		if ch < 33 || ch > 126 || ch == '=' {
+			return false
+		}
+	}
+	return s != ""
 }

@@ -316,6 +316,8 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 		}
 	}
 
+	caps = append(caps, c.server.RcptParams...) // cellmail patch
+
 	args := []string{"Hello " + domain}
 	args = append(args, caps...)
 	c.writeResponse(250, NoEnhancedCode, args...)
@@ -795,8 +797,15 @@ func (c *Conn) handleRcpt(arg string) {
 			}
 			opts.MTPriority = &mtPriority
 		default:
-			c.writeResponse(500, EnhancedCode{5, 5, 4}, "Unknown RCPT TO argument")
-			return
+			// cellmail patch: parameters the backend takes (RcptParams).
+			if !c.server.takesRcptParam(key) {
+				c.writeResponse(500, EnhancedCode{5, 5, 4}, "Unknown RCPT TO argument")
+				return
+			}
+			if opts.Params == nil {
+				opts.Params = map[string]string{}
+			}
+			opts.Params[key] = value
 		}
 	}
 

@@ -79,6 +79,13 @@ type Server struct {
 	// Default value of NONE to advertise no specific profile.
 	MtPriorityProfile PriorityProfile
 
+	// RcptParams are the keywords (upper case) of further RCPT parameters
+	// the backend takes, in RcptOptions.Params (cellmail patch). Each is
+	// advertised in the EHLO/LHLO reply as a service extension of that
+	// name (RFC 5321 §4.1.1.1); RCPT with any other parameter still
+	// answers 500 5.5.4.
+	RcptParams []string
+
 	// The server backend.
 	Backend Backend
 
@@ -319,4 +326,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-connDone:
 		return err
 	}
+}
+
+// takesRcptParam tells whether key is one of RcptParams (cellmail patch).
+func (s *Server) takesRcptParam(key string) bool {
+	for _, p := range s.RcptParams {
+		if p == key {
+			return true
+		}
+	}
+	return false
 }

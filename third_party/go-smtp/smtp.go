@@ -130,4 +130,10 @@ type RcptOptions struct {
 
 	// Value of MT-PRIORITY= or nil if unset.
 	MTPriority *int
+
+	// Params are parameters of private or other extensions (cellmail
+	// patch), by upper-cased esmtp-keyword (RFC 5321 §4.1.2): the server
+	// fills it with those named in Server.RcptParams; the client sends
+	// each whose keyword the server advertised in its EHLO/LHLO reply.
+	Params map[string]string
 }

@@ -12,6 +12,7 @@ package cellv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -262,11 +263,692 @@ func (x *Moving) GetRetryAfterMs() uint32 {
 	return 0
 }
 
+type GetDKIMRecordRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Domain        string                 `protobuf:"bytes,1,opt,name=domain,proto3" json:"domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDKIMRecordRequest) Reset() {
+	*x = GetDKIMRecordRequest{}
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDKIMRecordRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDKIMRecordRequest) ProtoMessage() {}
+
+func (x *GetDKIMRecordRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDKIMRecordRequest.ProtoReflect.Descriptor instead.
+func (*GetDKIMRecordRequest) Descriptor() ([]byte, []int) {
+	return file_cellmail_cell_v1_cell_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *GetDKIMRecordRequest) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+type GetDKIMRecordResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Domain   string                 `protobuf:"bytes,1,opt,name=domain,proto3" json:"domain,omitempty"`
+	Selector string                 `protobuf:"bytes,2,opt,name=selector,proto3" json:"selector,omitempty"`
+	// The record's name: <selector>._domainkey.<domain>.
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// The TXT record's value (RFC 6376 §3.6.1).
+	Txt           string `protobuf:"bytes,4,opt,name=txt,proto3" json:"txt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDKIMRecordResponse) Reset() {
+	*x = GetDKIMRecordResponse{}
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDKIMRecordResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDKIMRecordResponse) ProtoMessage() {}
+
+func (x *GetDKIMRecordResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDKIMRecordResponse.ProtoReflect.Descriptor instead.
+func (*GetDKIMRecordResponse) Descriptor() ([]byte, []int) {
+	return file_cellmail_cell_v1_cell_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *GetDKIMRecordResponse) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+func (x *GetDKIMRecordResponse) GetSelector() string {
+	if x != nil {
+		return x.Selector
+	}
+	return ""
+}
+
+func (x *GetDKIMRecordResponse) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GetDKIMRecordResponse) GetTxt() string {
+	if x != nil {
+		return x.Txt
+	}
+	return ""
+}
+
+type ListQueueRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	All           bool                   `protobuf:"varint,1,opt,name=all,proto3" json:"all,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListQueueRequest) Reset() {
+	*x = ListQueueRequest{}
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListQueueRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListQueueRequest) ProtoMessage() {}
+
+func (x *ListQueueRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListQueueRequest.ProtoReflect.Descriptor instead.
+func (*ListQueueRequest) Descriptor() ([]byte, []int) {
+	return file_cellmail_cell_v1_cell_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ListQueueRequest) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+type ListQueueResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*QueueEntry          `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListQueueResponse) Reset() {
+	*x = ListQueueResponse{}
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListQueueResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListQueueResponse) ProtoMessage() {}
+
+func (x *ListQueueResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListQueueResponse.ProtoReflect.Descriptor instead.
+func (*ListQueueResponse) Descriptor() ([]byte, []int) {
+	return file_cellmail_cell_v1_cell_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ListQueueResponse) GetEntries() []*QueueEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+type GetQueueEntryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetQueueEntryRequest) Reset() {
+	*x = GetQueueEntryRequest{}
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetQueueEntryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetQueueEntryRequest) ProtoMessage() {}
+
+func (x *GetQueueEntryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetQueueEntryRequest.ProtoReflect.Descriptor instead.
+func (*GetQueueEntryRequest) Descriptor() ([]byte, []int) {
+	return file_cellmail_cell_v1_cell_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *GetQueueEntryRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type GetQueueEntryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entry         *QueueEntry            `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetQueueEntryResponse) Reset() {
+	*x = GetQueueEntryResponse{}
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetQueueEntryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetQueueEntryResponse) ProtoMessage() {}
+
+func (x *GetQueueEntryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetQueueEntryResponse.ProtoReflect.Descriptor instead.
+func (*GetQueueEntryResponse) Descriptor() ([]byte, []int) {
+	return file_cellmail_cell_v1_cell_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *GetQueueEntryResponse) GetEntry() *QueueEntry {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+type RetryQueueEntryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryQueueEntryRequest) Reset() {
+	*x = RetryQueueEntryRequest{}
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryQueueEntryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryQueueEntryRequest) ProtoMessage() {}
+
+func (x *RetryQueueEntryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryQueueEntryRequest.ProtoReflect.Descriptor instead.
+func (*RetryQueueEntryRequest) Descriptor() ([]byte, []int) {
+	return file_cellmail_cell_v1_cell_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RetryQueueEntryRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RetryQueueEntryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entry         *QueueEntry            `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryQueueEntryResponse) Reset() {
+	*x = RetryQueueEntryResponse{}
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryQueueEntryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryQueueEntryResponse) ProtoMessage() {}
+
+func (x *RetryQueueEntryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryQueueEntryResponse.ProtoReflect.Descriptor instead.
+func (*RetryQueueEntryResponse) Descriptor() ([]byte, []int) {
+	return file_cellmail_cell_v1_cell_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RetryQueueEntryResponse) GetEntry() *QueueEntry {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+type ReleaseQueueEntryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseQueueEntryRequest) Reset() {
+	*x = ReleaseQueueEntryRequest{}
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseQueueEntryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseQueueEntryRequest) ProtoMessage() {}
+
+func (x *ReleaseQueueEntryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseQueueEntryRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseQueueEntryRequest) Descriptor() ([]byte, []int) {
+	return file_cellmail_cell_v1_cell_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ReleaseQueueEntryRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type ReleaseQueueEntryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entry         *QueueEntry            `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseQueueEntryResponse) Reset() {
+	*x = ReleaseQueueEntryResponse{}
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseQueueEntryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseQueueEntryResponse) ProtoMessage() {}
+
+func (x *ReleaseQueueEntryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseQueueEntryResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseQueueEntryResponse) Descriptor() ([]byte, []int) {
+	return file_cellmail_cell_v1_cell_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ReleaseQueueEntryResponse) GetEntry() *QueueEntry {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+type DropQueueEntryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DropQueueEntryRequest) Reset() {
+	*x = DropQueueEntryRequest{}
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DropQueueEntryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DropQueueEntryRequest) ProtoMessage() {}
+
+func (x *DropQueueEntryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DropQueueEntryRequest.ProtoReflect.Descriptor instead.
+func (*DropQueueEntryRequest) Descriptor() ([]byte, []int) {
+	return file_cellmail_cell_v1_cell_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *DropQueueEntryRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type DropQueueEntryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entry         *QueueEntry            `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DropQueueEntryResponse) Reset() {
+	*x = DropQueueEntryResponse{}
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DropQueueEntryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DropQueueEntryResponse) ProtoMessage() {}
+
+func (x *DropQueueEntryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DropQueueEntryResponse.ProtoReflect.Descriptor instead.
+func (*DropQueueEntryResponse) Descriptor() ([]byte, []int) {
+	return file_cellmail_cell_v1_cell_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DropQueueEntryResponse) GetEntry() *QueueEntry {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+// QueueEntry is one recipient of a message in the outbound queue.
+type QueueEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// "pending", "held", "delivered", "bounced" or "dropped".
+	State       string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	From        string                 `protobuf:"bytes,3,opt,name=from,proto3" json:"from,omitempty"`
+	Rcpt        string                 `protobuf:"bytes,4,opt,name=rcpt,proto3" json:"rcpt,omitempty"`
+	Domain      string                 `protobuf:"bytes,5,opt,name=domain,proto3" json:"domain,omitempty"`
+	Attempts    uint32                 `protobuf:"varint,6,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	NextAttempt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=next_attempt,json=nextAttempt,proto3" json:"next_attempt,omitempty"`
+	Created     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=created,proto3" json:"created,omitempty"`
+	Expires     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=expires,proto3" json:"expires,omitempty"`
+	// The last attempt's error, or why the entry is held or was dropped.
+	LastError     string `protobuf:"bytes,10,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	Size          uint64 `protobuf:"varint,11,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueueEntry) Reset() {
+	*x = QueueEntry{}
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueueEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueueEntry) ProtoMessage() {}
+
+func (x *QueueEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_cellmail_cell_v1_cell_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueueEntry.ProtoReflect.Descriptor instead.
+func (*QueueEntry) Descriptor() ([]byte, []int) {
+	return file_cellmail_cell_v1_cell_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *QueueEntry) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *QueueEntry) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *QueueEntry) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *QueueEntry) GetRcpt() string {
+	if x != nil {
+		return x.Rcpt
+	}
+	return ""
+}
+
+func (x *QueueEntry) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+func (x *QueueEntry) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *QueueEntry) GetNextAttempt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextAttempt
+	}
+	return nil
+}
+
+func (x *QueueEntry) GetCreated() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Created
+	}
+	return nil
+}
+
+func (x *QueueEntry) GetExpires() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Expires
+	}
+	return nil
+}
+
+func (x *QueueEntry) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *QueueEntry) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
 var File_cellmail_cell_v1_cell_proto protoreflect.FileDescriptor
 
 const file_cellmail_cell_v1_cell_proto_rawDesc = "" +
 	"\n" +
-	"\x1bcellmail/cell/v1/cell.proto\x12\x10cellmail.cell.v1\")\n" +
+	"\x1bcellmail/cell/v1/cell.proto\x12\x10cellmail.cell.v1\x1a\x1fgoogle/protobuf/timestamp.proto\")\n" +
 	"\rWhoAmIRequest\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\"\xbe\x01\n" +
 	"\x0eWhoAmIResponse\x12\x12\n" +
@@ -282,9 +964,58 @@ const file_cellmail_cell_v1_cell_proto_rawDesc = "" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\"\n" +
 	"\rowner_api_url\x18\x03 \x01(\tR\vownerApiUrl\".\n" +
 	"\x06Moving\x12$\n" +
-	"\x0eretry_after_ms\x18\x01 \x01(\rR\fretryAfterMs2Z\n" +
+	"\x0eretry_after_ms\x18\x01 \x01(\rR\fretryAfterMs\".\n" +
+	"\x14GetDKIMRecordRequest\x12\x16\n" +
+	"\x06domain\x18\x01 \x01(\tR\x06domain\"q\n" +
+	"\x15GetDKIMRecordResponse\x12\x16\n" +
+	"\x06domain\x18\x01 \x01(\tR\x06domain\x12\x1a\n" +
+	"\bselector\x18\x02 \x01(\tR\bselector\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x10\n" +
+	"\x03txt\x18\x04 \x01(\tR\x03txt\"$\n" +
+	"\x10ListQueueRequest\x12\x10\n" +
+	"\x03all\x18\x01 \x01(\bR\x03all\"K\n" +
+	"\x11ListQueueResponse\x126\n" +
+	"\aentries\x18\x01 \x03(\v2\x1c.cellmail.cell.v1.QueueEntryR\aentries\"&\n" +
+	"\x14GetQueueEntryRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"K\n" +
+	"\x15GetQueueEntryResponse\x122\n" +
+	"\x05entry\x18\x01 \x01(\v2\x1c.cellmail.cell.v1.QueueEntryR\x05entry\"(\n" +
+	"\x16RetryQueueEntryRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"M\n" +
+	"\x17RetryQueueEntryResponse\x122\n" +
+	"\x05entry\x18\x01 \x01(\v2\x1c.cellmail.cell.v1.QueueEntryR\x05entry\"*\n" +
+	"\x18ReleaseQueueEntryRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"O\n" +
+	"\x19ReleaseQueueEntryResponse\x122\n" +
+	"\x05entry\x18\x01 \x01(\v2\x1c.cellmail.cell.v1.QueueEntryR\x05entry\"'\n" +
+	"\x15DropQueueEntryRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"L\n" +
+	"\x16DropQueueEntryResponse\x122\n" +
+	"\x05entry\x18\x01 \x01(\v2\x1c.cellmail.cell.v1.QueueEntryR\x05entry\"\xec\x02\n" +
+	"\n" +
+	"QueueEntry\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x12\n" +
+	"\x04from\x18\x03 \x01(\tR\x04from\x12\x12\n" +
+	"\x04rcpt\x18\x04 \x01(\tR\x04rcpt\x12\x16\n" +
+	"\x06domain\x18\x05 \x01(\tR\x06domain\x12\x1a\n" +
+	"\battempts\x18\x06 \x01(\rR\battempts\x12=\n" +
+	"\fnext_attempt\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vnextAttempt\x124\n" +
+	"\acreated\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\acreated\x124\n" +
+	"\aexpires\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\n" +
+	" \x01(\tR\tlastError\x12\x12\n" +
+	"\x04size\x18\v \x01(\x04R\x04size2Z\n" +
 	"\vCellService\x12K\n" +
-	"\x06WhoAmI\x12\x1f.cellmail.cell.v1.WhoAmIRequest\x1a .cellmail.cell.v1.WhoAmIResponseB5Z3github.com/cellmail/cellmail/cell/gen/cellv1;cellv1b\x06proto3"
+	"\x06WhoAmI\x12\x1f.cellmail.cell.v1.WhoAmIRequest\x1a .cellmail.cell.v1.WhoAmIResponse2\xe6\x04\n" +
+	"\x0fOperatorService\x12T\n" +
+	"\tListQueue\x12\".cellmail.cell.v1.ListQueueRequest\x1a#.cellmail.cell.v1.ListQueueResponse\x12`\n" +
+	"\rGetQueueEntry\x12&.cellmail.cell.v1.GetQueueEntryRequest\x1a'.cellmail.cell.v1.GetQueueEntryResponse\x12f\n" +
+	"\x0fRetryQueueEntry\x12(.cellmail.cell.v1.RetryQueueEntryRequest\x1a).cellmail.cell.v1.RetryQueueEntryResponse\x12l\n" +
+	"\x11ReleaseQueueEntry\x12*.cellmail.cell.v1.ReleaseQueueEntryRequest\x1a+.cellmail.cell.v1.ReleaseQueueEntryResponse\x12c\n" +
+	"\x0eDropQueueEntry\x12'.cellmail.cell.v1.DropQueueEntryRequest\x1a(.cellmail.cell.v1.DropQueueEntryResponse\x12`\n" +
+	"\rGetDKIMRecord\x12&.cellmail.cell.v1.GetDKIMRecordRequest\x1a'.cellmail.cell.v1.GetDKIMRecordResponseB5Z3github.com/cellmail/cellmail/cell/gen/cellv1;cellv1b\x06proto3"
 
 var (
 	file_cellmail_cell_v1_cell_proto_rawDescOnce sync.Once
@@ -298,21 +1029,55 @@ func file_cellmail_cell_v1_cell_proto_rawDescGZIP() []byte {
 	return file_cellmail_cell_v1_cell_proto_rawDescData
 }
 
-var file_cellmail_cell_v1_cell_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_cellmail_cell_v1_cell_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_cellmail_cell_v1_cell_proto_goTypes = []any{
-	(*WhoAmIRequest)(nil),  // 0: cellmail.cell.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil), // 1: cellmail.cell.v1.WhoAmIResponse
-	(*WrongCell)(nil),      // 2: cellmail.cell.v1.WrongCell
-	(*Moving)(nil),         // 3: cellmail.cell.v1.Moving
+	(*WhoAmIRequest)(nil),             // 0: cellmail.cell.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),            // 1: cellmail.cell.v1.WhoAmIResponse
+	(*WrongCell)(nil),                 // 2: cellmail.cell.v1.WrongCell
+	(*Moving)(nil),                    // 3: cellmail.cell.v1.Moving
+	(*GetDKIMRecordRequest)(nil),      // 4: cellmail.cell.v1.GetDKIMRecordRequest
+	(*GetDKIMRecordResponse)(nil),     // 5: cellmail.cell.v1.GetDKIMRecordResponse
+	(*ListQueueRequest)(nil),          // 6: cellmail.cell.v1.ListQueueRequest
+	(*ListQueueResponse)(nil),         // 7: cellmail.cell.v1.ListQueueResponse
+	(*GetQueueEntryRequest)(nil),      // 8: cellmail.cell.v1.GetQueueEntryRequest
+	(*GetQueueEntryResponse)(nil),     // 9: cellmail.cell.v1.GetQueueEntryResponse
+	(*RetryQueueEntryRequest)(nil),    // 10: cellmail.cell.v1.RetryQueueEntryRequest
+	(*RetryQueueEntryResponse)(nil),   // 11: cellmail.cell.v1.RetryQueueEntryResponse
+	(*ReleaseQueueEntryRequest)(nil),  // 12: cellmail.cell.v1.ReleaseQueueEntryRequest
+	(*ReleaseQueueEntryResponse)(nil), // 13: cellmail.cell.v1.ReleaseQueueEntryResponse
+	(*DropQueueEntryRequest)(nil),     // 14: cellmail.cell.v1.DropQueueEntryRequest
+	(*DropQueueEntryResponse)(nil),    // 15: cellmail.cell.v1.DropQueueEntryResponse
+	(*QueueEntry)(nil),                // 16: cellmail.cell.v1.QueueEntry
+	(*timestamppb.Timestamp)(nil),     // 17: google.protobuf.Timestamp
 }
 var file_cellmail_cell_v1_cell_proto_depIdxs = []int32{
-	0, // 0: cellmail.cell.v1.CellService.WhoAmI:input_type -> cellmail.cell.v1.WhoAmIRequest
-	1, // 1: cellmail.cell.v1.CellService.WhoAmI:output_type -> cellmail.cell.v1.WhoAmIResponse
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	16, // 0: cellmail.cell.v1.ListQueueResponse.entries:type_name -> cellmail.cell.v1.QueueEntry
+	16, // 1: cellmail.cell.v1.GetQueueEntryResponse.entry:type_name -> cellmail.cell.v1.QueueEntry
+	16, // 2: cellmail.cell.v1.RetryQueueEntryResponse.entry:type_name -> cellmail.cell.v1.QueueEntry
+	16, // 3: cellmail.cell.v1.ReleaseQueueEntryResponse.entry:type_name -> cellmail.cell.v1.QueueEntry
+	16, // 4: cellmail.cell.v1.DropQueueEntryResponse.entry:type_name -> cellmail.cell.v1.QueueEntry
+	17, // 5: cellmail.cell.v1.QueueEntry.next_attempt:type_name -> google.protobuf.Timestamp
+	17, // 6: cellmail.cell.v1.QueueEntry.created:type_name -> google.protobuf.Timestamp
+	17, // 7: cellmail.cell.v1.QueueEntry.expires:type_name -> google.protobuf.Timestamp
+	0,  // 8: cellmail.cell.v1.CellService.WhoAmI:input_type -> cellmail.cell.v1.WhoAmIRequest
+	6,  // 9: cellmail.cell.v1.OperatorService.ListQueue:input_type -> cellmail.cell.v1.ListQueueRequest
+	8,  // 10: cellmail.cell.v1.OperatorService.GetQueueEntry:input_type -> cellmail.cell.v1.GetQueueEntryRequest
+	10, // 11: cellmail.cell.v1.OperatorService.RetryQueueEntry:input_type -> cellmail.cell.v1.RetryQueueEntryRequest
+	12, // 12: cellmail.cell.v1.OperatorService.ReleaseQueueEntry:input_type -> cellmail.cell.v1.ReleaseQueueEntryRequest
+	14, // 13: cellmail.cell.v1.OperatorService.DropQueueEntry:input_type -> cellmail.cell.v1.DropQueueEntryRequest
+	4,  // 14: cellmail.cell.v1.OperatorService.GetDKIMRecord:input_type -> cellmail.cell.v1.GetDKIMRecordRequest
+	1,  // 15: cellmail.cell.v1.CellService.WhoAmI:output_type -> cellmail.cell.v1.WhoAmIResponse
+	7,  // 16: cellmail.cell.v1.OperatorService.ListQueue:output_type -> cellmail.cell.v1.ListQueueResponse
+	9,  // 17: cellmail.cell.v1.OperatorService.GetQueueEntry:output_type -> cellmail.cell.v1.GetQueueEntryResponse
+	11, // 18: cellmail.cell.v1.OperatorService.RetryQueueEntry:output_type -> cellmail.cell.v1.RetryQueueEntryResponse
+	13, // 19: cellmail.cell.v1.OperatorService.ReleaseQueueEntry:output_type -> cellmail.cell.v1.ReleaseQueueEntryResponse
+	15, // 20: cellmail.cell.v1.OperatorService.DropQueueEntry:output_type -> cellmail.cell.v1.DropQueueEntryResponse
+	5,  // 21: cellmail.cell.v1.OperatorService.GetDKIMRecord:output_type -> cellmail.cell.v1.GetDKIMRecordResponse
+	15, // [15:22] is the sub-list for method output_type
+	8,  // [8:15] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_cellmail_cell_v1_cell_proto_init() }
@@ -326,9 +1091,9 @@ func file_cellmail_cell_v1_cell_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cellmail_cell_v1_cell_proto_rawDesc), len(file_cellmail_cell_v1_cell_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   17,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_cellmail_cell_v1_cell_proto_goTypes,
 		DependencyIndexes: file_cellmail_cell_v1_cell_proto_depIdxs,

@@ -2209,7 +2209,9 @@ func (x *SendMessageRequest) GetInReplyToId() string {
 type RecipientStatus struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Address string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
-	// "delivered", "queued" or "failed".
+	// "delivered" (accepted by the recipient's cell), "queued" (for a remote
+	// mail server, or retried), "held" (for review by an operator: likely
+	// spam) or "failed".
 	Status        string `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
 	Detail        string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
 	unknownFields protoimpl.UnknownFields

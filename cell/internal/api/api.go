@@ -23,16 +23,18 @@ import (
 	cpv1 "github.com/cellmail/cellmail/controlplane/gen/controlplanev1"
 	"github.com/cellmail/cellmail/controlplane/gen/controlplanev1/controlplanev1connect"
 	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/controlplane/routing"
 )
 
-// Headers of the router ↔ cell contract (DESIGN.md §3). The router sends the
-// epoch of the map it routed with; a cell that is not the owner names the
-// owner in the answer's headers, so the router need not parse the body.
+// Headers of the routing contract (controlplane/routing, DESIGN.md §3):
+// the caller sends the epoch of the map it routed with; a cell that does
+// not serve the subject says why in the answer's headers, so that the
+// router need not parse the body.
 const (
-	HeaderMapEpoch    = "Cellmail-Map-Epoch"
-	HeaderWrongCell   = "Cellmail-Wrong-Cell"
-	HeaderOwnerEpoch  = "Cellmail-Owner-Epoch"
-	HeaderRetryAfterM = "Cellmail-Retry-After-Ms"
+	HeaderMapEpoch    = routing.HeaderMapEpoch
+	HeaderWrongCell   = routing.HeaderWrongCell
+	HeaderOwnerEpoch  = routing.HeaderOwnerEpoch
+	HeaderRetryAfterM = routing.HeaderRetryAfterMs
 )
 
 // Fence is the ownership check the API runs before serving a subject.
@@ -75,8 +77,7 @@ func (s *Server) FenceInterceptor() connect.UnaryInterceptorFunc {
 	return func(next connect.UnaryFunc) connect.UnaryFunc {
 		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 			if sub, ok := req.Any().(subjectOf); ok {
-				epoch, _ := strconv.ParseUint(req.Header().Get(HeaderMapEpoch), 10, 64)
-				rt, err := s.fence.Check(ctx, sub.GetAddress(), epoch)
+				rt, err := s.fence.Check(ctx, sub.GetAddress(), routing.EpochOf(req.Header()))
 				if err != nil {
 					return nil, s.toConnect(req.Spec().Procedure, err)
 				}
@@ -130,15 +131,14 @@ func (s *Server) toConnect(procedure string, err error) error {
 		if d, derr := connect.NewErrorDetail(&cellv1.WrongCell{Owner: wrong.Owner, Epoch: wrong.Epoch, OwnerApiUrl: wrong.OwnerAPIURL}); derr == nil {
 			e.AddDetail(d)
 		}
-		e.Meta().Set(HeaderWrongCell, wrong.Owner)
-		e.Meta().Set(HeaderOwnerEpoch, strconv.FormatUint(wrong.Epoch, 10))
+		wrong.SetHeader(e.Meta())
 		return e
 	case errors.As(err, &moving):
 		e := connect.NewError(connect.CodeUnavailable, fmt.Errorf("MOVING: retry after %s", moving.RetryAfter))
 		if d, derr := connect.NewErrorDetail(&cellv1.Moving{RetryAfterMs: uint32(moving.RetryAfter.Milliseconds())}); derr == nil {
 			e.AddDetail(d)
 		}
-		e.Meta().Set(HeaderRetryAfterM, strconv.FormatInt(moving.RetryAfter.Milliseconds(), 10))
+		moving.SetHeader(e.Meta())
 		return e
 	case errors.Is(err, mail.ErrUnauthorized):
 		return connect.NewError(connect.CodeUnauthenticated, errors.New(strings.TrimPrefix(err.Error(), mail.ErrUnauthorized.Error()+": ")))

@@ -18,7 +18,9 @@ import (
 	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
 	"github.com/cellmail/cellmail/cell/gen/mailv1/mailv1connect"
 	"github.com/cellmail/cellmail/cell/internal/auth"
+	"github.com/cellmail/cellmail/cell/internal/blobstore"
 	"github.com/cellmail/cellmail/cell/internal/delivery"
+	"github.com/cellmail/cellmail/cell/internal/dispatch"
 	"github.com/cellmail/cellmail/cell/internal/mail"
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
 	"github.com/cellmail/cellmail/cell/internal/message"
@@ -59,27 +61,20 @@ func (m *MailServer) changed(ctx context.Context, accountID string) {
 	_ = m.cache.Publish(ctx, delivery.ChangesChannel(accountID), []byte("api"))
 }
 
-// Peers delivers to the cell that owns a recipient.
-type Peers interface {
-	Deliver(ctx context.Context, cell placement.Cell, mailFrom string, recipients []string, raw []byte) ([]*mailv1.RecipientStatus, error)
-}
-
 // MailServer implements MailService and DeliveryService for one cell.
 type MailServer struct {
 	srv           *Server
 	fence         Fence
-	maps          interface{ Map() *placement.Map }
 	store         *mailstore.Store
 	blobs         delivery.Blobs
 	deliver       *delivery.Deliverer
 	cache         Cache
 	hasher        *auth.Hasher
 	logins        *auth.LoginLimits
-	peers         Peers
+	dispatch      *dispatch.Dispatcher
 	limits        message.Limits
 	operatorToken string
 	wakeOutbound  func(accountID string)
-	sendLimit     int
 	log           *slog.Logger
 }
 
@@ -92,23 +87,20 @@ var (
 type MailConfig struct {
 	Server *Server
 	Fence  Fence
-	Maps   interface{ Map() *placement.Map }
 	Store  *mailstore.Store
 	Blobs  delivery.Blobs // the files and the inline tier (blobstore.Tiered)
 	Cache  Cache
 	Hasher *auth.Hasher
 	// Logins is the login policy shared with IMAP (auth.LoginLimits).
-	Logins        *auth.LoginLimits
-	Peers         Peers
+	Logins *auth.LoginLimits
+	// Dispatch sends what users send (limits, checks, routing).
+	Dispatch      *dispatch.Dispatcher
 	Limits        message.Limits
 	OperatorToken string
-	// WakeOutbound tells the cell's senders the account queued outbound
-	// mail (nil: they find it on their next pass).
+	// WakeOutbound tells the cell's senders there is outbound mail (an
+	// operator's retry; nil: they find it on their next pass).
 	WakeOutbound func(accountID string)
-	// SendLimit is the messages an account may send per SendWindow
-	// (default SendLimit; recipients scale with it).
-	SendLimit int
-	Logger    *slog.Logger
+	Logger       *slog.Logger
 }
 
 // NewMailServer makes the mail API.
@@ -117,12 +109,9 @@ func NewMailServer(c MailConfig) *MailServer {
 	if wake == nil {
 		wake = func(string) {}
 	}
-	if c.SendLimit <= 0 {
-		c.SendLimit = SendLimit
-	}
-	return &MailServer{srv: c.Server, fence: c.Fence, maps: c.Maps, store: c.Store, blobs: c.Blobs,
-		deliver: delivery.New(c.Blobs, c.Store, c.Limits), cache: c.Cache, hasher: c.Hasher, logins: c.Logins, peers: c.Peers,
-		limits: c.Limits, operatorToken: c.OperatorToken, wakeOutbound: wake, sendLimit: c.SendLimit, log: c.Logger}
+	return &MailServer{srv: c.Server, fence: c.Fence, store: c.Store, blobs: c.Blobs,
+		deliver: delivery.New(c.Blobs, c.Store, c.Limits), cache: c.Cache, hasher: c.Hasher, logins: c.Logins, dispatch: c.Dispatch,
+		limits: c.Limits, operatorToken: c.OperatorToken, wakeOutbound: wake, log: c.Logger}
 }
 
 func invalid(format string, args ...any) error {
@@ -460,7 +449,7 @@ func (m *MailServer) GetMessage(ctx context.Context, req *connect.Request[mailv1
 	if err != nil {
 		return nil, err
 	}
-	blob, err := m.blobs.Open(ctx, msg.BlobRef)
+	blob, err := blobstore.OpenMessage(ctx, m.blobs, msg.BlobRef, msg.Prefix)
 	if err != nil {
 		return nil, fmt.Errorf("open message blob: %w", err)
 	}
@@ -498,7 +487,7 @@ func (m *MailServer) GetMessage(ctx context.Context, req *connect.Request[mailv1
 // refuses (why): its header when that can be read, and a text saying why
 // the body is not shown.
 func (m *MailServer) degraded(ctx context.Context, msg mail.Message, why error) (*message.Parsed, error) {
-	blob, err := m.blobs.Open(ctx, msg.BlobRef)
+	blob, err := blobstore.OpenMessage(ctx, m.blobs, msg.BlobRef, msg.Prefix)
 	if err != nil {
 		return nil, fmt.Errorf("open message blob: %w", err)
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 
 	"connectrpc.com/connect"
@@ -17,6 +16,7 @@ import (
 	"github.com/cellmail/cellmail/cell/internal/mail"
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
 	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/controlplane/routing"
 )
 
 type callerKey struct{}
@@ -45,7 +45,7 @@ func bearer(h http.Header) string {
 // with a session token, checks the token: its kind, its expiry, and that it
 // belongs to the account the subject names.
 func (m *MailServer) authenticate(ctx context.Context, procedure string, h http.Header, msg any) (context.Context, error) {
-	epoch, _ := strconv.ParseUint(h.Get(HeaderMapEpoch), 10, 64)
+	epoch := routing.EpochOf(h)
 	switch procedure {
 	case mailv1connect.MailServiceCreateAccountProcedure, mailv1connect.MailServiceLoginProcedure:
 		sub, ok := msg.(subjectOf)
@@ -186,7 +186,7 @@ func (m *MailServer) LimitBody(next http.Handler, agentToken string) http.Handle
 			}
 			return m.srv.toConnect(r.URL.Path, err)
 		}
-		epoch, _ := strconv.ParseUint(r.Header.Get(HeaderMapEpoch), 10, 64) // as authenticate reads it
+		epoch := routing.EpochOf(r.Header) // as authenticate reads it
 		adm := &admission{token: tok, epoch: epoch}
 		r = r.WithContext(context.WithValue(r.Context(), admittedKey{}, adm))
 		g := &gatedBody{r: r.Body, left: PreLoginBodyBytes, more: MaxRequestBytes - PreLoginBodyBytes, refusal: refusal,

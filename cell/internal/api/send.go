@@ -18,19 +18,20 @@ import (
 	"connectrpc.com/connect"
 
 	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
-	"github.com/cellmail/cellmail/cell/gen/mailv1/mailv1connect"
+	"github.com/cellmail/cellmail/cell/internal/blobstore"
 	"github.com/cellmail/cellmail/cell/internal/delivery"
+	"github.com/cellmail/cellmail/cell/internal/dispatch"
 	"github.com/cellmail/cellmail/cell/internal/mail"
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
 	"github.com/cellmail/cellmail/cell/internal/message"
 	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/controlplane/routing"
 	"github.com/cellmail/cellmail/internal/wire"
 )
 
-// SendMessage composes a message from the caller, files a copy in Sent,
-// and delivers it to recipients in our own domains, each in its owning cell
-// (the cell's own directly, others through their DeliveryService). Remote
-// domains wait for outbound mail (a later issue) and are reported failed.
+// SendMessage composes a message from the caller and sends it (send): a
+// copy in Sent, each recipient of ours accepted by its owning cell, remote
+// ones queued.
 func (m *MailServer) SendMessage(ctx context.Context, req *connect.Request[mailv1.SendMessageRequest]) (*connect.Response[mailv1.SendMessageResponse], error) {
 	c, err := callerOf(ctx)
 	if err != nil {
@@ -76,7 +77,7 @@ func (m *MailServer) SendMessage(ctx context.Context, req *connect.Request[mailv
 	if err := checkText("subject", r.Subject, MaxSubject); err != nil {
 		return nil, err
 	}
-	if err := m.sendAllowed(ctx, c.account.ID, len(rcpts)); err != nil {
+	if err := m.dispatch.Allowed(ctx, c.account.ID, len(rcpts)); err != nil {
 		return nil, err
 	}
 	var total int64
@@ -112,13 +113,40 @@ func (m *MailServer) SendMessage(ctx context.Context, req *connect.Request[mailv
 	if err := checkOriginators(c.account, raw.Bytes()); err != nil {
 		return nil, fmt.Errorf("composed message: %w", err)
 	}
-	copyInSent, err := m.fileSent(ctx, c.account.ID, raw.Bytes(), delivery.Options{Flags: mail.Flags{Seen: true}})
+	sentID, statuses, err := m.send(ctx, c.account, rcpts, raw.Bytes(), delivery.Options{Flags: mail.Flags{Seen: true}}, false)
 	if err != nil {
 		return nil, err
 	}
-	out := &mailv1.SendMessageResponse{MessageId: copyInSent.ID}
-	out.Recipients = m.route(ctx, c.account.ID, c.account.Address, rcpts, raw.Bytes(), false)
-	return connect.NewResponse(out), nil
+	return connect.NewResponse(&mailv1.SendMessageResponse{MessageId: sentID, Recipients: statuses}), nil
+}
+
+// ReasonMalware is the ErrorInfo reason of a send refused because the
+// message carries a virus.
+const ReasonMalware = "MALWARE"
+
+// send is what SendMessage and SubmitMessage share once the message is
+// made: the checks of mail that leaves for other domains (malware refused
+// before anything is stored, likely spam held for the operator), the copy
+// in Sent, then the recipients (dispatch.Dispatcher.Route).
+func (m *MailServer) send(ctx context.Context, a mail.Account, rcpts []string, raw []byte, opt delivery.Options, queueRefused bool) (string, []*mailv1.RecipientStatus, error) {
+	v, err := m.dispatch.Check(ctx, rcpts, raw)
+	if errors.Is(err, dispatch.ErrMalware) {
+		m.log.Warn("send refused: malware", "account", a.ID, "err", err)
+		return "", nil, &reasonError{err: fmt.Errorf("%w: %w", mail.ErrDenied, err), reason: ReasonMalware,
+			public: "message refused: it carries a virus (" + strings.TrimPrefix(err.Error(), dispatch.ErrMalware.Error()+": ") + ")"}
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	copyInSent, err := m.fileSent(ctx, a.ID, raw, opt)
+	if err != nil {
+		return "", nil, err
+	}
+	var out []*mailv1.RecipientStatus
+	for _, st := range m.dispatch.Route(ctx, a.ID, a.Address, rcpts, raw, v, queueRefused) {
+		out = append(out, &mailv1.RecipientStatus{Address: st.Address, Status: st.State, Detail: st.Detail})
+	}
+	return copyInSent.ID, out, nil
 }
 
 // fileSent stores the sender's copy of what is sent in their Sent mailbox,
@@ -137,164 +165,23 @@ func (m *MailServer) fileSent(ctx context.Context, accountID string, raw []byte,
 	return copyInSent, err
 }
 
-// OutboundExpiry is how long remote delivery is retried before a bounce.
-const OutboundExpiry = 5 * 24 * time.Hour
-
-// route delivers raw to each recipient's owning cell, and queues it for
-// remote recipients (durably, before the send is reported). A recipient of
-// ours whose cell cannot take it now is queued too (the sender retries
-// it); one that does not exist is reported failed, or, with queueRefused
-// (a submission, already answered 250), queued so that the sender bounces
-// it to the user.
-func (m *MailServer) route(ctx context.Context, accountID, from string, rcpts []string, raw []byte, queueRefused bool) []*mailv1.RecipientStatus {
-	out := m.routeNow(ctx, from, rcpts, raw)
-	var retry []string
-	for _, st := range out {
-		if st.Status == "failed" && (queueRefused || st.Detail != noSuchUser) {
-			retry = append(retry, st.Address)
-		}
-	}
-	if len(retry) > 0 {
-		if err := m.store.EnqueueOutbound(ctx, accountID, from, retry, raw, OutboundExpiry); err != nil {
-			m.log.Error("mail for our own recipients not queued", "err", err)
-			return out
-		}
-		m.wakeOutbound(accountID)
-		for _, st := range out {
-			if slices.Contains(retry, st.Address) {
-				st.Status, st.Detail = "queued", "queued for another attempt"
-			}
-		}
-	}
-	return out
-}
-
-const noSuchUser = "no such user"
-
-// IsHosted reports whether the domain is one of ours (the sender then
-// delivers through routeNow rather than by MX).
-func (m *MailServer) IsHosted(domain string) bool {
-	_, err := m.maps.Map().Lookup("postmaster@" + domain)
-	return !errors.Is(err, placement.ErrUnknownDomain)
-}
-
-// DeliverHosted is the sender's delivery to a recipient of ours: permanent
-// when the recipient does not exist or cannot take the message.
-func (m *MailServer) DeliverHosted(ctx context.Context, from, rcpt string, raw []byte) (permanent bool, err error) {
-	st := m.routeNow(ctx, from, []string{rcpt}, raw)
-	if len(st) != 1 {
-		return false, errors.New("no delivery result")
-	}
-	switch {
-	case st[0].Status == "delivered":
-		return false, nil
-	case st[0].Detail == noSuchUser:
-		return true, errors.New("550 5.1.1 no such user")
-	case strings.Contains(st[0].Detail, "quota"):
-		return true, errors.New("552 5.2.2 mailbox full")
-	}
-	return false, errors.New(st[0].Detail)
-}
-
-// routeNow delivers raw to each recipient's owning cell at once, and
-// queues it for remote recipients.
-func (m *MailServer) routeNow(ctx context.Context, from string, rcpts []string, raw []byte) []*mailv1.RecipientStatus {
-	accountID := ""
-	if c, err := callerOf(ctx); err == nil {
-		accountID = c.account.ID
-	}
-	mp := m.maps.Map()
-	byCell := map[string][]string{}
-	var out []*mailv1.RecipientStatus
-	var remote []string
-	for _, rc := range rcpts {
-		rt, err := mp.Lookup(rc)
-		switch {
-		case errors.Is(err, placement.ErrUnknownDomain):
-			remote = append(remote, rc)
-		case err != nil:
-			out = append(out, &mailv1.RecipientStatus{Address: rc, Status: "failed", Detail: err.Error()})
-		default:
-			byCell[rt.Cell] = append(byCell[rt.Cell], rc)
-		}
-	}
-	if len(remote) > 0 && accountID == "" {
-		for _, rc := range remote { // the sender's own retry of a hosted recipient never reaches here
-			out = append(out, &mailv1.RecipientStatus{Address: rc, Status: "failed", Detail: "remote recipient"})
-		}
-	} else if len(remote) > 0 {
-		status, detail := "queued", "queued for delivery to the recipient's mail server"
-		if err := m.store.EnqueueOutbound(ctx, accountID, from, remote, raw, OutboundExpiry); err != nil {
-			m.log.Error("outbound mail not queued", "err", err)
-			status, detail = "failed", "could not be queued; send again"
-		} else {
-			m.wakeOutbound(accountID)
-		}
-		for _, rc := range remote {
-			out = append(out, &mailv1.RecipientStatus{Address: rc, Status: status, Detail: detail})
-		}
-	}
-	for cellName, list := range byCell {
-		if cellName == m.fence.Cell() {
-			out = append(out, m.deliverLocal(ctx, from, list, raw)...)
-			continue
-		}
-		cell, ok := mp.Cell(cellName)
-		if !ok {
-			for _, rc := range list {
-				out = append(out, &mailv1.RecipientStatus{Address: rc, Status: "failed", Detail: "owning cell unknown"})
-			}
-			continue
-		}
-		st, err := m.peers.Deliver(ctx, cell, from, list, raw)
-		if err != nil {
-			m.log.Warn("delivery to peer cell failed", "cell", cellName, "err", err)
-			for _, rc := range list {
-				out = append(out, &mailv1.RecipientStatus{Address: rc, Status: "failed", Detail: "recipient's cell unavailable; retry later"})
-			}
-			continue
-		}
-		out = append(out, st...)
-	}
-	return out
-}
-
-// deliverLocal files raw into the INBOX of recipients this cell owns.
-func (m *MailServer) deliverLocal(ctx context.Context, from string, rcpts []string, raw []byte) []*mailv1.RecipientStatus {
-	var out []*mailv1.RecipientStatus
-	for _, rc := range rcpts {
-		st := &mailv1.RecipientStatus{Address: rc, Status: "delivered"}
-		out = append(out, st)
-		if _, err := m.fence.Check(ctx, rc, 0); err != nil {
-			st.Status, st.Detail = "failed", err.Error()
-			continue
-		}
-		a, err := m.store.AccountByAddress(ctx, rc)
-		if err != nil {
-			st.Status, st.Detail = "failed", noSuchUser
-			continue
-		}
-		inbox, err := m.store.MailboxByUse(ctx, a.ID, mail.UseInbox)
-		if err == nil {
-			_, err = m.deliver.Deliver(ctx, a.ID, inbox.ID, raw, delivery.Options{Key: delivery.Key(from, rc, raw)})
-		}
-		if err != nil {
-			st.Status, st.Detail = "failed", err.Error()
-			if !errors.Is(err, mail.ErrOverQuota) && !errors.Is(err, mail.ErrLimit) {
-				m.log.Error("local delivery failed", "rcpt", rc, "err", err)
-				st.Detail = "temporary failure"
-			}
-		}
-	}
-	return out
-}
-
-// Deliver is the cell-to-cell delivery entry point (agent token only).
+// Deliver is the cell-to-cell delivery entry point (agent token only): the
+// message goes into this cell's one acceptance path for the recipients it
+// owns at the caller's map epoch, or the call answers WRONG_CELL/MOVING.
 func (m *MailServer) Deliver(ctx context.Context, req *connect.Request[mailv1.DeliverRequest]) (*connect.Response[mailv1.DeliverResponse], error) {
 	if len(req.Msg.Recipients) == 0 || len(req.Msg.Recipients) > MaxRecipients {
 		return nil, invalid("1 to %d recipients", MaxRecipients)
 	}
-	return connect.NewResponse(&mailv1.DeliverResponse{Recipients: m.deliverLocal(ctx, req.Msg.MailFrom, req.Msg.Recipients, req.Msg.Raw)}), nil
+	epoch := routing.EpochOf(req.Header())
+	st, err := m.dispatch.AcceptHere(ctx, epoch, req.Msg.MailFrom, req.Msg.Recipients, req.Msg.Raw)
+	if err != nil {
+		return nil, err
+	}
+	out := &mailv1.DeliverResponse{}
+	for _, s := range st {
+		out.Recipients = append(out.Recipients, &mailv1.RecipientStatus{Address: s.Address, Status: s.State, Detail: s.Detail})
+	}
+	return connect.NewResponse(out), nil
 }
 
 // ServeDownload serves GET /v1/messages/{id}/raw and
@@ -303,7 +190,7 @@ func (m *MailServer) Deliver(ctx context.Context, req *connect.Request[mailv1.De
 // an attachment with nosniff and a sandboxing CSP, so a hostile attachment
 // cannot run in the API's origin.
 func (m *MailServer) ServeDownload(w http.ResponseWriter, r *http.Request) {
-	epoch := parseEpoch(r.Header.Get(HeaderMapEpoch))
+	epoch := routing.EpochOf(r.Header)
 	c, err := m.session(r.Context(), bearer(r.Header), epoch, 1)
 	if err != nil {
 		m.httpError(w, r, err)
@@ -315,20 +202,24 @@ func (m *MailServer) ServeDownload(w http.ResponseWriter, r *http.Request) {
 		m.httpError(w, r, err)
 		return
 	}
-	ref, name, ctype := msg.BlobRef, "message-"+msg.ID+".eml", "message/rfc822"
+	name, ctype, etag := "message-"+msg.ID+".eml", "message/rfc822", "m-"+msg.ID
+	var blob blobstore.Blob
 	if part := r.PathValue("part"); part != "" {
-		found := false
-		for _, a := range atts {
-			if a.PartID == part {
-				ref, name, ctype, found = a.BlobRef, a.Filename, a.ContentType, true
-			}
-		}
-		if !found || ref == "" {
+		i := slices.IndexFunc(atts, func(a mail.AttachmentMeta) bool { return a.PartID == part })
+		if i < 0 {
 			m.httpError(w, r, fmt.Errorf("%w: attachment", mail.ErrNotFound))
 			return
 		}
+		a := atts[i]
+		name, ctype, etag = a.Filename, a.ContentType, etag+"-"+part
+		if a.BlobRef != "" { // stored decoded, before attachments were read from the message
+			blob, err = m.blobs.Open(r.Context(), a.BlobRef)
+		} else {
+			blob = &partBlob{open: func() (io.ReadCloser, error) { return m.openPart(r.Context(), msg, part) }, size: a.Size, mod: msg.ReceivedAt}
+		}
+	} else {
+		blob, err = blobstore.OpenMessage(r.Context(), m.blobs, msg.BlobRef, msg.Prefix)
 	}
-	blob, err := m.blobs.Open(r.Context(), ref)
 	if err != nil {
 		m.httpError(w, r, err)
 		return
@@ -345,7 +236,7 @@ func (m *MailServer) ServeDownload(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Content-Security-Policy", "sandbox; default-src 'none'")
 	w.Header().Set("Cache-Control", "private, max-age=3600")
-	w.Header().Set("ETag", `"`+ref+`"`)
+	w.Header().Set("ETag", `"`+etag+`"`)
 	size, err := blob.Seek(0, io.SeekEnd)
 	if err == nil {
 		_, err = blob.Seek(0, io.SeekStart)
@@ -358,6 +249,85 @@ func (m *MailServer) ServeDownload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.ServeContent(w, r, "", blob.ModTime(), blob)
+}
+
+// openPart opens the decoded content of one part of a stored message.
+func (m *MailServer) openPart(ctx context.Context, msg mail.Message, part string) (io.ReadCloser, error) {
+	b, err := blobstore.OpenMessage(ctx, m.blobs, msg.BlobRef, msg.Prefix)
+	if err != nil {
+		return nil, err
+	}
+	_, body, err := message.OpenPart(b, part, m.limits)
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("%w: attachment %s: %v", mail.ErrNotFound, part, err)
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{body, b}, nil
+}
+
+// partBlob is an attachment decoded from its message as it is read: it
+// seeks (for Range requests) by reading on, or from the start again.
+type partBlob struct {
+	open func() (io.ReadCloser, error)
+	size int64
+	mod  time.Time
+	r    io.ReadCloser
+	pos  int64 // where r is
+	want int64 // where the next Read starts
+}
+
+func (p *partBlob) Size() int64        { return p.size }
+func (p *partBlob) ModTime() time.Time { return p.mod }
+
+func (p *partBlob) Close() error {
+	if p.r == nil {
+		return nil
+	}
+	return p.r.Close()
+}
+
+func (p *partBlob) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += p.want
+	case io.SeekEnd:
+		offset += p.size
+	default:
+		return 0, errors.New("attachment: bad whence")
+	}
+	if offset < 0 {
+		return 0, errors.New("attachment: negative position")
+	}
+	p.want = offset
+	return offset, nil
+}
+
+func (p *partBlob) Read(b []byte) (int, error) {
+	if p.r == nil || p.want < p.pos {
+		if p.r != nil {
+			p.r.Close()
+		}
+		r, err := p.open()
+		if err != nil {
+			return 0, err
+		}
+		p.r, p.pos = r, 0
+	}
+	if p.want > p.pos {
+		n, err := io.CopyN(io.Discard, p.r, p.want-p.pos)
+		p.pos += n
+		if err != nil {
+			return 0, err
+		}
+	}
+	n, err := p.r.Read(b)
+	p.pos += int64(n)
+	p.want = p.pos
+	return n, err
 }
 
 // MaxRanges is the most byte ranges one download request may ask for; a
@@ -437,17 +407,6 @@ func limitRanges(w http.ResponseWriter, r *http.Request, size int64) bool {
 	return true
 }
 
-func parseEpoch(s string) uint64 {
-	var n uint64
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return 0
-		}
-		n = n*10 + uint64(c-'0')
-	}
-	return n
-}
-
 // httpError answers a download with the status the Connect code maps to.
 func (m *MailServer) httpError(w http.ResponseWriter, r *http.Request, err error) {
 	cerr := m.srv.toConnect(r.URL.Path, err)
@@ -468,59 +427,6 @@ func (m *MailServer) httpError(w http.ResponseWriter, r *http.Request, err error
 		status = http.StatusInternalServerError
 	}
 	http.Error(w, strings.ReplaceAll(code.String(), "_", " "), status)
-}
-
-// PeerClient delivers to other cells over their DeliveryService.
-type PeerClient struct {
-	HTTP  *http.Client
-	Token string
-}
-
-// Deliver implements Peers.
-func (p PeerClient) Deliver(ctx context.Context, cell placement.Cell, from string, rcpts []string, raw []byte) ([]*mailv1.RecipientStatus, error) {
-	c := mailv1connect.NewDeliveryServiceClient(p.HTTP, cell.APIURL, connect.WithSendGzip())
-	req := connect.NewRequest(&mailv1.DeliverRequest{MailFrom: from, Recipients: rcpts, Raw: raw})
-	req.Header().Set("Authorization", "Bearer "+p.Token)
-	resp, err := c.Deliver(ctx, req)
-	if err != nil {
-		return nil, err
-	}
-	return resp.Msg.Recipients, nil
-}
-
-// Sending limits per account (the webmail's and the mail clients' sends
-// together): SendLimit messages per SendWindow, RecipientLimit recipients
-// per RecipientWindow (MailConfig.SendLimit scales both).
-const (
-	SendLimit       = 100
-	SendWindow      = 10 * time.Minute
-	RecipientLimit  = 1000
-	RecipientWindow = time.Hour
-)
-
-// sendAllowed counts one message to n recipients against the caller's
-// limits.
-func (m *MailServer) sendAllowed(ctx context.Context, accountID string, n int) error {
-	check := func(key string, limit int, window time.Duration, what string) error {
-		ok, retry, err := m.cache.Allow(ctx, key, limit, window)
-		if err != nil {
-			m.log.Warn("rate limiter unavailable", "err", err)
-			return nil
-		}
-		if !ok {
-			return fmt.Errorf("%w: more than %d %s in %s; retry in %s", mail.ErrRateLimited, limit, what, window, retry.Round(time.Second))
-		}
-		return nil
-	}
-	if err := check("send:msg:"+accountID, m.sendLimit, SendWindow, "messages"); err != nil {
-		return err
-	}
-	for range n {
-		if err := check("send:rcpt:"+accountID, m.sendLimit*RecipientLimit/SendLimit, RecipientWindow, "recipients"); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // SubmitMessage sends a message a mail client composed: the envelope
@@ -569,18 +475,16 @@ func (m *MailServer) SubmitMessage(ctx context.Context, req *connect.Request[mai
 	if r.Raw, err = message.CompleteHeader(r.Raw, from, time.Now()); err != nil {
 		return nil, invalid("%v", err)
 	}
-	if err := m.sendAllowed(ctx, c.account.ID, len(rcpts)); err != nil {
+	if err := m.dispatch.Allowed(ctx, c.account.ID, len(rcpts)); err != nil {
 		return nil, err
 	}
 	// Each submission is its own Sent copy, even of identical bytes.
-	copyInSent, err := m.fileSent(ctx, c.account.ID, r.Raw, delivery.Options{Flags: mail.Flags{Seen: true},
-		Lenient: true, Key: "submit:" + mailstore.NewID()})
+	sentID, statuses, err := m.send(ctx, c.account, rcpts, r.Raw, delivery.Options{Flags: mail.Flags{Seen: true},
+		Lenient: true, Key: "submit:" + mailstore.NewID()}, true)
 	if err != nil {
 		return nil, err
 	}
-	out := &mailv1.SubmitMessageResponse{MessageId: copyInSent.ID}
-	out.Recipients = m.route(ctx, c.account.ID, c.account.Address, rcpts, r.Raw, true)
-	return connect.NewResponse(out), nil
+	return connect.NewResponse(&mailv1.SubmitMessageResponse{MessageId: sentID, Recipients: statuses}), nil
 }
 
 // owns reports whether the account may send as addr: addr is its own

@@ -17,6 +17,8 @@ import (
 	"strings"
 
 	"golang.org/x/crypto/argon2"
+
+	"github.com/cellmail/cellmail/controlplane/routing"
 )
 
 // Params are argon2id's cost parameters.
@@ -103,33 +105,23 @@ func (h *Hasher) Verify(ctx context.Context, encoded, password string) error {
 	return nil
 }
 
-// Token prefix and version: cm1.<base64url subject>.<base64url secret>.
-const tokenPrefix = "cm1."
-
-// NewToken mints a token for subject (a canonical address).
+// NewToken mints a token for subject (a canonical address), in the format
+// the router reads the subject from (routing.FormatToken).
 func NewToken(subject string) (string, error) {
 	secret := make([]byte, 32)
 	if _, err := rand.Read(secret); err != nil {
 		return "", err
 	}
-	return tokenPrefix + base64.RawURLEncoding.EncodeToString([]byte(subject)) + "." + base64.RawURLEncoding.EncodeToString(secret), nil
+	return routing.FormatToken(subject, secret), nil
 }
 
 // Subject returns the subject a token names, without checking it.
 func Subject(token string) (string, bool) {
-	rest, ok := strings.CutPrefix(token, tokenPrefix)
-	if !ok {
+	sub, secret, ok := routing.ParseToken(token)
+	if !ok || len(secret) != 43 { // 32 bytes, base64url without padding
 		return "", false
 	}
-	sub, secret, ok := strings.Cut(rest, ".")
-	if !ok || len(secret) != 43 {
-		return "", false
-	}
-	b, err := base64.RawURLEncoding.DecodeString(sub)
-	if err != nil || len(b) == 0 || len(b) > 320 {
-		return "", false
-	}
-	return string(b), true
+	return sub, true
 }
 
 // Hash is what is stored of a token.

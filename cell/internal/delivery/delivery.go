@@ -1,9 +1,13 @@
-// Package delivery is the one path by which a message enters a mailbox:
-// the raw message is written to the blob store (durable, content-addressed),
-// parsed under limits, its attachments stored once per cell by content hash,
-// and its metadata inserted in one transaction that is idempotent on the
-// delivery key. The API's send, cell-to-cell delivery and (later) LMTP and
-// the inbound pipeline all call it.
+// Package delivery is the one path by which a message enters a mailbox
+// (DESIGN.md §4): Acceptor makes it durable in the spool before anyone is
+// told it was accepted, Pipeline checks and files it, and Deliverer stores
+// it — the message as accepted written once to the blob store
+// (content-addressed, so the spool's blob, every recipient's copy and the
+// sender's Sent copy are one blob), the header fields the cell adds kept
+// as a prefix in the message's row, its attachments read from the message
+// itself — and inserts its metadata in one transaction that is idempotent
+// on the delivery key. IMAP APPEND and the Sent copy use Deliverer
+// directly.
 package delivery
 
 import (
@@ -83,19 +87,6 @@ func (d *Deliverer) put(ctx context.Context, nm *mail.NewMessage, data []byte) (
 	return d.blobs.Put(ctx, bytes.NewReader(data))
 }
 
-// putReader is put for content read from r, streamed to the blob store
-// when it is not small.
-func (d *Deliverer) putReader(ctx context.Context, nm *mail.NewMessage, r io.Reader) (string, int64, error) {
-	head, err := io.ReadAll(io.LimitReader(r, int64(d.inlineMax)+1))
-	if err != nil {
-		return "", 0, err
-	}
-	if len(head) <= d.inlineMax {
-		return d.put(ctx, nm, head)
-	}
-	return d.blobs.Put(ctx, io.MultiReader(bytes.NewReader(head), r))
-}
-
 // Options are how one message is filed.
 type Options struct {
 	Flags  mail.Flags
@@ -116,6 +107,14 @@ type Options struct {
 	// at acceptance (message.CheckLimits); this is for mail accepted
 	// before that.
 	Accepted bool
+	// Prefix is header fields the cell adds in front of the message (the
+	// pipeline's Authentication-Results and spam verdict): kept with the
+	// message's row, so that the message's own bytes are one blob however
+	// many mailboxes hold it.
+	Prefix []byte
+	// BodyRef is the blob the message is stored in already (the spool's),
+	// when it is; the message is then not written again.
+	BodyRef string
 }
 
 // Key is the idempotency key of a delivery: envelope and body hash, never
@@ -148,10 +147,11 @@ func (d *Deliverer) Commit(ctx context.Context, ins []mail.Insert) []mail.Insert
 // the limits, its blobs stored (large ones durably, small ones to be
 // committed with the rows), its rows made ready for Commit.
 func (d *Deliverer) Prepare(ctx context.Context, accountID, mailboxID string, raw []byte, opt Options) (mail.Insert, error) {
-	if int64(len(raw)) > d.limits.MaxSize {
-		return mail.Insert{}, fmt.Errorf("%w: message of %d bytes over %d", mail.ErrLimit, len(raw), d.limits.MaxSize)
+	if total := int64(len(opt.Prefix) + len(raw)); total > d.limits.MaxSize {
+		return mail.Insert{}, fmt.Errorf("%w: message of %d bytes over %d", mail.ErrLimit, total, d.limits.MaxSize)
 	}
-	p, err := message.Parse(bytes.NewReader(raw), d.limits)
+	whole := func() io.Reader { return io.MultiReader(bytes.NewReader(opt.Prefix), bytes.NewReader(raw)) }
+	p, err := message.Parse(whole(), d.limits)
 	if err != nil && (opt.Accepted || opt.Lenient && !errors.Is(err, message.ErrLimit)) {
 		p, err = headerOnly(raw), nil
 	}
@@ -165,17 +165,19 @@ func (d *Deliverer) Prepare(ctx context.Context, accountID, mailboxID string, ra
 		Message: mail.Message{
 			Flags: opt.Flags, Labels: opt.Labels, ReceivedAt: opt.ReceivedAt, SentAt: p.Date,
 			Subject: p.Subject, MessageID: p.MessageID, Snippet: p.Snippet, HasAttachments: p.HasAttachments,
-			EnvelopeHeader: message.EnvelopeHeader(raw),
+			EnvelopeHeader: message.EnvelopeHeader(append(append([]byte{}, opt.Prefix...), raw[:min(len(raw), 256<<10)]...)),
 		},
 		ThreadRefs:  append(append([]string{}, p.References...), p.InReplyTo),
 		DeliveryKey: opt.Key,
 		SpoolID:     opt.SpoolID,
 	}
-	ref, size, err := d.put(ctx, &nm, raw)
-	if err != nil {
-		return mail.Insert{}, fmt.Errorf("store message blob: %w", err)
+	ref, size := opt.BodyRef, int64(len(raw))
+	if sum := sha256.Sum256(raw); ref != hex.EncodeToString(sum[:]) {
+		if ref, size, err = d.put(ctx, &nm, raw); err != nil {
+			return mail.Insert{}, fmt.Errorf("store message blob: %w", err)
+		}
 	}
-	nm.BlobRef, nm.Size = ref, size
+	nm.BlobRef, nm.Prefix, nm.Size = ref, opt.Prefix, int64(len(opt.Prefix))+size
 	if nm.DeliveryKey == "" {
 		nm.DeliveryKey = ref
 	}
@@ -185,24 +187,25 @@ func (d *Deliverer) Prepare(ctx context.Context, accountID, mailboxID string, ra
 	for _, a := range p.To {
 		nm.To = append(nm.To, mail.Address{Name: a.Name, Email: a.Email})
 	}
+	// Attachments are listed, with their decoded size, and read from the
+	// message when downloaded (message.OpenPart): not stored again.
 	for _, a := range p.Attachments {
-		_, body, err := message.OpenPart(bytes.NewReader(raw), a.PartID, d.limits)
+		_, body, err := message.OpenPart(whole(), a.PartID, d.limits)
 		if err != nil && opt.Lenient {
 			continue // the part stays in the raw message
 		}
 		if err != nil {
 			return mail.Insert{}, fmt.Errorf("attachment %s: %w", a.PartID, err)
 		}
-		aref, asize, err := d.putReader(ctx, &nm, body)
+		asize, err := io.Copy(io.Discard, body)
 		if err != nil && opt.Lenient && (errors.Is(err, message.ErrMalformed) || errors.Is(err, message.ErrLimit)) {
 			continue
 		}
 		if err != nil {
-			return mail.Insert{}, fmt.Errorf("store attachment blob: %w", err)
+			return mail.Insert{}, fmt.Errorf("attachment %s: %w", a.PartID, err)
 		}
 		nm.Attachments = append(nm.Attachments, mail.AttachmentMeta{
-			PartID: a.PartID, Filename: a.Filename, ContentType: a.ContentType, Size: asize,
-			ContentID: a.ContentID, BlobRef: aref,
+			PartID: a.PartID, Filename: a.Filename, ContentType: a.ContentType, Size: asize, ContentID: a.ContentID,
 		})
 	}
 	return mail.Insert{AccountID: accountID, MailboxID: mailboxID, Message: nm}, nil

@@ -43,23 +43,8 @@ type Scanner interface {
 
 // Events receives what the pipeline did: the `changes` and error topics.
 type Events interface {
-	Delivered(ctx context.Context, ev Delivered) error
-	Failed(ctx context.Context, ev Failed) error
-}
-
-// Delivered is one message filed into a mailbox.
-type Delivered struct {
-	SpoolID, AccountID, MailboxID, MessageID string
-	Modseq                                   uint64
-}
-
-// Failed is one processing attempt that failed; the entry is retried after
-// Backoff, or kept as failed when Final.
-type Failed struct {
-	SpoolID, AccountID, Reason string
-	Attempt                    int
-	Backoff                    time.Duration
-	Final                      bool
+	Delivered(ctx context.Context, ev mail.Delivered) error
+	Failed(ctx context.Context, ev mail.DeliveryFailed) error
 }
 
 // Notifier wakes the account's listeners (IMAP IDLE, push): Redis pub/sub.
@@ -187,7 +172,7 @@ func (p *Pipeline) finish(ctx context.Context, j *job) error {
 	}
 	err := j.err
 	if err == nil && j.ready {
-		p.delivered(ctx, Delivered{SpoolID: e.ID, AccountID: e.AccountID, MailboxID: j.m.MailboxID, MessageID: j.m.ID, Modseq: j.m.Modseq})
+		p.delivered(ctx, mail.Delivered{SpoolID: e.ID, AccountID: e.AccountID, MailboxID: j.m.MailboxID, MessageID: j.m.ID, Modseq: j.m.Modseq})
 	}
 	if err == nil || errors.Is(err, mail.ErrAlreadyDelivered) {
 		return nil
@@ -199,7 +184,7 @@ func (p *Pipeline) finish(ctx context.Context, j *job) error {
 	final := e.Attempts+1 >= maxAttempts
 	p.Log.Warn("inbound message not processed; will retry", "spool", e.ID, "attempt", e.Attempts+1, "final", final, "err", err)
 	if p.Events != nil {
-		if eerr := p.Events.Failed(ctx, Failed{SpoolID: e.ID, AccountID: e.AccountID, Reason: err.Error(),
+		if eerr := p.Events.Failed(ctx, mail.DeliveryFailed{SpoolID: e.ID, AccountID: e.AccountID, Reason: err.Error(),
 			Attempt: e.Attempts + 1, Backoff: backoff, Final: final}); eerr != nil {
 			p.Log.Warn("error event not published", "spool", e.ID, "err", eerr)
 		}
@@ -268,14 +253,19 @@ func (p *Pipeline) prepare(ctx context.Context, e mailstore.SpoolEntry) job {
 		mailboxID, j.inbox = to, box.ID
 	}
 
-	final := make([]byte, 0, added.Len()+len(traceField)+len(sent))
-	final = append(append(append(final, added.String()...), traceField...), sent...)
-	j.in, j.err = p.D.Prepare(ctx, e.AccountID, mailboxID, final, opt)
+	// The message is stored as it was accepted (the spool's blob, when it
+	// has one: not written again), the fields added here as its prefix.
+	body := raw
+	if len(traceField)+len(sent) != len(raw) || !bytes.Equal(raw[len(traceField):], sent) { // a forged verdict renamed
+		body = append(append(make([]byte, 0, len(traceField)+len(sent)), traceField...), sent...)
+	}
+	opt.Prefix, opt.BodyRef = []byte(added.String()), e.BlobRef
+	j.in, j.err = p.D.Prepare(ctx, e.AccountID, mailboxID, body, opt)
 	j.ready = j.err == nil
 	return j
 }
 
-func (p *Pipeline) delivered(ctx context.Context, ev Delivered) {
+func (p *Pipeline) delivered(ctx context.Context, ev mail.Delivered) {
 	if p.Events != nil {
 		if err := p.Events.Delivered(ctx, ev); err != nil {
 			p.Log.Warn("change event not published", "spool", ev.SpoolID, "err", err)
@@ -320,7 +310,7 @@ func (p *Pipeline) quarantine(ctx context.Context, e mailstore.SpoolEntry, sent 
 		return fmt.Errorf("quarantine: %w", err)
 	}
 	p.Log.Warn("inbound message quarantined", "spool", e.ID, "signature", signature)
-	p.delivered(ctx, Delivered{SpoolID: e.ID, AccountID: e.AccountID, MailboxID: m.MailboxID, MessageID: m.ID, Modseq: m.Modseq})
+	p.delivered(ctx, mail.Delivered{SpoolID: e.ID, AccountID: e.AccountID, MailboxID: m.MailboxID, MessageID: m.ID, Modseq: m.Modseq})
 	return nil
 }
 

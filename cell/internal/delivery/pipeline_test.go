@@ -44,7 +44,7 @@ type fixture struct {
 	key     ed25519.PrivateKey
 }
 
-func setup(t *testing.T, withClamd bool) *fixture {
+func setup(t testing.TB, withClamd bool) *fixture {
 	t.Helper()
 	store, blobs, a := mailstoretest.New(t, pg, "bob@demo.example")
 	log := slog.New(slog.DiscardHandler)
@@ -70,6 +70,17 @@ func setup(t *testing.T, withClamd bool) *fixture {
 		boxes[b.SpecialUse] = b
 	}
 	return &fixture{store: store, blobs: blobs, p: p, account: a, boxes: boxes, key: priv}
+}
+
+// unlimited creates an account without a quota.
+func (f *fixture) unlimited(t testing.TB, address string) mail.Account {
+	t.Helper()
+	a, err := f.store.CreateAccount(t.Context(), mail.Account{Address: address, Domain: "demo.example",
+		PlacementKey: address, Jurisdiction: "eu", KeyHash: 1, PasswordHash: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }
 
 // spool accepts raw from ip as the LMTP endpoint does (with the edge's
@@ -106,7 +117,7 @@ func (f *fixture) messages(t *testing.T, use mail.SpecialUse) []mail.Message {
 
 func (f *fixture) raw(t *testing.T, m mail.Message) string {
 	t.Helper()
-	b, err := f.blobs.Open(t.Context(), m.BlobRef)
+	b, err := blobstore.OpenMessage(t.Context(), f.blobs, m.BlobRef, m.Prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,9 +359,11 @@ func TestBatchDeliversEachOnce(t *testing.T) {
 	}
 }
 
-// A message of many small parts keeps at most 4×InlineMax in the metadata
-// store; the rest of its parts go to the blob store, and all are read back.
-func TestInlineBytesPerMessageAreBounded(t *testing.T) {
+// Each byte is stored once: a spooled message with attachments is filed
+// as the spool's own blob plus a prefix of the fields the pipeline adds —
+// no second copy of the message, no decoded copy of its attachments — and
+// each attachment reads back from the message.
+func TestMessageStoredOnce(t *testing.T) {
 	f := setup(t, false)
 	var b strings.Builder
 	b.WriteString("From: a@sender.example\r\nSubject: parts\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n")
@@ -366,28 +379,47 @@ func TestInlineBytesPerMessageAreBounded(t *testing.T) {
 		b.WriteString(enc + "\r\n")
 	}
 	b.WriteString("--b--\r\n")
-	in, err := f.p.D.Prepare(t.Context(), f.account.ID, f.boxes[mail.UseInbox].ID, []byte(b.String()), delivery.Options{})
+	e := f.spool(t, "192.0.2.10", "a@sender.example", b.String())
+	if err := f.p.HandleEntries(t.Context(), []mailstore.SpoolEntry{e}); err != nil {
+		t.Fatal(err)
+	}
+	in := f.messages(t, mail.UseInbox)
+	if len(in) != 1 {
+		t.Fatalf("INBOX %+v", in)
+	}
+	m, atts, err := f.store.Message(t.Context(), f.account.ID, in[0].ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	inline := 0
-	for _, bl := range in.Message.Inline {
-		inline += len(bl.Data)
+	if m.BlobRef != e.BlobRef || !bytes.Contains(m.Prefix, []byte("X-Spam-Status:")) {
+		t.Fatalf("message stored as blob %s with prefix %q, want the spool's blob %s", m.BlobRef, m.Prefix, e.BlobRef)
 	}
-	if inline > 4*delivery.InlineMax || len(in.Message.Attachments) != parts {
-		t.Fatalf("%d bytes inline (bound %d), %d attachments", inline, 4*delivery.InlineMax, len(in.Message.Attachments))
+	var blobs []string
+	if err := f.blobs.Walk(t.Context(), func(ref string, _ int64, _ time.Time) error {
+		blobs = append(blobs, ref)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
-	res := f.p.D.Commit(t.Context(), []mail.Insert{in})
-	if res[0].Err != nil {
-		t.Fatal(res[0].Err)
+	if len(blobs) != 1 || blobs[0] != e.BlobRef {
+		t.Fatalf("blob store holds %v, want only the spool's %s", blobs, e.BlobRef)
 	}
-	for i, a := range in.Message.Attachments {
-		blob, err := f.blobs.Open(t.Context(), a.BlobRef)
-		if err != nil {
-			t.Fatalf("attachment %d: %v", i, err)
+	raw := f.raw(t, m)
+	if int64(len(raw)) != m.Size || !strings.HasPrefix(raw, string(m.Prefix)) {
+		t.Fatalf("stored message of %d bytes, size %d", len(raw), m.Size)
+	}
+	if len(atts) != parts {
+		t.Fatalf("%d attachments", len(atts))
+	}
+	for i, a := range atts {
+		if a.BlobRef != "" || a.Size != 48<<10 {
+			t.Fatalf("attachment %d stored apart (%q) or sized %d", i, a.BlobRef, a.Size)
 		}
-		data, _ := io.ReadAll(blob)
-		blob.Close()
+		_, body, err := message.OpenPart(strings.NewReader(raw), a.PartID, message.DefaultLimits())
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := io.ReadAll(body)
 		if len(data) != 48<<10 || data[0] != byte('a'+i) {
 			t.Fatalf("attachment %d read back wrong: %d bytes", i, len(data))
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapserver"
 	"github.com/emersion/go-message/textproto"
 
+	"github.com/cellmail/cellmail/cell/internal/blobstore"
 	"github.com/cellmail/cellmail/cell/internal/delivery"
 	"github.com/cellmail/cellmail/cell/internal/mail"
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
@@ -185,14 +186,14 @@ func (se *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options 
 			var err error
 			switch {
 			case needBody:
-				raw, err = se.readBlob(ctx, m.BlobRef)
+				raw, err = se.readBlob(ctx, m)
 				if err == nil && needHeader {
 					hdr, err = textproto.ReadHeader(bufio.NewReader(bytes.NewReader(raw)))
 				}
 			case needHeader && m.EnvelopeHeader != nil:
 				hdr, err = textproto.ReadHeader(bufio.NewReader(bytes.NewReader(m.EnvelopeHeader)))
 			case needHeader:
-				hdr, err = se.readHeader(ctx, m.BlobRef)
+				hdr, err = se.readHeader(ctx, m)
 			}
 			if err != nil {
 				se.srv.log.Error("imap fetch: message unreadable", "account", se.acct.ID, "message", m.ID, "err", err)
@@ -254,8 +255,8 @@ func (se *session) writeMessage(rw *imapserver.FetchResponseWriter, m mail.Messa
 	return rw.Close()
 }
 
-func (se *session) readBlob(ctx context.Context, ref string) ([]byte, error) {
-	b, err := se.srv.cfg.Blobs.Open(ctx, ref)
+func (se *session) readBlob(ctx context.Context, m mail.Message) ([]byte, error) {
+	b, err := blobstore.OpenMessage(ctx, se.srv.cfg.Blobs, m.BlobRef, m.Prefix)
 	if err != nil {
 		return nil, err
 	}
@@ -270,8 +271,8 @@ func (se *session) readBlob(ctx context.Context, ref string) ([]byte, error) {
 // maxHeader bounds what ENVELOPE reads of a message.
 const maxHeader = 256 << 10
 
-func (se *session) readHeader(ctx context.Context, ref string) (textproto.Header, error) {
-	b, err := se.srv.cfg.Blobs.Open(ctx, ref)
+func (se *session) readHeader(ctx context.Context, m mail.Message) (textproto.Header, error) {
+	b, err := blobstore.OpenMessage(ctx, se.srv.cfg.Blobs, m.BlobRef, m.Prefix)
 	if err != nil {
 		return textproto.Header{}, err
 	}

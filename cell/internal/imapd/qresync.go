@@ -139,10 +139,10 @@ func (se *session) vanishedEarlier(ctx context.Context, w *imapserver.FetchWrite
 // no version, which would only help an attacker.
 var serverID = &imap.IDData{Name: "cellmail", Vendor: "cellmail"}
 
-// ID logs what the client says of itself, takes the client's address from
-// the router's ID (originatingIP) and answers with serverID.
+// ID logs what the client says of itself, takes the client's address and
+// the map epoch from the router's ID (fromRouter) and answers with serverID.
 func (se *session) ID(client *imap.IDData) *imap.IDData {
-	se.originatingIP(client, remote(se.conn))
+	se.fromRouter(client, remote(se.conn))
 	if client != nil {
 		se.srv.log.Debug("imap client", "name", client.Name, "version", client.Version, "os", client.OS,
 			"vendor", client.Vendor)

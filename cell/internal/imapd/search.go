@@ -47,7 +47,7 @@ func (c *searchable) header() textproto.Header {
 			h, _ = textproto.ReadHeader(bufio.NewReader(bytes.NewReader(c.m.EnvelopeHeader)))
 		default:
 			var err error
-			h, err = c.se.readHeader(c.ctx, c.m.BlobRef)
+			h, err = c.se.readHeader(c.ctx, c.m)
 			if err != nil {
 				c.failed = err
 			}
@@ -59,7 +59,7 @@ func (c *searchable) header() textproto.Header {
 
 func (c *searchable) body() []byte {
 	if c.raw == nil && c.failed == nil {
-		c.raw, c.failed = c.se.readBlob(c.ctx, c.m.BlobRef)
+		c.raw, c.failed = c.se.readBlob(c.ctx, c.m)
 	}
 	return c.raw
 }

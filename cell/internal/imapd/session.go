@@ -14,6 +14,7 @@ import (
 
 	"github.com/cellmail/cellmail/cell/internal/auth"
 	"github.com/cellmail/cellmail/cell/internal/mail"
+	"github.com/cellmail/cellmail/controlplane/routing"
 	"github.com/cellmail/cellmail/internal/oneline"
 )
 
@@ -27,9 +28,12 @@ type session struct {
 	authed bool
 	sel    *selected
 	// client is the client's address as the router saw it (its ID
-	// x-originating-ip), empty until then; loginTried and idSeen say that
-	// it can no longer be set.
+	// x-originating-ip), empty until then; epoch is the router's map
+	// epoch (its ID x-cellmail-epoch, the routing contract), which the
+	// fence checks at login, 0 until then. loginTried and idSeen say that
+	// they can no longer be set.
 	client             string
+	epoch              uint64
 	loginTried, idSeen bool
 }
 
@@ -55,8 +59,13 @@ func (se *session) Close() error {
 	return nil
 }
 
-// Login checks the password (argon2id) of an address this cell owns. The
-// answer is the same for an unknown address and a wrong password. Every
+// Login checks the password (argon2id) of an address this cell owns, as of
+// the router's map epoch (fromRouter): an address another cell owns, or
+// one frozen by a move, is answered with the routing contract's response
+// code, "NO [CELLMAIL-WRONG-CELL owner epoch]" or "NO [CELLMAIL-MOVING
+// ms]" (RFC 9051 §7.1 resp-text-code), which the router reads to re-route
+// or wait. The answer is the same for an unknown address and a wrong
+// password. Every
 // attempt — LOGIN, AUTHENTICATE PLAIN (which go-imap brings here), also
 // after UNAUTHENTICATE (RFC 8437) — passes the login limits first, for the
 // client's address (auth.LoginLimits; runbooks/login-limits.md).
@@ -67,12 +76,18 @@ func (se *session) Login(username, password string) error {
 	if len(password) > maxPassword || len(username) > 320 || !utf8.ValidString(username) {
 		return imapserver.ErrAuthFailed
 	}
-	rt, err := se.srv.cfg.Fence.Check(ctx, username, 0)
-	if errors.Is(err, mail.ErrNotOwner) {
-		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeUnavailable,
-			Text: "This mailbox is served elsewhere, reconnect"}
+	rt, err := se.srv.cfg.Fence.Check(ctx, username, se.epoch)
+	var wrong *mail.WrongCellError
+	var moving *mail.MovingError
+	if errors.As(err, &wrong) {
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCode(wrong.ResponseCode()),
+			Text: "This mailbox is served by another cell, reconnect"}
 	}
-	if errors.Is(err, mail.ErrUnavailable) || errors.Is(err, mail.ErrStaleMap) || errors.Is(err, mail.ErrMoving) {
+	if errors.As(err, &moving) {
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCode(moving.ResponseCode()),
+			Text: "This mailbox is moving, try again shortly"}
+	}
+	if errors.Is(err, mail.ErrUnavailable) || errors.Is(err, mail.ErrStaleMap) {
 		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeUnavailable, Text: "Try again shortly"}
 	}
 	if err != nil {
@@ -118,14 +133,15 @@ func (se *session) source() string {
 	return auth.Source(remote(se.conn))
 }
 
-// originatingIP takes the client's address from the first ID of a
-// connection (RFC 2971), before any login, when the peer is a trusted proxy
-// (the router sends it so; Dovecot's proxies do the same). Later IDs — a
-// client's own, sent through the splice — change nothing.
-func (se *session) originatingIP(client *imap.IDData, from string) {
+// fromRouter takes the client's address and the router's map epoch from
+// the first ID of a connection (RFC 2971), before any login, when the peer
+// is a trusted proxy: the router sends them so ("x-originating-ip", as
+// Dovecot's proxies do, and routing.EpochIDField). Later IDs — a client's
+// own, sent through the splice — change nothing.
+func (se *session) fromRouter(client *imap.IDData, from string) {
 	first := !se.idSeen && !se.loginTried
 	se.idSeen = true
-	if !first || client == nil || client.Extra["x-originating-ip"] == "" {
+	if !first || client == nil || (client.Extra["x-originating-ip"] == "" && client.Extra[routing.EpochIDField] == "") {
 		return
 	}
 	peer, err := netip.ParseAddr(from)
@@ -138,10 +154,17 @@ func (se *session) originatingIP(client *imap.IDData, from string) {
 			if ip, err := netip.ParseAddr(client.Extra["x-originating-ip"]); err == nil {
 				se.client = ip.String()
 			}
+			if v := client.Extra[routing.EpochIDField]; v != "" {
+				if e, err := routing.ParseEpoch(v); err == nil {
+					se.epoch = e
+				} else {
+					se.srv.log.Warn("imap: bad map epoch in the router's ID", "peer", peer, "err", err)
+				}
+			}
 			return
 		}
 	}
-	se.srv.log.Info("imap: x-originating-ip from an untrusted peer ignored", "peer", peer)
+	se.srv.log.Info("imap: x-originating-ip or map epoch from an untrusted peer ignored", "peer", peer)
 }
 
 func remote(c *imapserver.Conn) string {

@@ -96,7 +96,12 @@ type Message struct {
 	ThreadID       string
 	Snippet        string
 	HasAttachments bool
-	BlobRef        string
+	// The stored message is Prefix followed by the blob BlobRef
+	// (blobstore.OpenMessage): Prefix holds the header fields the cell
+	// added when it filed the message, BlobRef the message as accepted,
+	// stored once for every mailbox that holds it.
+	BlobRef string
+	Prefix  []byte
 	// EnvelopeHeader is the raw header fields of the IMAP ENVELOPE, when
 	// kept (message.EnvelopeHeader); read only where asked for.
 	EnvelopeHeader []byte
@@ -109,7 +114,10 @@ type AttachmentMeta struct {
 	ContentType string
 	Size        int64
 	ContentID   string
-	BlobRef     string
+	// BlobRef is the decoded content's blob, for attachments stored before
+	// they were read from the message itself; empty: read from the message
+	// (message.OpenPart).
+	BlobRef string
 }
 
 // NewMessage is a message to store.

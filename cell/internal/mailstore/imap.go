@@ -327,9 +327,9 @@ func (s *Store) CopyMessages(ctx context.Context, accountID string, ids []string
 			m.ID, m.MailboxID, m.UID, m.Modseq = NewID(), toMailbox, firstUID+uint32(i), first+uint64(i)
 			b.Queue(`INSERT INTO messages (account_id, id, mailbox_id, uid, modseq, seen, flagged, answered, draft, deleted,
 				labels, received_at, sent_at, size, subject, from_addr, to_addrs, message_id_header, thread_id, snippet,
-				has_attachments, blob_ref, envelope_header)
+				has_attachments, blob_ref, envelope_header, prefix)
 				SELECT account_id, $3, $4, $5, $6, seen, flagged, answered, draft, deleted, labels, received_at, sent_at, size,
-				subject, from_addr, to_addrs, message_id_header, thread_id, snippet, has_attachments, blob_ref, envelope_header
+				subject, from_addr, to_addrs, message_id_header, thread_id, snippet, has_attachments, blob_ref, envelope_header, prefix
 				FROM messages WHERE account_id = $1 AND id = $2`, accountID, src.ID, m.ID, toMailbox, int64(m.UID), int64(m.Modseq))
 			b.Queue(`INSERT INTO attachments (account_id, message_id, part_id, filename, content_type, size, content_id, blob_ref)
 				SELECT account_id, $3, part_id, filename, content_type, size, content_id, blob_ref

@@ -229,7 +229,7 @@ func idsIn(ctx context.Context, tx pgx.Tx, sql string, args ...any) ([]string, e
 
 const messageCols = `id, mailbox_id, uid, modseq, seen, flagged, answered, draft, deleted, labels, received_at,
 	coalesce(sent_at, received_at), size, subject, from_addr, to_addrs, message_id_header, thread_id, snippet,
-	has_attachments, blob_ref`
+	has_attachments, blob_ref, prefix`
 
 // scanMessage reads messageCols, and then extra columns into extra.
 func scanMessage(row pgx.Row, extra ...any) (mail.Message, error) {
@@ -238,7 +238,7 @@ func scanMessage(row pgx.Row, extra ...any) (mail.Message, error) {
 	var from, to []byte
 	err := row.Scan(append([]any{&m.ID, &m.MailboxID, &uid, &modseq, &m.Flags.Seen, &m.Flags.Flagged, &m.Flags.Answered,
 		&m.Flags.Draft, &m.Flags.Deleted, &m.Labels, &m.ReceivedAt, &m.SentAt, &m.Size, &m.Subject, &from, &to, &m.MessageID,
-		&m.ThreadID, &m.Snippet, &m.HasAttachments, &m.BlobRef}, extra...)...)
+		&m.ThreadID, &m.Snippet, &m.HasAttachments, &m.BlobRef, &m.Prefix}, extra...)...)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return m, fmt.Errorf("%w: message", mail.ErrNotFound)
 	}
@@ -441,7 +441,7 @@ func (s *Store) insertEach(ctx context.Context, items []mail.Insert) []mail.Inse
 // UIDNEXT, the thread, the rows of the message, its attachments, inline
 // blobs and journal entry, in one statement.
 const insertSQL = `SELECT outcome, message_id, uid, modseq, thread_id FROM insert_message(
-	$1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25,$26,$27,$28,$29,$30,$31,$32)`
+	$1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25,$26,$27,$28,$29,$30,$31,$32,$33)`
 
 // insertCall is one message for insert_message: its arguments, and the
 // message as it will be stored.
@@ -495,7 +495,7 @@ func newInsertCall(accountID, mailboxID string, nm mail.NewMessage) (*insertCall
 		accountID, mailboxID, m.ID, spool, key, m.Flags.Seen, m.Flags.Flagged, m.Flags.Answered, m.Flags.Draft, m.Flags.Deleted,
 		m.Labels, m.ReceivedAt, sent, m.Size, m.Subject, from, to, m.MessageID, refs, NewID(),
 		m.Snippet, m.HasAttachments, m.BlobRef, m.EnvelopeHeader,
-		part, name, ctype, asize, cid, aref, iref, idata}}, nil
+		part, name, ctype, asize, cid, aref, iref, idata, m.Prefix}}, nil
 }
 
 // scan reads insert_message's row into the call.

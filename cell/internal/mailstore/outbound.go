@@ -31,15 +31,25 @@ type OutboundEntry struct {
 	LastError string
 }
 
-// EnqueueOutbound commits one row per recipient, all due now.
-func (s *Store) EnqueueOutbound(ctx context.Context, accountID, mailFrom string, rcpts []string, body []byte, expires time.Duration) error {
+// OutboundHeld: kept out of delivery for an operator's decision (likely
+// spam from one of our accounts); released (pending again) or dropped.
+const OutboundHeld int16 = 4
+
+// EnqueueOutbound commits one row per recipient, all due now; with a held
+// reason, held for an operator instead (OutboundHeld, the reason as its
+// last error).
+func (s *Store) EnqueueOutbound(ctx context.Context, accountID, mailFrom string, rcpts []string, body []byte, expires time.Duration, held string) error {
+	state := OutboundPending
+	if held != "" {
+		state = OutboundHeld
+	}
 	return s.tx(ctx, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
 		for _, rc := range rcpts {
 			domain := strings.ToLower(rc[strings.LastIndexByte(rc, '@')+1:])
-			b.Queue(`INSERT INTO outbound (id, account_id, mail_from, rcpt, domain, body, expires_at)
-				VALUES ($1,$2,$3,$4,$5,$6, now() + $7::interval)`, NewID(), accountID, mailFrom, rc, domain, body,
-				fmt.Sprintf("%d seconds", int64(expires.Seconds())))
+			b.Queue(`INSERT INTO outbound (id, account_id, mail_from, rcpt, domain, body, expires_at, state, last_error)
+				VALUES ($1,$2,$3,$4,$5,$6, now() + $7::interval, $8, $9)`, NewID(), accountID, mailFrom, rc, domain, body,
+				fmt.Sprintf("%d seconds", int64(expires.Seconds())), state, held)
 		}
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("enqueue outbound: %w", err)
@@ -149,12 +159,12 @@ type QueueItem struct {
 	Size        int
 }
 
-// ListOutbound lists up to limit entries, pending only unless all, oldest
-// first.
+// ListOutbound lists up to limit entries, pending and held only unless
+// all, oldest first.
 func (s *Store) ListOutbound(ctx context.Context, all bool, limit int) ([]QueueItem, error) {
 	rows, err := s.pool.Query(ctx, `SELECT id, account_id, mail_from, rcpt, domain, attempts, created_at, expires_at,
 		last_error, state, next_attempt_at, COALESCE(length(body), 0) FROM outbound
-		WHERE ($1 OR state = 0) ORDER BY created_at LIMIT $2`, all, limit)
+		WHERE ($1 OR state IN (0, 4)) ORDER BY created_at LIMIT $2`, all, limit)
 	if err != nil {
 		return nil, fmt.Errorf("list outbound: %w", err)
 	}
@@ -176,12 +186,22 @@ func (s *Store) RetryOutboundNow(ctx context.Context, id string) (bool, error) {
 	return tag.RowsAffected() == 1, err
 }
 
-// DropOutbound takes a pending entry out of the queue (kept, marked
-// dropped, with who dropped it); false when there is no pending entry.
+// ReleaseOutbound makes a held entry pending and due at once; false when
+// there is no held entry with that id.
+func (s *Store) ReleaseOutbound(ctx context.Context, id, note string) (bool, error) {
+	if !validID(id) {
+		return false, nil
+	}
+	tag, err := s.pool.Exec(ctx, `UPDATE outbound SET state = 0, next_attempt_at = now(), last_error = $2 WHERE id = $1 AND state = 4`, id, note)
+	return tag.RowsAffected() == 1, err
+}
+
+// DropOutbound takes a pending or held entry out of the queue (kept,
+// marked dropped, with who dropped it); false when there is none.
 func (s *Store) DropOutbound(ctx context.Context, id, reason string) (bool, error) {
 	if !validID(id) {
 		return false, nil
 	}
-	tag, err := s.pool.Exec(ctx, `UPDATE outbound SET state = 3, last_error = $2, body = NULL WHERE id = $1 AND state = 0`, id, reason)
+	tag, err := s.pool.Exec(ctx, `UPDATE outbound SET state = 3, last_error = $2, body = NULL WHERE id = $1 AND state IN (0, 4)`, id, reason)
 	return tag.RowsAffected() == 1, err
 }

@@ -282,3 +282,16 @@ func (s *Store) ConsumeSession(ctx context.Context, hash []byte) (bool, error) {
 	}
 	return tag.RowsAffected() == 1, nil
 }
+
+// ContentBytesForBenchmark is how many bytes of message content the
+// metadata store holds: inline blobs, message prefixes and spool bodies (a
+// benchmark's measure of storage; the blob store's files are counted
+// apart).
+func (s *Store) ContentBytesForBenchmark(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.pool.QueryRow(ctx, `SELECT
+		(SELECT coalesce(sum(octet_length(data)), 0) FROM inline_blobs) +
+		(SELECT coalesce(sum(octet_length(prefix)), 0) FROM messages) +
+		(SELECT coalesce(sum(octet_length(body)), 0) FROM spool)`).Scan(&n)
+	return n, err
+}

@@ -145,7 +145,7 @@ const sentMessage = "From: Alice <alice@demo.example>\r\nTo: someone\r\nSubject:
 
 func (f *fixture) enqueue(t *testing.T, expires time.Duration, rcpts ...string) map[string]string {
 	t.Helper()
-	if err := f.store.EnqueueOutbound(t.Context(), f.account.ID, f.account.Address, rcpts, []byte(sentMessage), expires); err != nil {
+	if err := f.store.EnqueueOutbound(t.Context(), f.account.ID, f.account.Address, rcpts, []byte(sentMessage), expires, ""); err != nil {
 		t.Fatal(err)
 	}
 	ids, err := f.store.OutboundIDs(t.Context(), f.account.ID)

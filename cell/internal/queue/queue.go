@@ -31,7 +31,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/cellmail/cellmail/cell/internal/delivery"
+	"github.com/cellmail/cellmail/cell/internal/mail"
 	"github.com/cellmail/cellmail/cell/internal/mailstore"
 )
 
@@ -163,7 +163,7 @@ func (p *Producer) PublishInbound(ctx context.Context, entries []mailstore.Spool
 // lingers up to EventLinger for others, and when the client already holds
 // as many unsent records as it may (the broker down for long), the event
 // is dropped with a warning rather than holding up delivery.
-func (p *Producer) Delivered(ctx context.Context, ev delivery.Delivered) error {
+func (p *Producer) Delivered(ctx context.Context, ev mail.Delivered) error {
 	v, _ := json.Marshal(map[string]any{"kind": "message_added", "account": ev.AccountID, "mailbox": ev.MailboxID,
 		"message": ev.MessageID, "modseq": ev.Modseq, "spool": ev.SpoolID})
 	cl := p.client(eventsClient)
@@ -178,7 +178,7 @@ func (p *Producer) Delivered(ctx context.Context, ev delivery.Delivered) error {
 }
 
 // Failed publishes a failed attempt to the error topic and waits for it.
-func (p *Producer) Failed(ctx context.Context, ev delivery.Failed) error {
+func (p *Producer) Failed(ctx context.Context, ev mail.DeliveryFailed) error {
 	v, _ := json.Marshal(map[string]any{"spool": ev.SpoolID, "account": ev.AccountID, "reason": ev.Reason,
 		"attempt": ev.Attempt, "retry_in_seconds": int(ev.Backoff.Seconds()), "final": ev.Final, "at": time.Now().UTC()})
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)

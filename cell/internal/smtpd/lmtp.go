@@ -4,12 +4,10 @@
 //   - RCPT (RFC 5321 §4.1.1.3) runs the fence and checks the account: a
 //     subject another cell owns answers 451 (the router will re-route the
 //     retry), an unknown user 550 5.1.1.
-//   - DATA (RFC 2033 §4.2): one spool row per recipient is committed before
-//     any per-recipient 250, with the message in the rows when small
-//     (MaxInline) or in the blob store (fsync'd first) when large: nothing
-//     acknowledged is lost. Concurrent acceptances are group committed: one
-//     transaction, so one WAL flush, per batch; the committed entries go
-//     straight to the relay (Config.Relay), not through its claim. The
+//   - DATA (RFC 2033 §4.2): the message is accepted by the cell's one
+//     acceptance path (delivery.Acceptor: one spool row per recipient,
+//     group committed, the message in the rows or in an fsync'd blob)
+//     before any per-recipient 250: nothing acknowledged is lost. The
 //     spool's delivery key (envelope and body hash, leaving out the edge's
 //     trace field, which differs on every retry) makes a retried delivery
 //     a no-op.
@@ -38,45 +36,23 @@ import (
 
 	"github.com/cellmail/cellmail/cell/internal/delivery"
 	"github.com/cellmail/cellmail/cell/internal/mail"
-	"github.com/cellmail/cellmail/cell/internal/mailstore"
 	"github.com/cellmail/cellmail/cell/internal/message"
-	"github.com/cellmail/cellmail/controlplane/placement"
 	"github.com/cellmail/cellmail/internal/oneline"
 	"github.com/cellmail/cellmail/internal/trace"
 	"github.com/cellmail/cellmail/internal/wire"
 )
 
-// Fence is the ownership check.
-type Fence interface {
-	Check(ctx context.Context, address string, callerEpoch uint64) (placement.Route, error)
+// Acceptor is the cell's one acceptance path (delivery.Acceptor): the
+// fence and account lookup of a recipient, and the durable, group
+// committed spooling of a message.
+type Acceptor interface {
+	Recipient(ctx context.Context, address string, epoch uint64) (delivery.Recipient, error)
+	Accept(ctx context.Context, from string, rcpts []delivery.Recipient, raw []byte) error
 }
-
-// Store is what LMTP needs of the mail store.
-type Store interface {
-	AccountByAddress(ctx context.Context, address string) (mail.Account, error)
-	Spool(ctx context.Context, entries []mailstore.SpoolEntry) error
-}
-
-// Blobs stores message bodies (durably when Put returns).
-type Blobs interface {
-	Put(ctx context.Context, r io.Reader) (string, int64, error)
-}
-
-// MaxInline is the most message bytes (size times recipients) kept in the
-// spool rows themselves rather than in a blob: accepting them costs one
-// share of a group commit and no file fsync.
-const MaxInline = 1 << 20
 
 // Config wires the LMTP server.
 type Config struct {
-	Fence Fence
-	Store Store
-	Blobs Blobs
-	Wake  func() // tells the spool worker (or relay) there is work
-	// Relay, when set, takes the committed entries of each group commit
-	// to publish them to the queue at once (mailstore.SpoolEntry.Relayed),
-	// instead of Wake.
-	Relay           func(entries []mailstore.SpoolEntry)
+	Accept          Acceptor
 	Domain          string
 	MaxMessageBytes int64
 	MaxRecipients   int
@@ -88,18 +64,8 @@ type Config struct {
 
 // Server is the LMTP server of a cell.
 type Server struct {
-	cfg  Config
-	srv  *smtp.Server
-	reqs chan *acceptance
-	stop chan struct{}
-}
-
-// acceptance is one LMTP transaction waiting for the group commit.
-type acceptance struct {
-	ctx     context.Context
-	entries []mailstore.SpoolEntry
-	done    chan error
-	skipped bool
+	cfg Config
+	srv *smtp.Server
 }
 
 // New makes the server.
@@ -110,8 +76,7 @@ func New(cfg Config) *Server {
 	if cfg.MaxRecipients == 0 {
 		cfg.MaxRecipients = 1000
 	}
-	s := &Server{cfg: cfg, reqs: make(chan *acceptance, 1024), stop: make(chan struct{})}
-	go s.commitLoop()
+	s := &Server{cfg: cfg}
 	srv := smtp.NewServer(s)
 	srv.LMTP = true
 	srv.Domain = cfg.Domain
@@ -121,6 +86,7 @@ func New(cfg Config) *Server {
 	srv.ReadTimeout = 5 * time.Minute
 	srv.WriteTimeout = time.Minute
 	srv.EnableSMTPUTF8 = true
+	srv.RcptParams = rcptParams // the caller's map epoch, for the fence
 	srv.ErrorLog = slogAdapter{cfg.Logger}
 	s.srv = srv
 	return s
@@ -130,75 +96,7 @@ func New(cfg Config) *Server {
 func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
 
 // Close stops the server.
-func (s *Server) Close() error {
-	err := s.srv.Close()
-	close(s.stop)
-	return err
-}
-
-// maxBatch bounds one group commit.
-const maxBatch = 512
-
-// commitLoop is the group commit (DESIGN.md §4): it takes every acceptance
-// waiting, commits all their spool rows (small messages inside them) in one
-// transaction, then answers them all. While a batch is being committed the
-// next one gathers, so under load one WAL flush serves many messages, and a
-// lone message waits for nobody.
-func (s *Server) commitLoop() {
-	for {
-		var batch []*acceptance
-		select {
-		case <-s.stop:
-			return
-		case a := <-s.reqs:
-			batch = append(batch, a)
-		}
-	gather:
-		for len(batch) < maxBatch {
-			select {
-			case a := <-s.reqs:
-				batch = append(batch, a)
-			default:
-				break gather
-			}
-		}
-		committed, err := s.commit(batch)
-		if err == nil && s.cfg.Relay != nil {
-			s.cfg.Relay(committed)
-		}
-		for _, a := range batch {
-			if a.skipped {
-				a.done <- context.Canceled
-				continue
-			}
-			a.done <- err
-		}
-	}
-}
-
-func (s *Server) commit(batch []*acceptance) ([]mailstore.SpoolEntry, error) {
-	var entries []mailstore.SpoolEntry
-	live := 0
-	for _, a := range batch {
-		if a.skipped = a.ctx.Err() != nil; !a.skipped { // its session is gone: not committed, not acknowledged
-			entries = append(entries, a.entries...)
-			live++
-		}
-	}
-	if len(entries) == 0 {
-		return nil, context.Canceled
-	}
-	for i := range entries {
-		entries[i].Relayed = s.cfg.Relay != nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := s.cfg.Store.Spool(ctx, entries); err != nil {
-		s.cfg.Logger.Error("spool commit failed", "err", err, "messages", live)
-		return nil, err
-	}
-	return entries, nil
-}
+func (s *Server) Close() error { return s.srv.Close() }
 
 type slogAdapter struct{ l *slog.Logger }
 
@@ -211,18 +109,13 @@ func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	return &session{s: s, ctx: ctx, cancel: cancel, log: s.cfg.Logger.With("remote", c.Conn().RemoteAddr().String())}, nil
 }
 
-type rcpt struct {
-	account string
-	addr    string
-}
-
 type session struct {
 	s      *Server
 	ctx    context.Context
 	cancel context.CancelFunc
 	log    *slog.Logger
 	from   string
-	rcpts  []rcpt
+	rcpts  []delivery.Recipient
 }
 
 var _ smtp.LMTPSession = (*session)(nil)
@@ -235,18 +128,22 @@ func (se *session) Mail(from string, _ *smtp.MailOptions) error {
 	return nil
 }
 
-func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+// Rcpt runs the fence at the caller's map epoch (rcptEpoch) and checks the
+// account. The fence's routing answers are replies with the routing
+// contract's code (reply), which the router's edge reads to re-route or
+// wait.
+func (se *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	epoch, err := rcptEpoch(opts)
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(se.ctx, 10*time.Second)
 	defer cancel()
-	rt, err := se.s.cfg.Fence.Check(ctx, to, 0)
+	rc, err := se.s.cfg.Accept.Recipient(ctx, to, epoch)
 	if err != nil {
 		return reply(err)
 	}
-	a, err := se.s.cfg.Store.AccountByAddress(ctx, rt.Address.String())
-	if err != nil {
-		return reply(err)
-	}
-	se.rcpts = append(se.rcpts, rcpt{account: a.ID, addr: rt.Address.String()})
+	se.rcpts = append(se.rcpts, rc)
 	return nil
 }
 
@@ -282,42 +179,27 @@ func (se *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	}
 	ctx, cancel := context.WithTimeout(se.ctx, time.Minute)
 	defer cancel()
-	var ref string
-	var body []byte
-	if len(raw)*len(se.rcpts) <= MaxInline {
-		body = raw
-	} else if ref, _, err = se.s.cfg.Blobs.Put(ctx, bytes.NewReader(raw)); err != nil {
-		se.log.Error("message blob not stored", "err", err)
+	if err := se.s.cfg.Accept.Accept(ctx, se.from, se.rcpts, raw); err != nil {
+		se.log.Warn("message not accepted", "err", err)
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary storage failure, try again"}
-	}
-	entries := make([]mailstore.SpoolEntry, len(se.rcpts))
-	for i, rc := range se.rcpts {
-		entries[i] = mailstore.SpoolEntry{AccountID: rc.account, MailFrom: se.from, Rcpt: rc.addr, BlobRef: ref, Body: body,
-			DeliveryKey: delivery.Key(se.from, rc.addr, sent)}
-	}
-	a := &acceptance{ctx: ctx, entries: entries, done: make(chan error, 1)}
-	select {
-	case se.s.reqs <- a:
-	case <-ctx.Done():
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary storage failure, try again"}
-	}
-	if err := <-a.done; err != nil {
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary storage failure, try again"}
-	}
-	if se.s.cfg.Wake != nil && se.s.cfg.Relay == nil {
-		se.s.cfg.Wake()
 	}
 	return nil // 250 for every recipient: all committed together
 }
 
-// reply turns a domain error into an SMTP reply (RFC 3463 enhanced codes).
+// reply turns a domain error into an SMTP reply (RFC 3463 enhanced codes);
+// the fence's routing answers carry the routing contract's response code.
 func reply(err error) error {
 	var wrong *mail.WrongCellError
+	var moving *mail.MovingError
 	var smtpErr *smtp.SMTPError
 	switch {
 	case errors.As(err, &smtpErr):
 		return smtpErr
-	case errors.As(err, &wrong), errors.Is(err, mail.ErrMoving), errors.Is(err, mail.ErrStaleMap), errors.Is(err, mail.ErrUnavailable):
+	case errors.As(err, &wrong):
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "[" + wrong.ResponseCode() + "] Mailbox is served by another cell, try again"}
+	case errors.As(err, &moving): // X.2.1: the mailbox is not accepting messages for now
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 2, 1}, Message: "[" + moving.ResponseCode() + "] Mailbox is moving, try again shortly"}
+	case errors.Is(err, mail.ErrStaleMap), errors.Is(err, mail.ErrUnavailable):
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "Mailbox temporarily unavailable, try again"}
 	case errors.Is(err, mail.ErrNotFound) && strings.Contains(err.Error(), "domain"):
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 2}, Message: "Domain not hosted here"}

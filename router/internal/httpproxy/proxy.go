@@ -1,8 +1,9 @@
 // Package httpproxy is the router's Connect/gRPC/HTTP reverse proxy: it
 // finds the subject of each call (the authenticated user, or for calls
-// before login the address the request names), sends the call to the
-// owning cell with the epoch of the map it routed by, and on WRONG_CELL
-// refreshes that subject and tries the named owner — at most two hops.
+// before login the address the request names) and sends the call to the
+// owning cell through the routing contract (controlplane/routing): with
+// the epoch of the map it routed by, re-routed on WRONG_CELL (at most two
+// hops) and held on MOVING, a buffered body replayed each time.
 package httpproxy
 
 import (
@@ -26,25 +27,12 @@ import (
 
 	"github.com/cellmail/cellmail/controlplane/client"
 	"github.com/cellmail/cellmail/controlplane/placement"
-	"github.com/cellmail/cellmail/router/internal/route"
+	"github.com/cellmail/cellmail/controlplane/routing"
 )
 
-// Headers of the router ↔ cell contract; the cell's API package defines
-// the same names (DESIGN.md §3), and the router tests run real cells.
-const (
-	headerMapEpoch   = "Cellmail-Map-Epoch"
-	headerWrongCell  = "Cellmail-Wrong-Cell"
-	headerOwnerEpoch = "Cellmail-Owner-Epoch"
-	headerHops       = "Cellmail-Hops"
-)
-
-// MaxHops is how many cells one call may visit.
-const MaxHops = 2
-
-// Resolver finds the owning cell of an address.
-type Resolver interface {
-	Resolve(address string) (route.Target, error)
-	Refresh(ctx context.Context, address string) (route.Target, error)
+// Router runs a call at the owning cell of an address (routing.Routes).
+type Router interface {
+	Do(ctx context.Context, address string, call func(ctx context.Context, tgt routing.Target) error) error
 }
 
 // Config tunes the proxy.
@@ -68,7 +56,7 @@ const PreLoginBodyBytes = 64 << 10
 
 // Proxy is the handler.
 type Proxy struct {
-	routes     Resolver
+	routes     Router
 	maxBody    int64
 	maxPreBody int64
 	log        *slog.Logger
@@ -76,13 +64,12 @@ type Proxy struct {
 	mu    sync.Mutex
 	pools map[string]*http.Transport // per cell API host
 
-	calls     *prometheus.CounterVec
-	wrongCell prometheus.Counter
-	latency   *prometheus.HistogramVec
+	calls   *prometheus.CounterVec
+	latency *prometheus.HistogramVec
 }
 
 // New makes the proxy.
-func New(routes Resolver, cfg Config) *Proxy {
+func New(routes Router, cfg Config) *Proxy {
 	if cfg.MaxBodyBytes == 0 {
 		cfg.MaxBodyBytes = 48 << 20 // the mail API's largest request (a send at the size limit)
 	}
@@ -97,16 +84,13 @@ func New(routes Resolver, cfg Config) *Proxy {
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cellmail_router_http_calls_total", Help: "Proxied calls by owning cell and outcome.",
 		}, []string{"cell", "outcome"}),
-		wrongCell: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "cellmail_router_wrong_cell_total", Help: "WRONG_CELL answers that made the router refresh a subject.",
-		}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "cellmail_router_http_call_seconds", Help: "Proxied call latency.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"cell"}),
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(p.calls, p.wrongCell, p.latency)
+		cfg.Registerer.MustRegister(p.calls, p.latency)
 	}
 	return p
 }
@@ -137,11 +121,9 @@ func (p *Proxy) RoundTrip(r *http.Request) (*http.Response, error) {
 	return p.pool(r.URL.Host).RoundTrip(r)
 }
 
-type wrongCellError struct{ owner, epoch string }
-
-func (e *wrongCellError) Error() string {
-	return "WRONG_CELL: owner " + e.owner + " at epoch " + e.epoch
-}
+// errNotReplayable: the call must go to another cell (or the same one
+// again), and part of its body has been streamed to the first already.
+var errNotReplayable = errors.New("request body already streamed to another cell")
 
 // requestBody is a call's body as the proxy forwards it: buffered whole
 // (replayable on WRONG_CELL), or its first bytes and the rest still to be
@@ -216,43 +198,37 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	tgt, err := p.routes.Resolve(address)
+	start := time.Now()
+	var last routing.Target
+	err := p.routes.Do(r.Context(), address, func(ctx context.Context, tgt routing.Target) error {
+		if last.Hop != 0 && body.stream != nil {
+			// Part of the body went to the first cell: the client sends it
+			// again, to the owner the router now knows.
+			return errNotReplayable
+		}
+		last = tgt
+		return p.forward(w, r, body, tgt)
+	})
 	if err != nil {
 		p.routeError(w, r, err)
 		return
 	}
-	start := time.Now()
-	for hop := 1; ; hop++ {
-		err := p.forward(w, r, body, tgt, hop)
-		var wc *wrongCellError
-		if !errors.As(err, &wc) {
-			p.latency.WithLabelValues(tgt.Cell.Name).Observe(time.Since(start).Seconds())
-			return
-		}
-		p.wrongCell.Inc()
-		p.log.Debug("WRONG_CELL: refreshing subject", "tried", tgt.Cell.Name, "owner", wc.owner, "owner_epoch", wc.epoch)
-		if tgt, err = p.routes.Refresh(r.Context(), address); err != nil {
-			p.routeError(w, r, err)
-			return
-		}
-		if body.stream != nil {
-			// Part of the body went to the old owner: the client sends it
-			// again, to the owner the router now knows.
-			writeError(w, r, http.StatusServiceUnavailable, "unavailable", "the account moved to another cell; retry")
-			return
-		}
-	}
+	p.latency.WithLabelValues(last.Cell.Name).Observe(time.Since(start).Seconds())
 }
 
-// forward proxies the call to tgt. It returns a *wrongCellError, having
-// written nothing, when the cell disowns the subject and a hop is left.
-func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body requestBody, tgt route.Target, hop int) error {
+// forward proxies the call to tgt. It returns the cell's routing answer
+// (*routing.WrongCell, *routing.Moving), having written nothing, when the
+// cell does not serve the subject; else nil, the answer written.
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body requestBody, tgt routing.Target) error {
+	if tgt.Cell.APIURL == "" {
+		return fmt.Errorf("%w: %s", routing.ErrNoEndpoint, tgt.Cell.Name)
+	}
 	u, err := url.Parse(tgt.Cell.APIURL)
 	if err != nil {
 		writeError(w, r, http.StatusBadGateway, "unavailable", "owning cell has a bad endpoint")
 		return nil
 	}
-	var wrong *wrongCellError
+	var routed error
 	rp := &httputil.ReverseProxy{
 		Transport:     p,
 		FlushInterval: -1,
@@ -260,7 +236,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body requestBody
 			pr.SetURL(u)
 			pr.Out.Host = u.Host
 			pr.SetXForwarded()
-			pr.Out.Header.Set(headerMapEpoch, strconv.FormatUint(tgt.Route.Epoch, 10))
+			routing.SetEpoch(pr.Out.Header, tgt.Epoch)
 			if r.Method == http.MethodPost {
 				var rd io.Reader = bytes.NewReader(body.buf)
 				if body.stream != nil {
@@ -271,18 +247,18 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body requestBody
 			}
 		},
 		ModifyResponse: func(resp *http.Response) error {
-			if owner := resp.Header.Get(headerWrongCell); owner != "" && hop < MaxHops {
+			if rerr := routing.FromHeader(resp.Header); rerr != nil {
 				_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
 				resp.Body.Close()
-				wrong = &wrongCellError{owner: owner, epoch: resp.Header.Get(headerOwnerEpoch)}
-				return wrong
+				routed = rerr
+				return rerr
 			}
-			resp.Header.Set(headerHops, strconv.Itoa(hop))
+			resp.Header.Set(routing.HeaderHops, strconv.Itoa(tgt.Hop))
 			p.calls.WithLabelValues(tgt.Cell.Name, outcome(resp)).Inc()
 			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if wrong != nil {
+			if routed != nil {
 				return
 			}
 			p.calls.WithLabelValues(tgt.Cell.Name, "unreachable").Inc()
@@ -292,10 +268,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body requestBody
 		},
 	}
 	rp.ServeHTTP(w, r)
-	if wrong != nil {
-		return wrong
-	}
-	return nil
+	return routed
 }
 
 func outcome(resp *http.Response) string {
@@ -317,6 +290,13 @@ func (p *Proxy) routeError(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, r, http.StatusNotFound, "not_found", err.Error())
 	case errors.Is(err, client.ErrRateLimited):
 		writeError(w, r, http.StatusTooManyRequests, "unavailable", "routing map refresh rate limited; retry")
+	case errors.Is(err, errNotReplayable):
+		writeError(w, r, http.StatusServiceUnavailable, "unavailable", "the account moved to another cell; retry")
+	case errors.Is(err, routing.ErrWrongCell), errors.Is(err, routing.ErrMoving):
+		// Still not served after the hops and waits the contract allows.
+		p.log.Info("call not routed to a serving cell", "err", err)
+		w.Header().Set("Retry-After", "1")
+		writeError(w, r, http.StatusServiceUnavailable, "unavailable", "the account is moving between cells; retry")
 	default:
 		p.log.Warn("cannot route", "err", err)
 		writeError(w, r, http.StatusServiceUnavailable, "unavailable", "no route to the owning cell; retry later")

@@ -10,18 +10,34 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cellmail/cellmail/controlplane/placement"
-	"github.com/cellmail/cellmail/router/internal/route"
+	"github.com/cellmail/cellmail/controlplane/routing"
 )
 
-// twoCells resolves every address to old first and, once refreshed, to
-// new.
-type twoCells struct{ old, new route.Target }
+// twoCells is a map copy in which old owns every address of example.com
+// until a refresh says new does.
+type twoCells struct{ cur, fresh *placement.Map }
 
-func (c twoCells) Resolve(string) (route.Target, error) { return c.old, nil }
-func (c twoCells) Refresh(context.Context, string) (route.Target, error) {
-	return c.new, nil
+func newTwoCells(t *testing.T, oldURL, newURL string) *twoCells {
+	t.Helper()
+	at := func(epoch uint64, owner string) *placement.Map {
+		m, err := placement.NewMap(epoch, []placement.Cell{{Name: "old", Jurisdiction: 1, APIURL: oldURL}, {Name: "new", Jurisdiction: 1, APIURL: newURL}},
+			[]placement.Domain{{Name: "example.com", Jurisdiction: 1, Mode: placement.ModeConsumer}},
+			[]placement.Range{{Jurisdiction: 1, Cell: owner, Epoch: epoch}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	return &twoCells{cur: at(1, "old"), fresh: at(2, "new")}
+}
+
+func (c *twoCells) Map() *placement.Map                            { return c.cur }
+func (c *twoCells) Lookup(address string) (placement.Route, error) { return c.cur.Lookup(address) }
+func (c *twoCells) Refresh(_ context.Context, address string) (placement.Route, error) {
+	return c.fresh.Lookup(address)
 }
 
 // h2cServer serves h as the cells do: HTTP/2 over cleartext.
@@ -43,8 +59,7 @@ func TestWrongCellReplaysOnlyBufferedBodies(t *testing.T) {
 	oldCell := h2cServer(func(w http.ResponseWriter, r *http.Request) {
 		n, _ := io.Copy(io.Discard, r.Body)
 		oldGot.Add(n)
-		w.Header().Set(headerWrongCell, "new")
-		w.Header().Set(headerOwnerEpoch, "2")
+		(&routing.WrongCell{Owner: "new", Epoch: 2}).SetHeader(w.Header())
 		w.WriteHeader(http.StatusPreconditionFailed)
 	})
 	defer oldCell.Close()
@@ -54,8 +69,7 @@ func TestWrongCellReplaysOnlyBufferedBodies(t *testing.T) {
 		w.WriteHeader(http.StatusOK)
 	})
 	defer newCell.Close()
-	p := New(twoCells{old: route.Target{Cell: placement.Cell{Name: "old", APIURL: oldCell.URL}},
-		new: route.Target{Cell: placement.Cell{Name: "new", APIURL: newCell.URL}}}, Config{})
+	p := New(routing.New(newTwoCells(t, oldCell.URL, newCell.URL), routing.Config{}), Config{})
 	token := "Bearer cm1." + base64.RawURLEncoding.EncodeToString([]byte("a@example.com")) + ".x"
 	call := func(size int) int {
 		req := httptest.NewRequest(http.MethodPost, "/cellmail.mail.v1.MailService/SendMessage", bytes.NewReader(make([]byte, size)))
@@ -82,5 +96,44 @@ func TestWrongCellReplaysOnlyBufferedBodies(t *testing.T) {
 	p.ServeHTTP(rec, req)
 	if rec.Code != http.StatusRequestEntityTooLarge || !strings.Contains(rec.Body.String(), "resource_exhausted") {
 		t.Fatalf("pre-login body over the bound: %d %s", rec.Code, rec.Body)
+	}
+}
+
+// A cell answering MOVING holds the call, which is replayed (same body, the
+// epoch again) when the wait is over: the client sees no error. A cell
+// that stays MOVING past the contract's bound gets the client a 503.
+func TestMovingHoldsTheCall(t *testing.T) {
+	var calls, moving atomic.Int64
+	moving.Store(1)
+	cell := h2cServer(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		calls.Add(1)
+		if r.Header.Get(routing.HeaderMapEpoch) != "1" || string(b) != "hello" {
+			t.Errorf("call %d: epoch %q, body %q", calls.Load(), r.Header.Get(routing.HeaderMapEpoch), b)
+		}
+		if moving.Add(-1) >= 0 {
+			(&routing.Moving{RetryAfter: 10 * time.Millisecond}).SetHeader(w.Header())
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	defer cell.Close()
+	p := New(routing.New(newTwoCells(t, cell.URL, cell.URL), routing.Config{MaxWait: 200 * time.Millisecond}), Config{})
+	call := func() *httptest.ResponseRecorder {
+		req := httptest.NewRequest(http.MethodPost, "/cellmail.mail.v1.MailService/SendMessage", strings.NewReader("hello"))
+		req.Header.Set("Authorization", "Bearer cm1."+base64.RawURLEncoding.EncodeToString([]byte("a@example.com"))+".x")
+		req.Header.Set("Content-Type", "application/proto")
+		rec := httptest.NewRecorder()
+		p.ServeHTTP(rec, req)
+		return rec
+	}
+	if rec := call(); rec.Code != http.StatusOK || calls.Load() != 2 || rec.Header().Get(routing.HeaderHops) != "1" {
+		t.Fatalf("MOVING once: %d after %d calls (hops %q), want 200 after 2", rec.Code, calls.Load(), rec.Header().Get(routing.HeaderHops))
+	}
+	calls.Store(0)
+	moving.Store(1000)
+	if rec := call(); rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "unavailable") || calls.Load() < 2 {
+		t.Fatalf("MOVING for ever: %d %s after %d calls, want 503 unavailable", rec.Code, rec.Body, calls.Load())
 	}
 }

@@ -1,7 +1,6 @@
 package httpproxy
 
 import (
-	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -12,6 +11,8 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/dynamicpb"
+
+	"github.com/cellmail/cellmail/controlplane/routing"
 
 	// The cell API's descriptors, to read the routing field of requests.
 	_ "github.com/cellmail/cellmail/cell/gen/cellv1"
@@ -26,28 +27,16 @@ var (
 )
 
 // subjectFromToken reads the subject of a cellmail session token
-// ("Bearer cm1.<base64url address>.<base64url secret>"): calls made after
-// login route by it. The router does not check the token — the owning cell
-// does, after its fence — it only reads where to send the call. (The cell's
-// auth package mints these tokens; the router tests use real cells.)
+// ("Bearer cm1.…", routing.ParseToken): calls made after login route by
+// it. The router does not check the token — the owning cell does, after
+// its fence — it only reads where to send the call.
 func subjectFromToken(authorization string) (string, bool) {
 	tok, ok := strings.CutPrefix(authorization, "Bearer ")
 	if !ok {
 		return "", false
 	}
-	rest, ok := strings.CutPrefix(strings.TrimSpace(tok), "cm1.")
-	if !ok {
-		return "", false
-	}
-	sub, _, ok := strings.Cut(rest, ".")
-	if !ok {
-		return "", false
-	}
-	b, err := base64.RawURLEncoding.DecodeString(sub)
-	if err != nil || len(b) == 0 || len(b) > 320 {
-		return "", false
-	}
-	return string(b), true
+	sub, _, ok := routing.ParseToken(strings.TrimSpace(tok))
+	return sub, ok
 }
 
 // addressFromBody reads the routing key of a call made before login: the

@@ -3,7 +3,12 @@
 // (RFC 8314), it speaks IMAP until LOGIN or AUTHENTICATE PLAIN (RFC 4616),
 // learns the user, logs in at the cell that owns the user, then splices the
 // client's connection to the cell's IMAP server byte for byte. The cell
-// does the IMAP; the router only finds it.
+// does the IMAP; the router only finds it, through the routing contract
+// (controlplane/routing): its map epoch goes in the ID it sends first
+// ("x-cellmail-epoch"), and a cell's "NO [CELLMAIL-WRONG-CELL owner
+// epoch]" or "NO [CELLMAIL-MOVING ms]" to LOGIN makes it log in at the
+// owner (two cells at most) or wait a few seconds, the client none the
+// wiser.
 //
 // Before login the proxy keeps to small limits: a command line of
 // maxLine, literals only for LOGIN and of at most maxLiteral, no "+" for a
@@ -11,10 +16,10 @@
 // under TLS, a few bad commands and failed logins per connection. Failed
 // logins are counted by the cell (its login limits, shared with the API
 // and submission, runbooks/login-limits.md): the proxy tells the cell the
-// client's address with ID "x-originating-ip" (RFC 2971, as Dovecot's
-// proxies do) as the first command of the cell connection, so the cell
-// counts per client also for LOGINs sent after UNAUTHENTICATE through the
-// splice. A client's own ID is answered here and never forwarded.
+// client's address with ID "x-originating-ip" (RFC 2971 §3.3, as
+// Dovecot's proxies do) as the first command of the cell connection, so
+// the cell counts per client also for LOGINs sent after UNAUTHENTICATE
+// through the splice. A client's own ID is answered here and never forwarded.
 package imapproxy
 
 import (
@@ -32,13 +37,12 @@ import (
 	"time"
 
 	"github.com/cellmail/cellmail/controlplane/placement"
-	"github.com/cellmail/cellmail/router/internal/route"
+	"github.com/cellmail/cellmail/controlplane/routing"
 )
 
-// Resolver finds the cell of an address.
-type Resolver interface {
-	Resolve(address string) (route.Target, error)
-	Refresh(ctx context.Context, address string) (route.Target, error)
+// Router runs a call at the owning cell of an address (routing.Routes).
+type Router interface {
+	Do(ctx context.Context, address string, call func(ctx context.Context, tgt routing.Target) error) error
 }
 
 // Config is the proxy's settings.
@@ -64,7 +68,7 @@ const (
 
 // Proxy is the IMAP front.
 type Proxy struct {
-	routes Resolver
+	routes Router
 	cfg    Config
 	log    *slog.Logger
 
@@ -74,7 +78,7 @@ type Proxy struct {
 }
 
 // New makes a proxy.
-func New(routes Resolver, cfg Config) *Proxy {
+func New(routes Router, cfg Config) *Proxy {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -392,35 +396,36 @@ func (f *loginFailure) Error() string { return "login refused: " + f.line }
 
 var authFailed = &loginFailure{line: "NO [AUTHENTICATIONFAILED] Authentication failed"}
 
-// cellLogin finds the user's cell and logs in there; the returned line is
-// the cell's tagged OK without its tag. A cell that says the user is
-// served elsewhere (a move) makes it look the user up again, once.
+// cellLogin logs in at the user's cell, through the routing contract; the
+// returned line is the cell's tagged OK without its tag.
 func (p *Proxy) cellLogin(ctx context.Context, client, user, pass string) (*cellConn, string, error) {
-	tgt, err := p.routes.Resolve(user)
-	for attempt := 0; ; attempt++ {
-		switch {
-		case errors.Is(err, placement.ErrInvalidAddress), errors.Is(err, placement.ErrUnknownDomain):
-			return nil, "", authFailed
-		case err != nil:
-			return nil, "", err
-		case tgt.Cell.IMAPAddr == "":
-			return nil, "", fmt.Errorf("cell %s has no IMAP endpoint", tgt.Cell.Name)
+	var cc *cellConn
+	var line string
+	err := p.routes.Do(ctx, user, func(ctx context.Context, tgt routing.Target) error {
+		if tgt.Cell.IMAPAddr == "" {
+			return fmt.Errorf("%w: %s", routing.ErrNoEndpoint, tgt.Cell.Name)
 		}
-		cc, line, err := p.loginAt(ctx, tgt.Cell.IMAPAddr, client, user, pass)
+		var err error
+		cc, line, err = p.loginAt(ctx, tgt, client, user, pass)
 		var fail *loginFailure
-		if attempt == 0 && errors.As(err, &fail) && strings.Contains(fail.line, "[UNAVAILABLE]") &&
-			strings.Contains(fail.line, "elsewhere") {
-			tgt, err = p.routes.Refresh(ctx, user)
-			continue
+		if errors.As(err, &fail) {
+			if rerr := routing.ParseResponseCode(strings.TrimPrefix(fail.line, "NO ")); rerr != nil {
+				return rerr // WRONG_CELL or MOVING: for Do, not for the client
+			}
 		}
-		return cc, line, err
+		return err
+	})
+	if errors.Is(err, placement.ErrInvalidAddress) || errors.Is(err, placement.ErrUnknownDomain) {
+		return nil, "", authFailed
 	}
+	return cc, line, err
 }
 
-// loginAt names the client (ID x-originating-ip, first), sends LOGIN with
-// synchronizing literals (any byte of a user name or password passes) and
-// reads the answer.
-func (p *Proxy) loginAt(ctx context.Context, addr, client, user, pass string) (*cellConn, string, error) {
+// loginAt names the client and the map epoch (ID x-originating-ip and
+// x-cellmail-epoch, first), sends LOGIN with synchronizing literals (any
+// byte of a user name or password passes) and reads the answer.
+func (p *Proxy) loginAt(ctx context.Context, tgt routing.Target, client, user, pass string) (*cellConn, string, error) {
+	addr := tgt.Cell.IMAPAddr
 	c, err := p.cfg.Dial(ctx, addr)
 	if err != nil {
 		return nil, "", fmt.Errorf("dial cell IMAP %s: %w", addr, err)
@@ -442,9 +447,9 @@ func (p *Proxy) loginAt(ctx context.Context, addr, client, user, pass string) (*
 	if !strings.HasPrefix(greeting, "* OK") {
 		return nil, "", fmt.Errorf("cell greeting: %q", strings.TrimSpace(greeting))
 	}
-	// client is an IP address (the proxy's own view of the peer), so it
-	// needs no quoting beyond the quotes.
-	if _, err := fmt.Fprintf(c, "I ID (\"x-originating-ip\" \"%s\")\r\n", client); err != nil {
+	// client is an IP address (the proxy's own view of the peer) and the
+	// epoch a number, so they need no quoting beyond the quotes.
+	if _, err := fmt.Fprintf(c, "I ID (\"x-originating-ip\" \"%s\" \"%s\" \"%d\")\r\n", client, routing.EpochIDField, tgt.Epoch); err != nil {
 		return nil, "", err
 	}
 	for {

@@ -15,7 +15,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/cellmail/cellmail/controlplane/placement"
-	"github.com/cellmail/cellmail/router/internal/route"
+	"github.com/cellmail/cellmail/controlplane/routing"
 )
 
 // sink is an LMTP server standing in for a cell in these unit tests and the
@@ -57,18 +57,15 @@ func (s *sinkSession) Data(r io.Reader) error {
 	return nil
 }
 
-// resolver routes sink.example to the sink; every other domain is not ours.
+// resolver routes sink.example to the sink, once; every other domain is
+// not ours. (TestWrongCellReroutes runs the contract's own loop.)
 type resolver struct{ lmtp string }
 
-func (r resolver) Resolve(address string) (route.Target, error) {
+func (r resolver) Do(ctx context.Context, address string, call func(context.Context, routing.Target) error) error {
 	if !strings.HasSuffix(address, "@sink.example") {
-		return route.Target{}, placement.ErrUnknownDomain
+		return placement.ErrUnknownDomain
 	}
-	return route.Target{Cell: placement.Cell{Name: "sink", LMTPAddr: r.lmtp}}, nil
-}
-
-func (r resolver) Refresh(_ context.Context, address string) (route.Target, error) {
-	return r.Resolve(address)
+	return call(ctx, routing.Target{Cell: placement.Cell{Name: "sink", LMTPAddr: r.lmtp}, Epoch: 1, Hop: 1})
 }
 
 type harness struct {

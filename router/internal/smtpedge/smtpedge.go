@@ -6,8 +6,12 @@
 //     is never an open relay (source routes, percent hack, bang paths and
 //     address literals are refused by the address parser). The recipient is
 //     checked at its cell over LMTP (RFC 2033), which answers 550 5.1.1 for
-//     an unknown user; a cell answering 451 4.4.0 (not the owner any more)
-//     makes the edge refresh the subject and try the new owner once.
+//     an unknown user. The routing contract (controlplane/routing) runs
+//     each RCPT: the edge's map epoch goes with it (the XCELLMAIL-EPOCH
+//     parameter, when the cell advertises it in LHLO), a cell's
+//     [CELLMAIL-WRONG-CELL] reply makes the edge refresh the subject and
+//     try the owner (two cells at most), a [CELLMAIL-MOVING] one holds the
+//     RCPT for a few seconds; past that the sender gets 451 4.4.0.
 //   - DATA: the message is sent to every involved cell; the sender gets 250
 //     only when every cell accepted every recipient (each cell commits to
 //     its spool before answering), else 451 4.3.0. Cells recognise the
@@ -43,6 +47,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -51,15 +56,14 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/controlplane/routing"
 	"github.com/cellmail/cellmail/internal/trace"
 	"github.com/cellmail/cellmail/internal/wire"
-	"github.com/cellmail/cellmail/router/internal/route"
 )
 
-// Resolver finds the owning cell of an address.
-type Resolver interface {
-	Resolve(address string) (route.Target, error)
-	Refresh(ctx context.Context, address string) (route.Target, error)
+// Router runs a call at the owning cell of an address (routing.Routes).
+type Router interface {
+	Do(ctx context.Context, address string, call func(ctx context.Context, tgt routing.Target) error) error
 }
 
 // Config tunes the edge.
@@ -79,14 +83,14 @@ type Config struct {
 
 // Edge is the SMTP server.
 type Edge struct {
-	routes Resolver
+	routes Router
 	cfg    Config
 	srv    *smtp.Server
 	pool   lmtpPool
 }
 
 // New makes the edge.
-func New(routes Resolver, cfg Config) *Edge {
+func New(routes Router, cfg Config) *Edge {
 	if cfg.MaxMessageBytes == 0 {
 		cfg.MaxMessageBytes = 50 << 20
 	}
@@ -199,33 +203,40 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	return err
 }
 
-// rcpt adds a recipient at its owning cell.
+// rcpt adds a recipient at its owning cell, through the routing contract.
 func (s *session) rcpt(a placement.Address) error {
-	tgt, err := s.e.routes.Resolve(a.String())
-	if errors.Is(err, placement.ErrUnknownDomain) {
-		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relaying denied"}
-	}
-	if err != nil {
-		s.log.Warn("cannot route recipient", "err", err)
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "Cannot route now, try again"}
-	}
-	err = s.rcptAt(tgt, a.String())
-	var se *smtp.SMTPError
-	if errors.As(err, &se) && se.Code == 451 && se.EnhancedCode == (smtp.EnhancedCode{4, 4, 0}) {
-		// The cell does not own the subject (any more): refresh, try once.
-		if tgt, rerr := s.e.routes.Refresh(s.ctx, a.String()); rerr == nil {
-			err = s.rcptAt(tgt, a.String())
+	err := s.e.routes.Do(s.ctx, a.String(), func(_ context.Context, tgt routing.Target) error {
+		err := s.rcptAt(tgt, a.String())
+		var se *smtp.SMTPError
+		if errors.As(err, &se) {
+			if rerr := routing.ParseResponseCode(se.Message); rerr != nil {
+				return rerr // WRONG_CELL or MOVING: for Do, not for the sender
+			}
 		}
-	}
-	if err == nil {
+		return err
+	})
+	var se *smtp.SMTPError
+	switch {
+	case err == nil:
 		s.rcpts++
+		return nil
+	case errors.As(err, &se):
+		return se // the cell's own reply
+	case errors.Is(err, placement.ErrUnknownDomain):
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relaying denied"}
+	case errors.Is(err, routing.ErrWrongCell), errors.Is(err, routing.ErrMoving):
+		s.log.Info("recipient's cell not found serving it", "err", err)
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "Mailbox temporarily unavailable, try again"}
 	}
-	return err
+	s.log.Warn("cannot route recipient", "err", err)
+	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "Cannot route now, try again"}
 }
 
 // rcptAt adds the recipient at its cell's LMTP session, starting it first
-// on a pooled connection to the cell or a new one.
-func (s *session) rcptAt(tgt route.Target, addr string) error {
+// on a pooled connection to the cell or a new one. The map epoch goes with
+// it for the cell's fence.
+func (s *session) rcptAt(tgt routing.Target, addr string) error {
+	opts := &smtp.RcptOptions{Params: map[string]string{routing.EpochParam: strconv.FormatUint(tgt.Epoch, 10)}}
 	cc, ok := s.cells[tgt.Cell.Name]
 	var err error
 	switch {
@@ -233,7 +244,7 @@ func (s *session) rcptAt(tgt route.Target, addr string) error {
 		if tgt.Cell.LMTPAddr == "" {
 			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "Mailbox cell not reachable, try again"}
 		}
-		if cc, err = s.startAt(tgt.Cell.Name, tgt.Cell.LMTPAddr, addr); cc == nil {
+		if cc, err = s.startAt(tgt.Cell.Name, tgt.Cell.LMTPAddr, addr, opts); cc == nil {
 			return err
 		}
 		s.cells[tgt.Cell.Name] = cc
@@ -242,7 +253,7 @@ func (s *session) rcptAt(tgt route.Target, addr string) error {
 		// command's reply still unread): send nothing more on it.
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Mailbox cell failed, try again"}
 	default:
-		err = cc.c.Rcpt(addr, nil)
+		err = cc.c.Rcpt(addr, opts)
 	}
 	if err != nil {
 		var se *smtp.SMTPError
@@ -259,7 +270,7 @@ func (s *session) rcptAt(tgt route.Target, addr string) error {
 // cell restarted, or timed it out): nothing has been accepted on it yet,
 // so trying again is safe. With the transaction started it returns the
 // connection and RCPT's error; else no connection.
-func (s *session) startAt(name, addr, rcpt string) (*cellConn, error) {
+func (s *session) startAt(name, addr, rcpt string, ropts *smtp.RcptOptions) (*cellConn, error) {
 	for {
 		c := s.e.pool.get(addr)
 		pooled := c != nil
@@ -276,7 +287,7 @@ func (s *session) startAt(name, addr, rcpt string) (*cellConn, error) {
 				return nil, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Mailbox cell failed, try again"}
 			}
 		}
-		mailErr, rcptErr := c.MailRcpt(s.from, nil, rcpt, nil)
+		mailErr, rcptErr := c.MailRcpt(s.from, nil, rcpt, ropts)
 		if mailErr == nil {
 			return &cellConn{name: name, addr: addr, c: c}, rcptErr
 		}

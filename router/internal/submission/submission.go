@@ -4,11 +4,13 @@
 // notes:
 //
 //   - AUTH PLAIN (RFC 4616) and LOGIN (draft-murchison-sasl-login): the
-//     username is the user's address; the router finds its owning cell and
-//     logs in there, naming the client in X-Forwarded-For (set, never
-//     forwarded); the cell checks the password under its login limits
-//     (runbooks/login-limits.md). The session then holds that cell's access
-//     token. A failure answers 535 5.7.8, the same for an unknown user and a
+//     username is the user's address; the router logs in at its owning
+//     cell through the routing contract (controlplane/routing: the map
+//     epoch on every call, WRONG_CELL re-routed, MOVING waited out),
+//     naming the client in X-Forwarded-For (set, never forwarded); the
+//     cell checks the password under its login limits
+//     (runbooks/login-limits.md). The session then holds that cell's
+//     access token and the epoch it was routed by. A failure answers 535 5.7.8, the same for an unknown user and a
 //     wrong password; a login the limits refuse 454 4.7.0.
 //   - MAIL FROM must be the authenticated user's own address (553 5.7.1);
 //     the cell checks it again.
@@ -40,19 +42,19 @@ import (
 	"connectrpc.com/connect"
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 
 	mailv1 "github.com/cellmail/cellmail/cell/gen/mailv1"
 	"github.com/cellmail/cellmail/cell/gen/mailv1/mailv1connect"
 	"github.com/cellmail/cellmail/controlplane/placement"
+	"github.com/cellmail/cellmail/controlplane/routing"
 	"github.com/cellmail/cellmail/internal/oneline"
 	"github.com/cellmail/cellmail/internal/wire"
-	"github.com/cellmail/cellmail/router/internal/route"
 )
 
-// Resolver finds the owning cell of an address.
-type Resolver interface {
-	Resolve(address string) (route.Target, error)
-	Refresh(ctx context.Context, address string) (route.Target, error)
+// Router runs a call at the owning cell of an address (routing.Routes).
+type Router interface {
+	Do(ctx context.Context, address string, call func(ctx context.Context, tgt routing.Target) error) error
 }
 
 // Config tunes the service.
@@ -69,13 +71,13 @@ type Config struct {
 
 // Server is the submission service.
 type Server struct {
-	routes Resolver
+	routes Router
 	cfg    Config
 	srv    *smtp.Server
 }
 
 // New makes the service.
-func New(routes Resolver, cfg Config) *Server {
+func New(routes Router, cfg Config) *Server {
 	if cfg.MaxMessageBytes == 0 {
 		cfg.MaxMessageBytes = 35 << 20
 	}
@@ -129,6 +131,7 @@ type session struct {
 	user   string // canonical address, once authenticated
 	token  string
 	client mailv1connect.MailServiceClient
+	epoch  uint64 // of the map the login was routed by, sent on later calls
 	from   string
 	rcpts  []string
 }
@@ -141,12 +144,13 @@ func (se *session) Reset() { se.from, se.rcpts = "", nil }
 func (se *session) Logout() error {
 	se.cancel()
 	if se.token != "" && se.client != nil {
-		c, token := se.client, se.token
+		c, token, epoch := se.client, se.token, se.epoch
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			req := connect.NewRequest(&mailv1.LogoutRequest{})
 			req.Header().Set("Authorization", "Bearer "+token)
+			routing.SetEpoch(req.Header(), epoch)
 			_, _ = c.Logout(ctx, req)
 		}()
 	}
@@ -184,12 +188,20 @@ func (se *session) login(username, password string) error {
 	ctx, cancel := context.WithTimeout(se.ctx, 30*time.Second)
 	defer cancel()
 	var resp *connect.Response[mailv1.LoginResponse]
-	err = se.atOwner(ctx, a.String(), func(c mailv1connect.MailServiceClient) error {
+	err = se.s.routes.Do(ctx, a.String(), func(ctx context.Context, tgt routing.Target) error {
+		if tgt.Cell.APIURL == "" {
+			return fmt.Errorf("%w: %s", routing.ErrNoEndpoint, tgt.Cell.Name)
+		}
+		c := mailv1connect.NewMailServiceClient(se.s.cfg.HTTP, tgt.Cell.APIURL)
 		req := connect.NewRequest(&mailv1.LoginRequest{Address: a.String(), Password: password})
 		req.Header().Set("X-Forwarded-For", hostOf(se.remote)) // the cell rate-limits per source
+		routing.SetEpoch(req.Header(), tgt.Epoch)
 		var err error
-		resp, err = c.Login(ctx, req)
-		return err
+		if resp, err = c.Login(ctx, req); err != nil {
+			return routing.FromConnect(err)
+		}
+		se.client, se.epoch = c, tgt.Epoch
+		return nil
 	})
 	switch {
 	case err == nil:
@@ -203,27 +215,6 @@ func (se *session) login(username, password string) error {
 	}
 	se.s.cfg.Logger.Warn("submission login failed at the cell", "err", err)
 	return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure"}
-}
-
-// atOwner calls f with a client of the address's owning cell; a cell that
-// says it is not the owner (any more) makes it refresh and try once more.
-func (se *session) atOwner(ctx context.Context, addr string, f func(mailv1connect.MailServiceClient) error) error {
-	tgt, err := se.s.routes.Resolve(addr)
-	if err != nil {
-		return err
-	}
-	c := mailv1connect.NewMailServiceClient(se.s.cfg.HTTP, tgt.Cell.APIURL)
-	err = f(c)
-	if connect.CodeOf(err) == connect.CodeFailedPrecondition {
-		if tgt, rerr := se.s.routes.Refresh(ctx, addr); rerr == nil {
-			c = mailv1connect.NewMailServiceClient(se.s.cfg.HTTP, tgt.Cell.APIURL)
-			err = f(c)
-		}
-	}
-	if err == nil {
-		se.client = c
-	}
-	return err
 }
 
 func hostOf(addr string) string {
@@ -277,6 +268,7 @@ func (se *session) Data(r io.Reader) error {
 	defer cancel()
 	req := connect.NewRequest(&mailv1.SubmitMessageRequest{MailFrom: se.from, Recipients: se.rcpts, Raw: raw})
 	req.Header().Set("Authorization", "Bearer "+se.token)
+	routing.SetEpoch(req.Header(), se.epoch)
 	resp, err := se.client.SubmitMessage(ctx, req)
 	if err != nil {
 		var ce *connect.Error
@@ -286,6 +278,10 @@ func (se *session) Data(r io.Reader) error {
 		}
 		switch connect.CodeOf(err) {
 		case connect.CodePermissionDenied:
+			if reasonOf(ce) == reasonMalware {
+				// RFC 3463 §3.8: X.7.1 delivery not authorized, message refused.
+				return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: oneline.ASCII(msg, 200)}
+			}
 			// MAIL FROM, or a From/Sender field the user does not own.
 			return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: oneline.ASCII(msg, 200)}
 		case connect.CodeResourceExhausted:
@@ -302,6 +298,25 @@ func (se *session) Data(r io.Reader) error {
 		}
 	}
 	return nil
+}
+
+// reasonMalware is the cell's ErrorInfo reason for a message refused
+// because it carries a virus.
+const reasonMalware = "MALWARE"
+
+// reasonOf is the ErrorInfo reason of a cell's error, if it has one.
+func reasonOf(ce *connect.Error) string {
+	if ce == nil {
+		return ""
+	}
+	for _, d := range ce.Details() {
+		if v, err := d.Value(); err == nil {
+			if info, ok := v.(*errdetails.ErrorInfo); ok {
+				return info.Reason
+			}
+		}
+	}
+	return ""
 }
 
 // loginServer is the LOGIN SASL mechanism (draft-murchison-sasl-login):

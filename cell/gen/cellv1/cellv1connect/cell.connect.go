@@ -25,6 +25,8 @@ const _ = connect.IsAtLeastVersion1_13_0
 const (
 	// CellServiceName is the fully-qualified name of the CellService service.
 	CellServiceName = "cellmail.cell.v1.CellService"
+	// OperatorServiceName is the fully-qualified name of the OperatorService service.
+	OperatorServiceName = "cellmail.cell.v1.OperatorService"
 )
 
 // These constants are the fully-qualified names of the RPCs defined in this package. They're
@@ -37,6 +39,24 @@ const (
 const (
 	// CellServiceWhoAmIProcedure is the fully-qualified name of the CellService's WhoAmI RPC.
 	CellServiceWhoAmIProcedure = "/cellmail.cell.v1.CellService/WhoAmI"
+	// OperatorServiceListQueueProcedure is the fully-qualified name of the OperatorService's ListQueue
+	// RPC.
+	OperatorServiceListQueueProcedure = "/cellmail.cell.v1.OperatorService/ListQueue"
+	// OperatorServiceGetQueueEntryProcedure is the fully-qualified name of the OperatorService's
+	// GetQueueEntry RPC.
+	OperatorServiceGetQueueEntryProcedure = "/cellmail.cell.v1.OperatorService/GetQueueEntry"
+	// OperatorServiceRetryQueueEntryProcedure is the fully-qualified name of the OperatorService's
+	// RetryQueueEntry RPC.
+	OperatorServiceRetryQueueEntryProcedure = "/cellmail.cell.v1.OperatorService/RetryQueueEntry"
+	// OperatorServiceReleaseQueueEntryProcedure is the fully-qualified name of the OperatorService's
+	// ReleaseQueueEntry RPC.
+	OperatorServiceReleaseQueueEntryProcedure = "/cellmail.cell.v1.OperatorService/ReleaseQueueEntry"
+	// OperatorServiceDropQueueEntryProcedure is the fully-qualified name of the OperatorService's
+	// DropQueueEntry RPC.
+	OperatorServiceDropQueueEntryProcedure = "/cellmail.cell.v1.OperatorService/DropQueueEntry"
+	// OperatorServiceGetDKIMRecordProcedure is the fully-qualified name of the OperatorService's
+	// GetDKIMRecord RPC.
+	OperatorServiceGetDKIMRecordProcedure = "/cellmail.cell.v1.OperatorService/GetDKIMRecord"
 )
 
 // CellServiceClient is a client for the cellmail.cell.v1.CellService service.
@@ -109,4 +129,222 @@ type UnimplementedCellServiceHandler struct{}
 
 func (UnimplementedCellServiceHandler) WhoAmI(context.Context, *connect.Request[cellv1.WhoAmIRequest]) (*connect.Response[cellv1.WhoAmIResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("cellmail.cell.v1.CellService.WhoAmI is not implemented"))
+}
+
+// OperatorServiceClient is a client for the cellmail.cell.v1.OperatorService service.
+type OperatorServiceClient interface {
+	// ListQueue lists pending and held entries (all: every state), oldest
+	// first, at most 1000.
+	ListQueue(context.Context, *connect.Request[cellv1.ListQueueRequest]) (*connect.Response[cellv1.ListQueueResponse], error)
+	// GetQueueEntry returns one entry; not_found when there is none.
+	GetQueueEntry(context.Context, *connect.Request[cellv1.GetQueueEntryRequest]) (*connect.Response[cellv1.GetQueueEntryResponse], error)
+	// RetryQueueEntry makes a pending entry due now.
+	RetryQueueEntry(context.Context, *connect.Request[cellv1.RetryQueueEntryRequest]) (*connect.Response[cellv1.RetryQueueEntryResponse], error)
+	// ReleaseQueueEntry sends a held entry after all: pending, due now.
+	ReleaseQueueEntry(context.Context, *connect.Request[cellv1.ReleaseQueueEntryRequest]) (*connect.Response[cellv1.ReleaseQueueEntryResponse], error)
+	// DropQueueEntry takes a pending or held entry out of the queue: never
+	// delivered, no bounce.
+	DropQueueEntry(context.Context, *connect.Request[cellv1.DropQueueEntryRequest]) (*connect.Response[cellv1.DropQueueEntryResponse], error)
+	// GetDKIMRecord returns the DNS record to publish for this cell's DKIM
+	// key of a domain, making the key when the cell has none yet.
+	GetDKIMRecord(context.Context, *connect.Request[cellv1.GetDKIMRecordRequest]) (*connect.Response[cellv1.GetDKIMRecordResponse], error)
+}
+
+// NewOperatorServiceClient constructs a client for the cellmail.cell.v1.OperatorService service. By
+// default, it uses the Connect protocol with the binary Protobuf Codec, asks for gzipped responses,
+// and sends uncompressed requests. To use the gRPC or gRPC-Web protocols, supply the
+// connect.WithGRPC() or connect.WithGRPCWeb() options.
+//
+// The URL supplied here should be the base URL for the Connect or gRPC server (for example,
+// http://api.acme.com or https://acme.com/grpc).
+func NewOperatorServiceClient(httpClient connect.HTTPClient, baseURL string, opts ...connect.ClientOption) OperatorServiceClient {
+	baseURL = strings.TrimRight(baseURL, "/")
+	operatorServiceMethods := cellv1.File_cellmail_cell_v1_cell_proto.Services().ByName("OperatorService").Methods()
+	return &operatorServiceClient{
+		listQueue: connect.NewClient[cellv1.ListQueueRequest, cellv1.ListQueueResponse](
+			httpClient,
+			baseURL+OperatorServiceListQueueProcedure,
+			connect.WithSchema(operatorServiceMethods.ByName("ListQueue")),
+			connect.WithClientOptions(opts...),
+		),
+		getQueueEntry: connect.NewClient[cellv1.GetQueueEntryRequest, cellv1.GetQueueEntryResponse](
+			httpClient,
+			baseURL+OperatorServiceGetQueueEntryProcedure,
+			connect.WithSchema(operatorServiceMethods.ByName("GetQueueEntry")),
+			connect.WithClientOptions(opts...),
+		),
+		retryQueueEntry: connect.NewClient[cellv1.RetryQueueEntryRequest, cellv1.RetryQueueEntryResponse](
+			httpClient,
+			baseURL+OperatorServiceRetryQueueEntryProcedure,
+			connect.WithSchema(operatorServiceMethods.ByName("RetryQueueEntry")),
+			connect.WithClientOptions(opts...),
+		),
+		releaseQueueEntry: connect.NewClient[cellv1.ReleaseQueueEntryRequest, cellv1.ReleaseQueueEntryResponse](
+			httpClient,
+			baseURL+OperatorServiceReleaseQueueEntryProcedure,
+			connect.WithSchema(operatorServiceMethods.ByName("ReleaseQueueEntry")),
+			connect.WithClientOptions(opts...),
+		),
+		dropQueueEntry: connect.NewClient[cellv1.DropQueueEntryRequest, cellv1.DropQueueEntryResponse](
+			httpClient,
+			baseURL+OperatorServiceDropQueueEntryProcedure,
+			connect.WithSchema(operatorServiceMethods.ByName("DropQueueEntry")),
+			connect.WithClientOptions(opts...),
+		),
+		getDKIMRecord: connect.NewClient[cellv1.GetDKIMRecordRequest, cellv1.GetDKIMRecordResponse](
+			httpClient,
+			baseURL+OperatorServiceGetDKIMRecordProcedure,
+			connect.WithSchema(operatorServiceMethods.ByName("GetDKIMRecord")),
+			connect.WithClientOptions(opts...),
+		),
+	}
+}
+
+// operatorServiceClient implements OperatorServiceClient.
+type operatorServiceClient struct {
+	listQueue         *connect.Client[cellv1.ListQueueRequest, cellv1.ListQueueResponse]
+	getQueueEntry     *connect.Client[cellv1.GetQueueEntryRequest, cellv1.GetQueueEntryResponse]
+	retryQueueEntry   *connect.Client[cellv1.RetryQueueEntryRequest, cellv1.RetryQueueEntryResponse]
+	releaseQueueEntry *connect.Client[cellv1.ReleaseQueueEntryRequest, cellv1.ReleaseQueueEntryResponse]
+	dropQueueEntry    *connect.Client[cellv1.DropQueueEntryRequest, cellv1.DropQueueEntryResponse]
+	getDKIMRecord     *connect.Client[cellv1.GetDKIMRecordRequest, cellv1.GetDKIMRecordResponse]
+}
+
+// ListQueue calls cellmail.cell.v1.OperatorService.ListQueue.
+func (c *operatorServiceClient) ListQueue(ctx context.Context, req *connect.Request[cellv1.ListQueueRequest]) (*connect.Response[cellv1.ListQueueResponse], error) {
+	return c.listQueue.CallUnary(ctx, req)
+}
+
+// GetQueueEntry calls cellmail.cell.v1.OperatorService.GetQueueEntry.
+func (c *operatorServiceClient) GetQueueEntry(ctx context.Context, req *connect.Request[cellv1.GetQueueEntryRequest]) (*connect.Response[cellv1.GetQueueEntryResponse], error) {
+	return c.getQueueEntry.CallUnary(ctx, req)
+}
+
+// RetryQueueEntry calls cellmail.cell.v1.OperatorService.RetryQueueEntry.
+func (c *operatorServiceClient) RetryQueueEntry(ctx context.Context, req *connect.Request[cellv1.RetryQueueEntryRequest]) (*connect.Response[cellv1.RetryQueueEntryResponse], error) {
+	return c.retryQueueEntry.CallUnary(ctx, req)
+}
+
+// ReleaseQueueEntry calls cellmail.cell.v1.OperatorService.ReleaseQueueEntry.
+func (c *operatorServiceClient) ReleaseQueueEntry(ctx context.Context, req *connect.Request[cellv1.ReleaseQueueEntryRequest]) (*connect.Response[cellv1.ReleaseQueueEntryResponse], error) {
+	return c.releaseQueueEntry.CallUnary(ctx, req)
+}
+
+// DropQueueEntry calls cellmail.cell.v1.OperatorService.DropQueueEntry.
+func (c *operatorServiceClient) DropQueueEntry(ctx context.Context, req *connect.Request[cellv1.DropQueueEntryRequest]) (*connect.Response[cellv1.DropQueueEntryResponse], error) {
+	return c.dropQueueEntry.CallUnary(ctx, req)
+}
+
+// GetDKIMRecord calls cellmail.cell.v1.OperatorService.GetDKIMRecord.
+func (c *operatorServiceClient) GetDKIMRecord(ctx context.Context, req *connect.Request[cellv1.GetDKIMRecordRequest]) (*connect.Response[cellv1.GetDKIMRecordResponse], error) {
+	return c.getDKIMRecord.CallUnary(ctx, req)
+}
+
+// OperatorServiceHandler is an implementation of the cellmail.cell.v1.OperatorService service.
+type OperatorServiceHandler interface {
+	// ListQueue lists pending and held entries (all: every state), oldest
+	// first, at most 1000.
+	ListQueue(context.Context, *connect.Request[cellv1.ListQueueRequest]) (*connect.Response[cellv1.ListQueueResponse], error)
+	// GetQueueEntry returns one entry; not_found when there is none.
+	GetQueueEntry(context.Context, *connect.Request[cellv1.GetQueueEntryRequest]) (*connect.Response[cellv1.GetQueueEntryResponse], error)
+	// RetryQueueEntry makes a pending entry due now.
+	RetryQueueEntry(context.Context, *connect.Request[cellv1.RetryQueueEntryRequest]) (*connect.Response[cellv1.RetryQueueEntryResponse], error)
+	// ReleaseQueueEntry sends a held entry after all: pending, due now.
+	ReleaseQueueEntry(context.Context, *connect.Request[cellv1.ReleaseQueueEntryRequest]) (*connect.Response[cellv1.ReleaseQueueEntryResponse], error)
+	// DropQueueEntry takes a pending or held entry out of the queue: never
+	// delivered, no bounce.
+	DropQueueEntry(context.Context, *connect.Request[cellv1.DropQueueEntryRequest]) (*connect.Response[cellv1.DropQueueEntryResponse], error)
+	// GetDKIMRecord returns the DNS record to publish for this cell's DKIM
+	// key of a domain, making the key when the cell has none yet.
+	GetDKIMRecord(context.Context, *connect.Request[cellv1.GetDKIMRecordRequest]) (*connect.Response[cellv1.GetDKIMRecordResponse], error)
+}
+
+// NewOperatorServiceHandler builds an HTTP handler from the service implementation. It returns the
+// path on which to mount the handler and the handler itself.
+//
+// By default, handlers support the Connect, gRPC, and gRPC-Web protocols with the binary Protobuf
+// and JSON codecs. They also support gzip compression.
+func NewOperatorServiceHandler(svc OperatorServiceHandler, opts ...connect.HandlerOption) (string, http.Handler) {
+	operatorServiceMethods := cellv1.File_cellmail_cell_v1_cell_proto.Services().ByName("OperatorService").Methods()
+	operatorServiceListQueueHandler := connect.NewUnaryHandler(
+		OperatorServiceListQueueProcedure,
+		svc.ListQueue,
+		connect.WithSchema(operatorServiceMethods.ByName("ListQueue")),
+		connect.WithHandlerOptions(opts...),
+	)
+	operatorServiceGetQueueEntryHandler := connect.NewUnaryHandler(
+		OperatorServiceGetQueueEntryProcedure,
+		svc.GetQueueEntry,
+		connect.WithSchema(operatorServiceMethods.ByName("GetQueueEntry")),
+		connect.WithHandlerOptions(opts...),
+	)
+	operatorServiceRetryQueueEntryHandler := connect.NewUnaryHandler(
+		OperatorServiceRetryQueueEntryProcedure,
+		svc.RetryQueueEntry,
+		connect.WithSchema(operatorServiceMethods.ByName("RetryQueueEntry")),
+		connect.WithHandlerOptions(opts...),
+	)
+	operatorServiceReleaseQueueEntryHandler := connect.NewUnaryHandler(
+		OperatorServiceReleaseQueueEntryProcedure,
+		svc.ReleaseQueueEntry,
+		connect.WithSchema(operatorServiceMethods.ByName("ReleaseQueueEntry")),
+		connect.WithHandlerOptions(opts...),
+	)
+	operatorServiceDropQueueEntryHandler := connect.NewUnaryHandler(
+		OperatorServiceDropQueueEntryProcedure,
+		svc.DropQueueEntry,
+		connect.WithSchema(operatorServiceMethods.ByName("DropQueueEntry")),
+		connect.WithHandlerOptions(opts...),
+	)
+	operatorServiceGetDKIMRecordHandler := connect.NewUnaryHandler(
+		OperatorServiceGetDKIMRecordProcedure,
+		svc.GetDKIMRecord,
+		connect.WithSchema(operatorServiceMethods.ByName("GetDKIMRecord")),
+		connect.WithHandlerOptions(opts...),
+	)
+	return "/cellmail.cell.v1.OperatorService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case OperatorServiceListQueueProcedure:
+			operatorServiceListQueueHandler.ServeHTTP(w, r)
+		case OperatorServiceGetQueueEntryProcedure:
+			operatorServiceGetQueueEntryHandler.ServeHTTP(w, r)
+		case OperatorServiceRetryQueueEntryProcedure:
+			operatorServiceRetryQueueEntryHandler.ServeHTTP(w, r)
+		case OperatorServiceReleaseQueueEntryProcedure:
+			operatorServiceReleaseQueueEntryHandler.ServeHTTP(w, r)
+		case OperatorServiceDropQueueEntryProcedure:
+			operatorServiceDropQueueEntryHandler.ServeHTTP(w, r)
+		case OperatorServiceGetDKIMRecordProcedure:
+			operatorServiceGetDKIMRecordHandler.ServeHTTP(w, r)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+}
+
+// UnimplementedOperatorServiceHandler returns CodeUnimplemented from all methods.
+type UnimplementedOperatorServiceHandler struct{}
+
+func (UnimplementedOperatorServiceHandler) ListQueue(context.Context, *connect.Request[cellv1.ListQueueRequest]) (*connect.Response[cellv1.ListQueueResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("cellmail.cell.v1.OperatorService.ListQueue is not implemented"))
+}
+
+func (UnimplementedOperatorServiceHandler) GetQueueEntry(context.Context, *connect.Request[cellv1.GetQueueEntryRequest]) (*connect.Response[cellv1.GetQueueEntryResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("cellmail.cell.v1.OperatorService.GetQueueEntry is not implemented"))
+}
+
+func (UnimplementedOperatorServiceHandler) RetryQueueEntry(context.Context, *connect.Request[cellv1.RetryQueueEntryRequest]) (*connect.Response[cellv1.RetryQueueEntryResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("cellmail.cell.v1.OperatorService.RetryQueueEntry is not implemented"))
+}
+
+func (UnimplementedOperatorServiceHandler) ReleaseQueueEntry(context.Context, *connect.Request[cellv1.ReleaseQueueEntryRequest]) (*connect.Response[cellv1.ReleaseQueueEntryResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("cellmail.cell.v1.OperatorService.ReleaseQueueEntry is not implemented"))
+}
+
+func (UnimplementedOperatorServiceHandler) DropQueueEntry(context.Context, *connect.Request[cellv1.DropQueueEntryRequest]) (*connect.Response[cellv1.DropQueueEntryResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("cellmail.cell.v1.OperatorService.DropQueueEntry is not implemented"))
+}
+
+func (UnimplementedOperatorServiceHandler) GetDKIMRecord(context.Context, *connect.Request[cellv1.GetDKIMRecordRequest]) (*connect.Response[cellv1.GetDKIMRecordResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("cellmail.cell.v1.OperatorService.GetDKIMRecord is not implemented"))
 }
