@@ -11,7 +11,7 @@ export PATH := $(TOOLS):$(PATH)
 TEST_FLAGS ?= -count=1 -timeout 20m
 FUZZTIME ?= 30s
 
-.PHONY: help deps build run test bench lint fuzz generate checkgenerate tools clean
+.PHONY: help deps build run test bench lint fuzz generate checkgenerate tools weed clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -26,14 +26,14 @@ build: ## Build every binary into bin/
 run: deps build ## Run the whole system on this machine (Ctrl-C stops it)
 	$(BIN)/devstack -dir .dev
 
-test: deps checkgenerate ## Run every test (starts real etcd, PostgreSQL, Redis)
+test: deps checkgenerate weed ## Run every test (starts real etcd, PostgreSQL, Redis, SeaweedFS's S3)
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) test $(TEST_FLAGS) ./...
 	cd third_party/go-smtp && $(GO) test $(TEST_FLAGS) ./... # the patched copy (CELLMAIL.md)
 
-bench: deps ## Run the benchmarks and print their figures (placement, router, inbound SMTP, outbound and submission, IMAP and imaptest's stress beside Dovecot, mail store, blob store, login)
+bench: deps weed ## Run the benchmarks and print their figures (placement, router, inbound SMTP, outbound and submission, IMAP and imaptest's stress beside Dovecot, mail store, blob store, login)
 	@./scripts/deps.sh bench
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./controlplane/placement/ ./router/internal/...
 	$(GO) test -run '^$$' -bench 'BenchmarkRouter' -benchmem -benchtime 2s ./e2e/
@@ -42,7 +42,8 @@ bench: deps ## Run the benchmarks and print their figures (placement, router, in
 	$(GO) test -run '^$$' -bench 'BenchmarkIMAP' -benchtime 10x -timeout 30m ./e2e/
 	$(GO) test -run '^$$' -bench 'BenchmarkImaptestStress' -benchtime 1x -timeout 30m ./e2e/ # imaptest's stress throughput beside Dovecot's
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 300x ./cell/internal/mailstore/
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 3000x ./cell/internal/blobstore/
+	$(GO) test -run '^$$' -bench 'BenchmarkFS' -benchmem -benchtime 3000x ./cell/internal/blobstore/
+	$(GO) test -run '^$$' -bench 'BenchmarkS3' -benchmem -benchtime 300x ./cell/internal/blobstore/ # against weed's S3 on this machine
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 30x ./cell/internal/auth/
 
 lint: tools ## buf lint, go vet, gofmt
@@ -66,6 +67,9 @@ tools: ## Install buf and the protoc plugins (pinned) into .dev/tools
 	@test -x $(TOOLS)/buf || GOBIN=$(TOOLS) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
 	@test -x $(TOOLS)/protoc-gen-go || GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	@test -x $(TOOLS)/protoc-gen-connect-go || GOBIN=$(TOOLS) $(GO) install connectrpc.com/connect/cmd/protoc-gen-connect-go@$(PROTOC_GEN_CONNECT_GO_VERSION)
+
+weed: ## Build SeaweedFS's weed (the blob store tests' S3 server) into .dev/tools, once (about 10 minutes on 2 cores)
+	@GO=$(GO) ./scripts/weed.sh
 
 generate: tools ## Regenerate protobuf and Connect code (committed)
 	buf lint

@@ -159,6 +159,7 @@ func TestDriversHaveOneAdapter(t *testing.T) {
 		"github.com/twmb/franz-go/pkg/kgo":      {"cell/internal/queue"},
 		"github.com/twmb/franz-go/pkg/kfake":    {"cmd/devbroker", "cell/internal/queue"},
 		"github.com/meilisearch/meilisearch-go": {"cell/internal/search"},
+		"github.com/minio/minio-go/v7":          {"cell/internal/blobstore"},
 	}
 	for _, p := range listPackages(t) {
 		for _, imp := range p.Imports {

@@ -64,6 +64,9 @@ type Config struct {
 	RedisAddr string
 	// BlobDir is the filesystem blob store's root (default DataDir/blobs).
 	BlobDir string
+	// BlobS3, when set, keeps the cell's blobs in an S3 bucket instead of
+	// files under BlobDir (which must then be empty).
+	BlobS3 *BlobBucket
 	// LMTPListen is the LMTP endpoint (inbound mail from the router's SMTP
 	// edge); ignored when LMTPListener is set. Empty: no LMTP.
 	LMTPListen   string
@@ -112,6 +115,32 @@ type Config struct {
 	Logger     *slog.Logger
 }
 
+// BlobBucket is an S3-compatible bucket for a cell's blobs
+// (runbooks/blob-store.md). Every process of the cell must name the same
+// bucket and prefix.
+type BlobBucket struct {
+	// Endpoint is the server's host:port, without scheme.
+	Endpoint string
+	// TLS selects https.
+	TLS bool
+	// Region is the bucket's region; empty: asked of the server at start
+	// (a request without retries).
+	Region string
+	// Bucket must exist.
+	Bucket string
+	// Prefix, ending in /, is prepended to every key, so that cells can
+	// share a bucket; empty: the bucket is the cell's alone.
+	Prefix string
+	// AccessKey and SecretKey are the credentials.
+	AccessKey, SecretKey string
+}
+
+// config is the blob store's configuration of b.
+func (b *BlobBucket) config() blobstore.S3Config {
+	return blobstore.S3Config{Endpoint: b.Endpoint, TLS: b.TLS, Region: b.Region, Bucket: b.Bucket, Prefix: b.Prefix,
+		AccessKey: b.AccessKey, SecretKey: b.SecretKey}
+}
+
 // Roles of a cell process.
 const (
 	RoleAll    = "all"
@@ -145,6 +174,15 @@ func (c *Config) Validate() error {
 	}
 	if c.RedisAddr == "" {
 		errs = append(errs, errors.New("redis address is required"))
+	}
+	if c.BlobS3 != nil {
+		if c.BlobDir != "" {
+			errs = append(errs, errors.New("blob directory and S3 bucket both set: a cell keeps its blobs in one place"))
+		}
+		cfg := c.BlobS3.config()
+		if err := cfg.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("blob store: %w", err))
+		}
 	}
 	switch c.Role {
 	case "", RoleAll, RoleFront:
@@ -195,12 +233,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("cell: %w", err)
 	}
 	defer store.Close()
-	if cfg.BlobDir == "" {
-		cfg.BlobDir = filepath.Join(cfg.DataDir, "blobs")
-	}
-	files, err := blobstore.NewFS(cfg.BlobDir)
+	files, err := openBlobs(ctx, cfg, log)
 	if err != nil {
-		return fmt.Errorf("cell: blob store: %w", err)
+		return fmt.Errorf("cell: %w", err)
 	}
 	// Readers see the files and the small blobs delivery keeps in the
 	// metadata store (delivery.InlineMax).
@@ -435,13 +470,36 @@ func virusScanner(cfg Config) *clamd.Client {
 // which recognises a sender's retry) is kept.
 const spoolKeep = 7 * 24 * time.Hour
 
+// openBlobs opens the cell's blob store: the S3 bucket of cfg.BlobS3, or
+// else the files under cfg.BlobDir (default DataDir/blobs).
+func openBlobs(ctx context.Context, cfg Config, log *slog.Logger) (blobstore.Store, error) {
+	if cfg.BlobS3 != nil {
+		s, err := blobstore.NewS3(ctx, cfg.BlobS3.config())
+		if err != nil {
+			return nil, err
+		}
+		log.Info("blob store: S3", "endpoint", cfg.BlobS3.Endpoint, "bucket", cfg.BlobS3.Bucket, "prefix", cfg.BlobS3.Prefix)
+		return s, nil
+	}
+	dir := cfg.BlobDir
+	if dir == "" {
+		dir = filepath.Join(cfg.DataDir, "blobs")
+	}
+	return blobstore.NewFS(dir)
+}
+
+// blobCollector is what collectBlobs uses of a blob store.
+type blobCollector interface {
+	Collect(ctx context.Context, referenced func(ctx context.Context, refs []string) (map[string]bool, error), grace time.Duration) (int, error)
+}
+
 // blobGrace is how long an unreferenced blob is kept: far longer than any
 // delivery takes between storing a blob and committing its reference.
 const blobGrace = time.Hour
 
 // collectBlobs removes unreferenced blobs, and purges delivered spool
 // entries older than spoolKeep, every hour until ctx ends.
-func collectBlobs(ctx context.Context, blobs *blobstore.FS, store *mailstore.Store, log *slog.Logger) {
+func collectBlobs(ctx context.Context, blobs blobCollector, store *mailstore.Store, log *slog.Logger) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
 	for {

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 
 	"github.com/cellmail/cellmail/cell"
@@ -34,6 +35,16 @@ func run(args []string) error {
 	lmtp := fs.String("lmtp", cli.Env("CELLMAIL_LMTP", ""), "LMTP address for inbound mail from the router (env CELLMAIL_LMTP)")
 	imapAddr := fs.String("imap", cli.Env("CELLMAIL_IMAP", ""), "internal IMAP address the router's IMAP proxy connects to (env CELLMAIL_IMAP)")
 	blobs := fs.String("blob-dir", cli.Env("CELLMAIL_BLOB_DIR", ""), "blob store directory (default <data-dir>/blobs; env CELLMAIL_BLOB_DIR)")
+	s3Endpoint := fs.String("blob-s3-endpoint", cli.Env("CELLMAIL_BLOB_S3_ENDPOINT", ""),
+		"S3 server host:port; set, with -blob-s3-bucket, to keep blobs in S3 instead of -blob-dir; credentials from env CELLMAIL_BLOB_S3_ACCESS_KEY and CELLMAIL_BLOB_S3_SECRET_KEY (or @file) (env CELLMAIL_BLOB_S3_ENDPOINT)")
+	s3Bucket := fs.String("blob-s3-bucket", cli.Env("CELLMAIL_BLOB_S3_BUCKET", ""), "S3 bucket of the cell's blobs; it must exist (env CELLMAIL_BLOB_S3_BUCKET)")
+	s3Prefix := fs.String("blob-s3-prefix", cli.Env("CELLMAIL_BLOB_S3_PREFIX", ""), "key prefix ending in /, for cells sharing a bucket (env CELLMAIL_BLOB_S3_PREFIX)")
+	s3Region := fs.String("blob-s3-region", cli.Env("CELLMAIL_BLOB_S3_REGION", ""), "the bucket's region; empty: asked of the server at start, without retries (env CELLMAIL_BLOB_S3_REGION)")
+	s3TLSDefault, err := strconv.ParseBool(cli.Env("CELLMAIL_BLOB_S3_TLS", "true"))
+	if err != nil {
+		return fmt.Errorf("CELLMAIL_BLOB_S3_TLS: %w", err)
+	}
+	s3TLS := fs.Bool("blob-s3-tls", s3TLSDefault, "reach the S3 server over https; false: http (env CELLMAIL_BLOB_S3_TLS)")
 	kafka := fs.String("kafka", cli.Env("CELLMAIL_KAFKA", ""), "Kafka/Redpanda brokers, comma-separated; empty: the pipeline reads the spool table (env CELLMAIL_KAFKA)")
 	role := fs.String("role", cli.Env("CELLMAIL_ROLE", cell.RoleAll), "all, front (API, LMTP, relay) or worker (inbound pipeline) (env CELLMAIL_ROLE)")
 	dns := fs.String("dns", cli.Env("CELLMAIL_DNS", ""), "DNS resolver host:port for SPF/DKIM/DMARC; empty: the system's (env CELLMAIL_DNS)")
@@ -60,6 +71,16 @@ func run(args []string) error {
 			return fmt.Errorf("-imap-trusted-proxies: %w", err)
 		}
 		cfg.IMAPTrustedProxies = append(cfg.IMAPTrustedProxies, pfx)
+	}
+	if *s3Endpoint != "" || *s3Bucket != "" {
+		cfg.BlobS3 = &cell.BlobBucket{Endpoint: *s3Endpoint, TLS: *s3TLS, Region: *s3Region, Bucket: *s3Bucket, Prefix: *s3Prefix}
+		// Secrets from the environment only, never flags (process listings).
+		if cfg.BlobS3.AccessKey, err = cli.Secret(os.Getenv("CELLMAIL_BLOB_S3_ACCESS_KEY")); err != nil {
+			return err
+		}
+		if cfg.BlobS3.SecretKey, err = cli.Secret(os.Getenv("CELLMAIL_BLOB_S3_SECRET_KEY")); err != nil {
+			return err
+		}
 	}
 	if cfg.AgentToken, err = cli.Secret(*agent); err != nil {
 		return err

@@ -5,8 +5,9 @@
 //
 // The contract is the Store interface, documented method by method; every
 // implementation must pass the conformance suite in
-// blobstore/blobstoretest. FS is the filesystem implementation. An S3
-// implementation, when one is written, must pass the same suite. Tiered is
+// blobstore/blobstoretest. FS is the filesystem implementation, S3 the one
+// on an S3-compatible object store (tested against SeaweedFS, which
+// blobstore/s3test starts); a cell uses one of them. Tiered is
 // what readers use: the files, then the small blobs that delivery keeps in
 // the metadata store with the message's rows (same refs; see Inline).
 //
@@ -186,4 +187,7 @@ func invalidRef(ref string) error {
 }
 
 // Interface compliance.
-var _ Store = (*FS)(nil)
+var (
+	_ Store = (*FS)(nil)
+	_ Store = (*S3)(nil)
+)

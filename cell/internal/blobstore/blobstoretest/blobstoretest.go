@@ -1,7 +1,7 @@
 // Package blobstoretest is the conformance suite of blobstore.Store: Run
 // checks an implementation against the contract documented on the
 // interface, method by method. Every implementation runs it from its tests
-// (FS in fs_test.go; an S3 implementation must pass the same suite).
+// (FS in fs_test.go, S3 in s3_test.go).
 package blobstoretest
 
 import (
