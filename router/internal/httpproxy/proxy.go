@@ -238,11 +238,19 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body requestBody
 			pr.SetXForwarded()
 			routing.SetEpoch(pr.Out.Header, tgt.Epoch)
 			if r.Method == http.MethodPost {
-				var rd io.Reader = bytes.NewReader(body.buf)
+				pr.Out.Body = io.NopCloser(bytes.NewReader(body.buf))
 				if body.stream != nil {
-					rd = io.MultiReader(rd, body.stream)
+					// Closing the cell's request closes the client's body:
+					// a cell that answers without reading it all (a
+					// revoked token) makes the transport abort the upload,
+					// and its wait for a Read of the client's stream that
+					// flow control keeps blocked must end (a hang seen
+					// under load in TestPreLoginBodyLimit).
+					pr.Out.Body = struct {
+						io.Reader
+						io.Closer
+					}{io.MultiReader(bytes.NewReader(body.buf), body.stream), r.Body}
 				}
-				pr.Out.Body = io.NopCloser(rd)
 				pr.Out.ContentLength = body.length
 			}
 		},
