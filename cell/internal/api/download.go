@@ -127,20 +127,12 @@ func (p *partBlob) Close() error {
 }
 
 func (p *partBlob) Seek(offset int64, whence int) (int64, error) {
-	switch whence {
-	case io.SeekStart:
-	case io.SeekCurrent:
-		offset += p.want
-	case io.SeekEnd:
-		offset += p.size
-	default:
-		return 0, errors.New("attachment: bad whence")
+	abs, err := blobstore.SeekOffset(p.want, p.size, offset, whence)
+	if err != nil {
+		return 0, fmt.Errorf("attachment: %w", err)
 	}
-	if offset < 0 {
-		return 0, errors.New("attachment: negative position")
-	}
-	p.want = offset
-	return offset, nil
+	p.want = abs
+	return abs, nil
 }
 
 func (p *partBlob) Read(b []byte) (int, error) {

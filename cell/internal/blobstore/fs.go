@@ -430,59 +430,9 @@ func isLowerHex(s string) bool {
 // and handed to referenced a batch at a time; the walk holds only the
 // current leaf directory's listing, so deleting from it as we go is safe.
 func (f *FS) Collect(ctx context.Context, referenced func(ctx context.Context, refs []string) (map[string]bool, error), grace time.Duration) (int, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, fmt.Errorf("collect blobs: %w", err)
-	}
-	if grace < 0 {
-		return 0, fmt.Errorf("collect blobs: negative grace %v", grace)
-	}
-	if referenced == nil {
-		return 0, errors.New("collect blobs: nil referenced")
-	}
-	cutoff := time.Now().Add(-grace)
-	deleted := 0
-	var batch []string
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
-		}
-		refs := batch
-		batch = nil // referenced may keep refs: never reuse it
-		keep, err := referenced(ctx, refs)
-		if err != nil {
-			return fmt.Errorf("collect blobs: ask references: %w", err)
-		}
-		for _, ref := range refs {
-			if keep[ref] {
-				continue
-			}
-			if err := ctx.Err(); err != nil {
-				return fmt.Errorf("collect blobs: %w", err)
-			}
-			ok, err := f.removeIfOlder(ref, cutoff)
-			if err != nil {
-				return fmt.Errorf("collect blobs: %w", err)
-			}
-			if ok {
-				deleted++
-			}
-		}
-		return nil
-	}
-	err := f.Walk(ctx, func(ref string, _ int64, mod time.Time) error {
-		if !mod.Before(cutoff) {
-			return nil
-		}
-		batch = append(batch, ref)
-		if len(batch) == collectBatch {
-			return flush()
-		}
-		return nil
-	})
-	if err == nil {
-		err = flush()
-	}
-	return deleted, err
+	return collect(ctx, f.Walk, referenced, func(_ context.Context, ref string, cutoff time.Time) (bool, error) {
+		return f.removeIfOlder(ref, cutoff)
+	}, grace)
 }
 
 // removeIfOlder removes the blob ref if it was last modified before

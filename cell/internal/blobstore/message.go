@@ -2,7 +2,6 @@ package blobstore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -56,22 +55,11 @@ func (p *prefixed) Read(b []byte) (int, error) {
 }
 
 func (p *prefixed) Seek(offset int64, whence int) (int64, error) {
-	var abs int64
-	switch whence {
-	case io.SeekStart:
-		abs = offset
-	case io.SeekCurrent:
-		abs = p.off + offset
-	case io.SeekEnd:
-		abs = p.Size() + offset
-	default:
-		return 0, errors.New("prefixed blob: bad whence")
+	abs, err := SeekOffset(p.off, p.Size(), offset, whence)
+	if err != nil {
+		return 0, err
 	}
-	if abs < 0 {
-		return 0, errors.New("prefixed blob: negative position")
-	}
-	pl := int64(len(p.prefix))
-	if _, err := p.body.Seek(max(abs-pl, 0), io.SeekStart); err != nil {
+	if _, err := p.body.Seek(max(abs-int64(len(p.prefix)), 0), io.SeekStart); err != nil {
 		return 0, err
 	}
 	p.off = abs

@@ -480,19 +480,9 @@ func (b *s3Blob) ReadAt(p []byte, off int64) (int, error) {
 // Seek moves the position; the next Read GETs from there if it is not
 // where the current GET has got to.
 func (b *s3Blob) Seek(offset int64, whence int) (int64, error) {
-	var abs int64
-	switch whence {
-	case io.SeekStart:
-		abs = offset
-	case io.SeekCurrent:
-		abs = b.off + offset
-	case io.SeekEnd:
-		abs = b.size + offset
-	default:
-		return 0, fmt.Errorf("seek blob %s: invalid whence %d", b.ref, whence)
-	}
-	if abs < 0 {
-		return 0, fmt.Errorf("seek blob %s: negative position %d", b.ref, abs)
+	abs, err := SeekOffset(b.off, b.size, offset, whence)
+	if err != nil {
+		return 0, fmt.Errorf("blob %s: %w", b.ref, err)
 	}
 	b.off = abs
 	return abs, nil
@@ -592,59 +582,8 @@ const staleS3Temp = time.Hour
 // Collect also removes the temporary objects and aborts the multipart
 // uploads that crashed Puts left, once an hour old.
 func (s *S3) Collect(ctx context.Context, referenced func(ctx context.Context, refs []string) (map[string]bool, error), grace time.Duration) (int, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, fmt.Errorf("collect blobs: %w", err)
-	}
-	if grace < 0 {
-		return 0, fmt.Errorf("collect blobs: negative grace %v", grace)
-	}
-	if referenced == nil {
-		return 0, errors.New("collect blobs: nil referenced")
-	}
 	start := time.Now()
-	cutoff := start.Add(-grace)
-	deleted := 0
-	var batch []string
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
-		}
-		refs := batch
-		batch = nil // referenced may keep refs: never reuse it
-		keep, err := referenced(ctx, refs)
-		if err != nil {
-			return fmt.Errorf("collect blobs: ask references: %w", err)
-		}
-		for _, ref := range refs {
-			if keep[ref] {
-				continue
-			}
-			if err := ctx.Err(); err != nil {
-				return fmt.Errorf("collect blobs: %w", err)
-			}
-			ok, err := s.removeIfOlder(ctx, ref, cutoff)
-			if err != nil {
-				return fmt.Errorf("collect blobs: %w", err)
-			}
-			if ok {
-				deleted++
-			}
-		}
-		return nil
-	}
-	err := s.Walk(ctx, func(ref string, _ int64, mod time.Time) error {
-		if !mod.Before(cutoff) {
-			return nil
-		}
-		batch = append(batch, ref)
-		if len(batch) == collectBatch {
-			return flush()
-		}
-		return nil
-	})
-	if err == nil {
-		err = flush()
-	}
+	deleted, err := collect(ctx, s.Walk, referenced, s.removeIfOlder, grace)
 	if err == nil {
 		if terr := s.removeStaleTemps(ctx, start.Add(-staleS3Temp)); terr != nil {
 			err = fmt.Errorf("collect blobs: %w", terr)
