@@ -105,8 +105,9 @@ type Recipient struct {
 // Recipient runs the fence on address with the caller's map epoch and
 // finds its account. Errors: those of the fence (*mail.WrongCellError,
 // *mail.MovingError, mail.ErrStaleMap, mail.ErrUnavailable,
-// mail.ErrInvalid, mail.ErrNotFound for a domain not hosted) and
-// mail.ErrNotFound for no such account.
+// mail.ErrInvalid, mail.ErrNotFound for a domain not hosted),
+// mail.ErrNotFound for no such account and mail.ErrOverQuota for a
+// mailbox already full.
 func (a *Acceptor) Recipient(ctx context.Context, address string, epoch uint64) (Recipient, error) {
 	rt, err := a.cfg.Fence.Check(ctx, address, epoch)
 	if err != nil {
@@ -115,6 +116,12 @@ func (a *Acceptor) Recipient(ctx context.Context, address string, epoch uint64) 
 	acct, err := a.cfg.Store.AccountByAddress(ctx, rt.Address.String())
 	if err != nil {
 		return Recipient{}, err
+	}
+	// A mailbox already full is told at once (the sender keeps the
+	// message and can try again), rather than accepted and then refused
+	// by the pipeline's insert with nobody to tell.
+	if acct.QuotaBytes > 0 && acct.UsedBytes >= acct.QuotaBytes {
+		return Recipient{}, fmt.Errorf("%w: mailbox of %s is full", mail.ErrOverQuota, rt.Address.String())
 	}
 	return Recipient{AccountID: acct.ID, Address: rt.Address.String()}, nil
 }

@@ -198,15 +198,19 @@ func (d *Dispatcher) Check(ctx context.Context, rcpts []string, raw []byte) (Ver
 // OutboundExpiry is how long remote delivery is retried before a bounce.
 const OutboundExpiry = 5 * 24 * time.Hour
 
-// NoSuchUser is the detail of a recipient of ours that does not exist.
-const NoSuchUser = "no such user"
+// Details of a recipient of ours that cannot take the message: it does not
+// exist, or its mailbox is full.
+const (
+	NoSuchUser  = "no such user"
+	MailboxFull = "mailbox full"
+)
 
 // Route sends raw from the account to each recipient: ours to their cells'
 // acceptance at once, remote ones to the outbound queue (held when v says
 // so). A recipient of ours whose cell cannot take it now is queued too
-// (the sender retries it); one that does not exist is reported failed, or,
-// with queueRefused (a submission: the client has its 250), queued so
-// that the sender bounces it to the user.
+// (the sender retries it); one that does not exist or whose mailbox is
+// full is reported failed, or, with queueRefused (a submission: the client
+// has its 250), queued so that the sender bounces it to the user.
 func (d *Dispatcher) Route(ctx context.Context, accountID, from string, rcpts []string, raw []byte, v Verdict, queueRefused bool) []Status {
 	var local, remote []string
 	for _, rc := range rcpts {
@@ -219,7 +223,7 @@ func (d *Dispatcher) Route(ctx context.Context, accountID, from string, rcpts []
 	out := d.deliverHosted(ctx, from, local, raw)
 	var retry []string
 	for _, st := range out {
-		if st.State == Failed && (queueRefused || st.Detail != NoSuchUser) {
+		if st.State == Failed && (queueRefused || st.Detail != NoSuchUser && st.Detail != MailboxFull) {
 			retry = append(retry, st.Address)
 		}
 	}
@@ -280,6 +284,8 @@ func (d *Dispatcher) DeliverHosted(ctx context.Context, from, rcpt string, raw [
 		return false, nil
 	case st[0].Detail == NoSuchUser:
 		return true, errors.New("550 5.1.1 no such user")
+	case st[0].Detail == MailboxFull:
+		return true, errors.New("552 5.2.2 mailbox full")
 	}
 	return false, errors.New(st[0].Detail)
 }
@@ -391,6 +397,8 @@ func (d *Dispatcher) AcceptHere(ctx context.Context, epoch uint64, from string, 
 			return nil, err
 		case errors.Is(err, mail.ErrNotFound), errors.Is(err, mail.ErrInvalid):
 			out = append(out, Status{Address: rc, State: Failed, Detail: NoSuchUser})
+		case errors.Is(err, mail.ErrOverQuota):
+			out = append(out, Status{Address: rc, State: Failed, Detail: MailboxFull})
 		case err != nil:
 			return nil, err
 		default:

@@ -26,6 +26,7 @@ func TestReplyCarriesTheRoutingCode(t *testing.T) {
 		{&mail.MovingError{RetryAfter: time.Second}, 451, smtp.EnhancedCode{4, 2, 1}, &routing.Moving{RetryAfter: time.Second}},
 		{fmt.Errorf("%w: at 3, caller at 9", mail.ErrStaleMap), 451, smtp.EnhancedCode{4, 4, 0}, nil},
 		{fmt.Errorf("%w: no such account", mail.ErrNotFound), 550, smtp.EnhancedCode{5, 1, 1}, nil},
+		{fmt.Errorf("%w: mailbox of a@b.example is full", mail.ErrOverQuota), 452, smtp.EnhancedCode{4, 2, 2}, nil},
 		{errors.New("database down"), 451, smtp.EnhancedCode{4, 3, 0}, nil},
 	} {
 		var se *smtp.SMTPError
