@@ -94,7 +94,7 @@ func (m *MailServer) openPart(ctx context.Context, msg mail.Message, part string
 	if err != nil {
 		return nil, err
 	}
-	_, body, err := message.OpenPart(b, part, m.limits)
+	_, body, err := message.OpenPart(b, part, m.readLimits())
 	if err != nil {
 		b.Close()
 		return nil, fmt.Errorf("%w: attachment %s: %v", mail.ErrNotFound, part, err)

@@ -114,6 +114,20 @@ func NewMailServer(c MailConfig) *MailServer {
 		limits: c.Limits, operatorToken: c.OperatorToken, wakeOutbound: wake, log: c.Logger}
 }
 
+// readLimits are the limits a stored message is read with: those it was
+// accepted under, and room for what the cell added in front of it (the
+// edge's trace field, the pipeline's verdicts; delivery.PrefixAllowance
+// and the pipeline's own allowance), so that nothing accepted at the size
+// limit is unreadable.
+func (m *MailServer) readLimits() message.Limits {
+	l := m.limits
+	if l.MaxSize == 0 {
+		l.MaxSize = message.DefaultLimits().MaxSize
+	}
+	l.MaxSize += 512 << 10
+	return l
+}
+
 func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", mail.ErrInvalid, fmt.Sprintf(format, args...))
 }
@@ -454,7 +468,7 @@ func (m *MailServer) GetMessage(ctx context.Context, req *connect.Request[mailv1
 		return nil, fmt.Errorf("open message blob: %w", err)
 	}
 	defer blob.Close()
-	p, err := message.Parse(blob, m.limits)
+	p, err := message.Parse(blob, m.readLimits())
 	if err != nil {
 		// Stored before the limits were applied at acceptance, or not
 		// readable: the header and what the store knows, and the raw
@@ -492,7 +506,7 @@ func (m *MailServer) degraded(ctx context.Context, msg mail.Message, why error) 
 		return nil, fmt.Errorf("open message blob: %w", err)
 	}
 	defer blob.Close()
-	p, err := message.ParseHeader(blob, m.limits)
+	p, err := message.ParseHeader(blob, m.readLimits())
 	if err != nil {
 		p = &message.Parsed{MessageID: msg.MessageID}
 	}

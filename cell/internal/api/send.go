@@ -224,6 +224,12 @@ func (m *MailServer) SubmitMessage(ctx context.Context, req *connect.Request[mai
 	if r.Raw, err = message.CompleteHeader(r.Raw, from, time.Now()); err != nil {
 		return nil, invalid("%v", err)
 	}
+	// Our own trace field on top (RFC 5321 §4.4; ESMTPSA, RFC 3848): the
+	// topmost field is the one the pipeline reads the client's address
+	// from, only when it is the MX edge's (trace.Split), so one a client
+	// wrote in the edge's form is no longer on top and is not believed.
+	r.Raw = append([]byte("Received: by "+m.fence.Cell()+" (cellmail) with ESMTPSA;\r\n\t"+
+		time.Now().UTC().Format(time.RFC1123Z)+"\r\n"), r.Raw...)
 	if err := m.dispatch.Allowed(ctx, c.account.ID, len(rcpts)); err != nil {
 		return nil, err
 	}

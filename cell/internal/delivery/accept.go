@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/cellmail/cellmail/cell/internal/mail"
@@ -31,10 +32,11 @@ import (
 // message waits for nobody. The committed entries go straight to the relay
 // (AcceptorConfig.Relay), not through its claim.
 type Acceptor struct {
-	cfg  AcceptorConfig
-	reqs chan *acceptance
-	stop chan struct{}
-	done chan struct{}
+	cfg      AcceptorConfig
+	reqs     chan *acceptance
+	stop     chan struct{}
+	stopOnce sync.Once
+	done     chan struct{}
 }
 
 // SpoolStore is the spool as acceptance uses it.
@@ -88,11 +90,7 @@ func NewAcceptor(cfg AcceptorConfig) *Acceptor {
 // Close stops the group commit; acceptances waiting get an error. It
 // returns when no commit runs any more.
 func (a *Acceptor) Close() {
-	select {
-	case <-a.stop:
-	default:
-		close(a.stop)
-	}
+	a.stopOnce.Do(func() { close(a.stop) })
 	<-a.done
 }
 
@@ -100,6 +98,23 @@ func (a *Acceptor) Close() {
 type Recipient struct {
 	AccountID string
 	Address   string // canonical
+	// room is what the account's quota leaves (-1: no quota), as of
+	// Recipient.
+	room int64
+}
+
+// PrefixAllowance is the room left for the header fields the pipeline
+// adds in front of a message (Authentication-Results, the spam verdict).
+const PrefixAllowance = 4 << 10
+
+// Fits reports whether a message of size bytes fits the recipient's quota
+// (with PrefixAllowance), as of the Recipient call: a message that does
+// not is refused at once (LMTP 452 4.2.2 for that recipient, a send's
+// "mailbox full"), not accepted for the pipeline's insert to refuse with
+// nobody to tell. Deliveries racing for the last room can still overrun
+// it; the pipeline then retries, then keeps the entry failed.
+func (r Recipient) Fits(size int) bool {
+	return r.room < 0 || int64(size)+PrefixAllowance <= r.room
 }
 
 // Recipient runs the fence on address with the caller's map epoch and
@@ -123,7 +138,11 @@ func (a *Acceptor) Recipient(ctx context.Context, address string, epoch uint64) 
 	if acct.QuotaBytes > 0 && acct.UsedBytes >= acct.QuotaBytes {
 		return Recipient{}, fmt.Errorf("%w: mailbox of %s is full", mail.ErrOverQuota, rt.Address.String())
 	}
-	return Recipient{AccountID: acct.ID, Address: rt.Address.String()}, nil
+	room := int64(-1)
+	if acct.QuotaBytes > 0 {
+		room = acct.QuotaBytes - acct.UsedBytes
+	}
+	return Recipient{AccountID: acct.ID, Address: rt.Address.String(), room: room}, nil
 }
 
 // ErrNotAccepted is what Accept returns when the message could not be made

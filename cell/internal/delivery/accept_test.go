@@ -39,8 +39,15 @@ func TestAcceptorRecipient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := acc.Recipient(ctx, small.Address, 0); err != nil {
+	roomy, err := acc.Recipient(ctx, small.Address, 0)
+	if err != nil {
 		t.Fatalf("recipient with room: %v", err)
+	}
+	if roomy.Fits(50) {
+		t.Fatal("a message that with the pipeline's fields overruns the quota fits")
+	}
+	if !rc.Fits(10 << 20) {
+		t.Fatal("a 10 MB message does not fit a 1 GiB quota")
 	}
 	inbox, err := f.store.MailboxByUse(ctx, small.ID, mail.UseInbox)
 	if err != nil {

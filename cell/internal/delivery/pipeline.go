@@ -230,9 +230,13 @@ func (p *Pipeline) prepare(ctx context.Context, e mailstore.SpoolEntry) job {
 
 	var added strings.Builder
 	var verdict msgauth.Verdict
-	if p.Auth != nil && traced {
-		verdict = p.Auth.Check(ctx, in.IP, in.Helo, e.MailFrom, sent)
-		added.WriteString(p.Auth.Field(verdict, e.MailFrom, in.Helo))
+	if p.Auth != nil {
+		if traced {
+			verdict = p.Auth.Check(ctx, in.IP, in.Helo, e.MailFrom, sent)
+			added.WriteString(p.Auth.Field(verdict, e.MailFrom, in.Helo))
+		}
+		// Whatever the message came by, a verdict claiming to be ours is
+		// the sender's (RFC 8601 §5): a hosted user's too.
 		sent = renameOwnResults(sent, p.Auth.AuthServID)
 	}
 	score := spam.Score(sent, verdict)

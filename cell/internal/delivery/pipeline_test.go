@@ -190,6 +190,34 @@ func TestForgedSenderGoesToJunk(t *testing.T) {
 	}
 }
 
+// Mail from a hosted sender carries no edge trace field: no SPF/DKIM/DMARC
+// verdict is made for it, and a verdict in our name that its sender wrote
+// is renamed all the same.
+func TestHostedSendersForgedResultsAreRenamed(t *testing.T) {
+	f := setup(t, false)
+	raw := "Authentication-Results: mx.test; dkim=pass header.d=bank.example\r\n" + fmt.Sprintf(plain, "hosted", "h1", "hi")
+	e := mailstore.SpoolEntry{AccountID: f.account.ID, MailFrom: "ann@demo.example", Rcpt: f.account.Address, Body: []byte(raw),
+		DeliveryKey: delivery.Key("ann@demo.example", f.account.Address, []byte(raw))}
+	if err := f.store.Spool(t.Context(), []mailstore.SpoolEntry{e}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.store.ClaimSpool(t.Context(), 10, time.Minute)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("claim: %v %v", got, err)
+	}
+	if err := f.p.HandleEntries(t.Context(), got); err != nil {
+		t.Fatal(err)
+	}
+	in := f.messages(t, mail.UseInbox)
+	if len(in) != 1 {
+		t.Fatalf("INBOX %+v", in)
+	}
+	stored := f.raw(t, in[0])
+	if strings.Contains("\n"+stored, "\nAuthentication-Results: mx.test") || !strings.Contains(stored, "X-Original-Authentication-Results: mx.test; dkim=pass") {
+		t.Fatalf("a hosted sender's forged verdict was kept:\n%s", stored)
+	}
+}
+
 func TestGTUBEGoesToJunkAndForgedResultsAreRenamed(t *testing.T) {
 	f := setup(t, false)
 	body := fmt.Sprintf(plain, "test", "g1", spam.GTUBE)

@@ -212,6 +212,11 @@ const (
 // full is reported failed, or, with queueRefused (a submission: the client
 // has its 250), queued so that the sender bounces it to the user.
 func (d *Dispatcher) Route(ctx context.Context, accountID, from string, rcpts []string, raw []byte, v Verdict, queueRefused bool) []Status {
+	// The copy in Sent is stored: what follows finishes even if the caller
+	// goes away (a closed connection, a proxy's timeout), each step within
+	// its own bound, so that no recipient is left neither delivered nor
+	// queued.
+	ctx = context.WithoutCancel(ctx)
 	var local, remote []string
 	for _, rc := range rcpts {
 		if d.hostedAddress(rc) {
@@ -220,54 +225,77 @@ func (d *Dispatcher) Route(ctx context.Context, accountID, from string, rcpts []
 			remote = append(remote, rc)
 		}
 	}
-	out := d.deliverHosted(ctx, from, local, raw)
+	var remoteOut []Status
+	if len(remote) > 0 { // first: it is one commit, and nothing waits on other cells before it
+		state, detail := Queued, "queued for delivery to the recipient's mail server"
+		if v.Held != "" {
+			state, detail = Held, v.Held
+		}
+		if err := d.enqueue(ctx, accountID, from, remote, raw, v.Held); err != nil {
+			d.cfg.Log.Error("outbound mail not queued", "err", err)
+			state, detail = Failed, "could not be queued; send again"
+		} else if v.Held != "" {
+			d.cfg.Log.Warn("outbound mail held for review", "account", accountID, "recipients", len(remote), "reason", v.Held)
+		}
+		for _, rc := range remote {
+			remoteOut = append(remoteOut, Status{Address: rc, State: state, Detail: detail})
+		}
+	}
+	hctx, cancel := context.WithTimeout(ctx, HostedBudget)
+	out := d.deliverHosted(hctx, from, local, raw)
+	cancel()
 	var retry []string
 	for _, st := range out {
 		if st.State == Failed && (queueRefused || st.Detail != NoSuchUser && st.Detail != MailboxFull) {
 			retry = append(retry, st.Address)
 		}
 	}
-	if len(remote) > 0 {
-		state, detail := Queued, "queued for delivery to the recipient's mail server"
-		if v.Held != "" {
-			state, detail = Held, v.Held
-		}
-		if err := d.cfg.Queue.EnqueueOutbound(ctx, accountID, from, remote, raw, OutboundExpiry, v.Held); err != nil {
-			d.cfg.Log.Error("outbound mail not queued", "err", err)
-			state, detail = Failed, "could not be queued; send again"
-		} else if v.Held == "" {
-			d.cfg.Wake(accountID)
-		} else {
-			d.cfg.Log.Warn("outbound mail held for review", "account", accountID, "recipients", len(remote), "reason", v.Held)
-		}
-		for _, rc := range remote {
-			out = append(out, Status{Address: rc, State: state, Detail: detail})
-		}
-	}
 	if len(retry) > 0 {
-		if err := d.cfg.Queue.EnqueueOutbound(ctx, accountID, from, retry, raw, OutboundExpiry, ""); err != nil {
+		if err := d.enqueue(ctx, accountID, from, retry, raw, ""); err != nil {
 			d.cfg.Log.Error("mail for our own recipients not queued", "err", err)
-			return out
+			return append(out, remoteOut...)
 		}
-		d.cfg.Wake(accountID)
 		for i := range out {
 			if slices.Contains(retry, out[i].Address) {
 				out[i].State, out[i].Detail = Queued, "queued for another attempt"
 			}
 		}
 	}
-	return out
+	return append(out, remoteOut...)
+}
+
+// HostedBudget bounds how long a send waits for our own recipients' cells
+// (MOVING waits included) before it queues the rest for the outbound
+// sender's retries.
+const HostedBudget = 20 * time.Second
+
+// enqueue commits outbound entries within a bound of its own, and wakes
+// the senders when they are due.
+func (d *Dispatcher) enqueue(ctx context.Context, accountID, from string, rcpts []string, raw []byte, held string) error {
+	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := d.cfg.Queue.EnqueueOutbound(qctx, accountID, from, rcpts, raw, OutboundExpiry, held); err != nil {
+		return err
+	}
+	if held == "" {
+		d.cfg.Wake(accountID)
+	}
+	return nil
 }
 
 // IsHosted reports whether the domain is one of ours (the outbound sender
 // then delivers through DeliverHosted rather than by MX).
-func (d *Dispatcher) IsHosted(domain string) bool {
-	_, err := d.cfg.Maps.Map().Lookup("postmaster@" + domain)
-	return !errors.Is(err, placement.ErrUnknownDomain)
-}
+func (d *Dispatcher) IsHosted(domain string) bool { return d.hostedAddress("postmaster@" + domain) }
 
+// hostedAddress reports whether addr is in one of our domains; with no map
+// yet, it is taken as ours, so that nothing goes out by MX that could be a
+// user's (its delivery then waits for the map, queued).
 func (d *Dispatcher) hostedAddress(addr string) bool {
-	_, err := d.cfg.Maps.Map().Lookup(addr)
+	mp := d.cfg.Maps.Map()
+	if mp == nil {
+		return true
+	}
+	_, err := mp.Lookup(addr)
 	return !errors.Is(err, placement.ErrUnknownDomain)
 }
 
@@ -301,6 +329,9 @@ func (d *Dispatcher) deliverHosted(ctx context.Context, from string, rcpts []str
 		return nil
 	}
 	mp := d.cfg.Maps.Map()
+	if mp == nil {
+		return failAll(rcpts, errors.New("no placement map yet"), d.cfg.Log)
+	}
 	type group struct {
 		cell  string
 		rcpts []string
@@ -401,6 +432,8 @@ func (d *Dispatcher) AcceptHere(ctx context.Context, epoch uint64, from string, 
 			out = append(out, Status{Address: rc, State: Failed, Detail: MailboxFull})
 		case err != nil:
 			return nil, err
+		case !r.Fits(len(raw)):
+			out = append(out, Status{Address: rc, State: Failed, Detail: MailboxFull})
 		default:
 			ok = append(ok, r)
 		}

@@ -116,11 +116,12 @@ type session struct {
 	log    *slog.Logger
 	from   string
 	rcpts  []delivery.Recipient
+	to     []string // each recipient as the client named it (per-recipient status)
 }
 
 var _ smtp.LMTPSession = (*session)(nil)
 
-func (se *session) Reset()        { se.from, se.rcpts = "", nil }
+func (se *session) Reset()        { se.from, se.rcpts, se.to = "", nil, nil }
 func (se *session) Logout() error { se.cancel(); return nil }
 
 func (se *session) Mail(from string, _ *smtp.MailOptions) error {
@@ -144,6 +145,7 @@ func (se *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		return reply(err)
 	}
 	se.rcpts = append(se.rcpts, rc)
+	se.to = append(se.to, to)
 	return nil
 }
 
@@ -179,7 +181,20 @@ func (se *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	}
 	ctx, cancel := context.WithTimeout(se.ctx, time.Minute)
 	defer cancel()
-	if err := se.s.cfg.Accept.Accept(ctx, se.from, se.rcpts, raw); err != nil {
+	// A recipient whose quota the message would overrun gets its own 452
+	// (RFC 2033 §4.2: one reply per recipient); the others are accepted.
+	var fit []delivery.Recipient
+	for i, rc := range se.rcpts {
+		if rc.Fits(len(raw)) {
+			fit = append(fit, rc)
+		} else {
+			status.SetStatus(se.to[i], reply(fmt.Errorf("%w: %s", mail.ErrOverQuota, rc.Address)))
+		}
+	}
+	if len(fit) == 0 {
+		return nil // every recipient has its status
+	}
+	if err := se.s.cfg.Accept.Accept(ctx, se.from, fit, raw); err != nil {
 		se.log.Warn("message not accepted", "err", err)
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary storage failure, try again"}
 	}
