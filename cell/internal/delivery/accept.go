@@ -105,7 +105,7 @@ type Recipient struct {
 
 // PrefixAllowance is the room left for the header fields the pipeline
 // adds in front of a message (Authentication-Results, the spam verdict).
-const PrefixAllowance = 4 << 10
+const PrefixAllowance = 1 << 10
 
 // Fits reports whether a message of size bytes fits the recipient's quota
 // (with PrefixAllowance), as of the Recipient call: a message that does
