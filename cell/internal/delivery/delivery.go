@@ -77,14 +77,18 @@ func (d *Deliverer) put(ctx context.Context, nm *mail.NewMessage, data []byte) (
 	// parts keeps the rest in the blob store, so what a batch of prepared
 	// messages holds in memory (and sends in one commit) stays bounded.
 	if len(data) <= d.inlineMax && inline+len(data) <= 4*d.inlineMax {
-		sum := sha256.Sum256(data)
-		ref := hex.EncodeToString(sum[:])
+		ref := hexSHA256(data)
 		if !slices.ContainsFunc(nm.Inline, func(b mail.InlineBlob) bool { return b.Ref == ref }) {
 			nm.Inline = append(nm.Inline, mail.InlineBlob{Ref: ref, Data: data})
 		}
 		return ref, int64(len(data)), nil
 	}
 	return d.blobs.Put(ctx, bytes.NewReader(data))
+}
+
+func hexSHA256(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }
 
 // Options are how one message is filed.
@@ -171,8 +175,10 @@ func (d *Deliverer) Prepare(ctx context.Context, accountID, mailboxID string, ra
 		DeliveryKey: opt.Key,
 		SpoolID:     opt.SpoolID,
 	}
+	// The body is hashed here only to confirm a given BodyRef (a spool
+	// blob); without one, put hashes it as it stores it.
 	ref, size := opt.BodyRef, int64(len(raw))
-	if sum := sha256.Sum256(raw); ref != hex.EncodeToString(sum[:]) {
+	if ref == "" || ref != hexSHA256(raw) {
 		if ref, size, err = d.put(ctx, &nm, raw); err != nil {
 			return mail.Insert{}, fmt.Errorf("store message blob: %w", err)
 		}
